@@ -1,0 +1,17 @@
+"""fastopt: optimizer update rules compiled with Numba, over flat float32/float64 buffers.
+
+    import fastopt
+    flat = fastopt.flatten([w1, b1, w2, b2])   # one buffer; use flat.params as the model
+    opt = fastopt.Adam(flat, lr=1e-3)
+    ...                                       # write gradients into flat.grads
+    opt.step()                                # one kernel call for the whole model
+"""
+
+from . import kernels, reference
+from .flat import Flat, flatten
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = ["flatten", "Flat", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW",
+           "kernels", "reference", "__version__"]

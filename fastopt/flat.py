@@ -1,0 +1,83 @@
+"""Flat buffers: one contiguous parameter buffer and one gradient buffer per dtype.
+
+``flatten(arrays)`` copies the arrays into the buffers once and hands back views with the
+original shapes. Keep the views as your model's parameters and write gradients into the
+matching gradient views (``np.matmul(x.T, delta, out=flat.grads[i])``): an optimizer given
+the ``Flat`` then updates a whole model with one kernel call per dtype.
+"""
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_array(array, name):
+    """Raise ``TypeError`` unless ``array`` is a NumPy float32/float64 array."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+    if array.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
+
+
+class FlatBuffer:
+    """One dtype's flat ``param`` and ``grad`` buffers, and the offsets of each array."""
+
+    def __init__(self, dtype, shapes):
+        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+        self.param = np.zeros(self.offsets[-1], dtype=dtype)
+        self.grad = np.zeros(self.offsets[-1], dtype=dtype)
+        self.shapes = [tuple(shape) for shape in shapes]
+
+    def views(self, buffer):
+        """Shaped views of ``buffer``, one per array, in order."""
+        return [buffer[a:b].reshape(shape)
+                for a, b, shape in zip(self.offsets, self.offsets[1:], self.shapes)]
+
+
+class Flat:
+    """The result of :func:`flatten`.
+
+    * ``params``: list of views with the original shapes, in the order given, into the
+      flat parameter buffer of their dtype.
+    * ``grads``: matching views into the flat gradient buffer (zero-initialized).
+    * ``buffers``: one :class:`FlatBuffer` per dtype, in order of first appearance.
+    * ``index``: for each array, ``(buffer number, position within that buffer)``.
+    """
+
+    def __init__(self, arrays):
+        arrays = list(arrays)
+        for i, array in enumerate(arrays):
+            check_float_array(array, f"arrays[{i}]")
+        dtypes = list(dict.fromkeys(a.dtype for a in arrays))
+        self.buffers, self.index = [], [None] * len(arrays)
+        self.params, self.grads = [None] * len(arrays), [None] * len(arrays)
+        for b, dtype in enumerate(dtypes):
+            members = [i for i, a in enumerate(arrays) if a.dtype == dtype]
+            buffer = FlatBuffer(dtype, [arrays[i].shape for i in members])
+            for j, (i, pview, gview) in enumerate(
+                    zip(members, buffer.views(buffer.param), buffer.views(buffer.grad))):
+                pview[...] = arrays[i]
+                self.params[i], self.grads[i], self.index[i] = pview, gview, (b, j)
+            self.buffers.append(buffer)
+
+    def __len__(self):
+        return len(self.params)
+
+    def zero_grad(self):
+        """Set every gradient buffer to zero, in place."""
+        for buffer in self.buffers:
+            buffer.grad.fill(0)
+
+    def __repr__(self):
+        sizes = ", ".join(f"{b.param.dtype}: {b.param.size}" for b in self.buffers)
+        return f"Flat({len(self)} arrays; {sizes})"
+
+
+def flatten(arrays):
+    """Copy ``arrays`` (float32/float64 NumPy arrays) into one contiguous parameter buffer
+    and one gradient buffer per dtype; return a :class:`Flat` with shaped views.
+
+    The arrays you passed are not changed or used afterwards: use ``flat.params``.
+    """
+    return Flat(arrays)

@@ -1,0 +1,33 @@
+"""Adagrad."""
+
+import numpy as np
+from numba import prange
+
+from .config import kernel
+
+
+@kernel
+def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale, zero_grad):
+    """Adagrad step over flat buffers, in place, in one pass.
+
+    For each element ``i``::
+
+        g = grad[i] * grad_scale + weight_decay * param[i]
+        s = s + g * g
+        param[i] -= clr * g / (sqrt(s) + eps)
+        grad[i] = 0                                     # only if zero_grad
+
+    ``clr = lr / (1 + (t - 1) * lr_decay)`` is computed by the caller. Arguments:
+    ``param, grad, state_sum`` 1-D C-contiguous arrays of one dtype (float32 or
+    float64), same length; scalars ``clr, eps, weight_decay, grad_scale`` of that dtype
+    (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
+    ``maximize``); ``zero_grad`` boolean.
+    """
+    for i in prange(param.shape[0]):
+        p = param[i]
+        g = grad[i] * grad_scale + weight_decay * p
+        if zero_grad:
+            grad[i] = 0
+        s = state_sum[i] + g * g
+        state_sum[i] = s
+        param[i] = p - clr * g / (np.sqrt(s) + eps)

@@ -1,0 +1,52 @@
+"""Adam and AdamW: one kernel body for both."""
+
+import numpy as np
+from numba import prange
+
+from .config import kernel
+
+
+@kernel
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+         step_size, beta1, one_minus_beta1, beta2, one_minus_beta2,
+         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale,
+         amsgrad, zero_grad):
+    """Adam / AdamW step over flat buffers, in place, in one pass.
+
+    For each element ``i``::
+
+        p  = param[i] * param_decay                # AdamW: param_decay = 1 - lr*wd
+        g  = grad[i] * grad_scale + weight_decay * p    # Adam's coupled (L2) decay
+        m  = beta1 * m + (1 - beta1) * g
+        v  = beta2 * v + (1 - beta2) * g * g
+        vmax = max(vmax, v)                        # only if amsgrad
+        param[i] = p - step_size * m / (sqrt(v or vmax) * inv_sqrt_bias_correction2 + eps)
+        grad[i] = 0                                # only if zero_grad
+
+    Arguments (all arrays 1-D, C-contiguous, one dtype, float32 or float64; every
+    scalar of that same dtype, precomputed by the caller, so a float32 kernel never
+    promotes to float64):
+
+    * ``param, grad, exp_avg, exp_avg_sq``: same length. ``max_exp_avg_sq``: same
+      length when ``amsgrad``, else any array of the dtype (untouched; pass ``param[:0]``).
+    * ``step_size = lr / (1 - beta1**t)``; ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``.
+    * ``one_minus_beta1 = 1 - beta1``, ``one_minus_beta2 = 1 - beta2``.
+    * ``weight_decay``: coupled L2 decay (Adam), 0 for none or for AdamW.
+    * ``param_decay``: decoupled decay factor ``1 - lr*weight_decay`` (AdamW), 1 for none.
+    * ``grad_scale``: multiplies the gradient first (loss-scale unscaling, clipping,
+      and ``-1`` for ``maximize``).
+    * ``amsgrad, zero_grad``: booleans.
+    """
+    for i in prange(param.shape[0]):
+        p = param[i] * param_decay
+        g = grad[i] * grad_scale + weight_decay * p
+        if zero_grad:
+            grad[i] = 0
+        m = beta1 * exp_avg[i] + one_minus_beta1 * g
+        v = beta2 * exp_avg_sq[i] + one_minus_beta2 * (g * g)
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        if amsgrad:
+            v = max(max_exp_avg_sq[i], v)
+            max_exp_avg_sq[i] = v
+        param[i] = p - step_size * m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)

@@ -1,0 +1,94 @@
+"""Compile flags for every fastopt kernel, in one place.
+
+* ``FASTMATH``: only flags that keep NaN and Inf meaningful. ``contract`` lets LLVM
+  fuse multiply-adds, ``arcp`` turns divisions by a loop-invariant into multiplications,
+  ``nsz`` ignores the sign of zero. Never ``nnan``/``ninf`` (and so never
+  ``fastmath=True``): the finiteness checks must see what the data holds.
+* ``error_model="numpy"``: a division by zero gives Inf/NaN as in NumPy instead of
+  raising; the Python error model inserts a branch that blocks vectorization.
+* ``cache=True`` where Numba can write its cache (next to the source, or in
+  ``NUMBA_CACHE_DIR``); where it cannot, kernels compile without caching and a warning
+  says how to set ``NUMBA_CACHE_DIR``. Caching never breaks ``import fastopt``.
+* ``PARALLEL_THRESHOLD``: buffers with fewer elements than this run the serial twin of
+  a kernel, where starting threads costs more than it saves. Overridable with the
+  environment variable ``FASTOPT_PARALLEL_THRESHOLD``.
+
+Nothing here changes Numba's global state (thread count, threading layer).
+"""
+
+import os
+import types
+import warnings
+
+import numba
+
+FASTMATH = frozenset({"contract", "arcp", "nsz"})
+ERROR_MODEL = "numpy"
+
+#: Elements below which the serial twin runs (chosen by ``fastopt bench --threshold``;
+#: see README "Performance").
+PARALLEL_THRESHOLD = int(os.environ.get("FASTOPT_PARALLEL_THRESHOLD", 1 << 15))
+
+_cache_ok = None
+
+
+def _jit(func, parallel):
+    """Compile ``func`` with fastopt's flags, caching where a cache can be written."""
+    global _cache_ok
+    options = dict(parallel=parallel, fastmath=set(FASTMATH), error_model=ERROR_MODEL)
+    if _cache_ok is not False:
+        try:
+            dispatcher = numba.njit(cache=True, **options)(func)
+            _cache_ok = True
+            return dispatcher
+        except RuntimeError as exc:  # numba: "cannot cache function ...: no locator"
+            _cache_ok = False
+            warnings.warn(
+                f"fastopt: Numba cannot write its cache ({exc}); kernels will compile "
+                "in every new process. Set NUMBA_CACHE_DIR to a writable folder.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return numba.njit(cache=False, **options)(func)
+
+
+def _renamed(func, suffix):
+    """A copy of ``func`` under another name, so its compiled twin has its own cache."""
+    twin = types.FunctionType(
+        func.__code__, func.__globals__, func.__name__ + suffix,
+        func.__defaults__, func.__closure__,
+    )
+    twin.__qualname__ = func.__qualname__ + suffix
+    twin.__doc__ = func.__doc__
+    twin.__module__ = func.__module__
+    return twin
+
+
+class Kernel:
+    """One rule's body compiled twice: ``.parallel`` (``prange`` over threads) and
+    ``.serial`` (the same body, ``prange`` read as ``range``).
+
+    Calling a ``Kernel`` from Python picks the twin by the size of its first argument
+    (the parameter buffer) against ``PARALLEL_THRESHOLD``. From your own ``@njit`` code,
+    call ``.parallel`` or ``.serial`` directly: both are ordinary Numba dispatchers.
+    """
+
+    def __init__(self, body):
+        self.body = body
+        self.parallel = _jit(body, parallel=True)
+        self.serial = _jit(_renamed(body, "_serial"), parallel=False)
+        self.__doc__ = body.__doc__
+        self.__name__ = body.__name__
+        self.__wrapped__ = body
+
+    def __call__(self, param, *args):
+        twin = self.parallel if param.shape[0] >= PARALLEL_THRESHOLD else self.serial
+        twin(param, *args)
+
+    def __repr__(self):
+        return f"<fastopt kernel {self.__name__}>"
+
+
+def kernel(body):
+    """Decorator: compile ``body`` into a :class:`Kernel` (serial and parallel twins)."""
+    return Kernel(body)

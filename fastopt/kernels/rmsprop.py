@@ -1,0 +1,58 @@
+"""RMSprop: plain, centered, with momentum, with Nesterov momentum (the seed's form)."""
+
+import numpy as np
+from numba import prange
+
+from .config import kernel
+
+
+@kernel
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
+            lr, alpha, one_minus_alpha, eps, weight_decay, grad_scale, momentum,
+            centered, use_momentum, nesterov, eps_in_sqrt, zero_grad):
+    """RMSprop step over flat buffers, in place, in one pass.
+
+    For each element ``i``::
+
+        g = grad[i] * grad_scale + weight_decay * param[i]
+        r = alpha * r + (1 - alpha) * g * g
+        c = c + (1 - alpha) * (g - c);  q = r - c * c   # centered (c: grad_avg)
+        q = r                                           # not centered
+        d = sqrt(q + eps) if eps_in_sqrt else sqrt(q) + eps
+        b = momentum * b + g / d                        # use_momentum
+        u = g / d + momentum * b if nesterov else b     # u = g / d without momentum
+        param[i] -= lr * u
+        grad[i] = 0                                     # only if zero_grad
+
+    Arguments: ``param, grad, square_avg`` 1-D C-contiguous arrays of one dtype
+    (float32 or float64), same length; ``grad_avg`` (when ``centered``) and
+    ``momentum_buffer`` (when ``use_momentum``) the same length, else any array of that
+    dtype (untouched; pass ``param[:0]``). Scalars ``lr, alpha, one_minus_alpha, eps,
+    weight_decay, grad_scale, momentum`` of that dtype (``grad_scale`` multiplies the
+    gradient first: unscaling, clipping, ``-1`` for ``maximize``); booleans ``centered,
+    use_momentum, nesterov, eps_in_sqrt, zero_grad``.
+    """
+    for i in prange(param.shape[0]):
+        p = param[i]
+        g = grad[i] * grad_scale + weight_decay * p
+        if zero_grad:
+            grad[i] = 0
+        r = alpha * square_avg[i] + one_minus_alpha * (g * g)
+        square_avg[i] = r
+        if centered:
+            c = grad_avg[i] + one_minus_alpha * (g - grad_avg[i])
+            grad_avg[i] = c
+            r = r - c * c
+        if eps_in_sqrt:
+            d = np.sqrt(r + eps)
+        else:
+            d = np.sqrt(r) + eps
+        u = g / d
+        if use_momentum:
+            b = momentum * momentum_buffer[i] + u
+            momentum_buffer[i] = b
+            if nesterov:
+                u = u + momentum * b
+            else:
+                u = b
+        param[i] = p - lr * u

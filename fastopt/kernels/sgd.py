@@ -1,0 +1,44 @@
+"""SGD: gradient descent, stochastic and minibatch SGD, momentum, Nesterov."""
+
+from numba import prange
+
+from .config import kernel
+
+
+@kernel
+def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
+        momentum, buffer_decay, buffer_gain, use_momentum, nesterov, zero_grad):
+    """SGD step over flat buffers, in place, in one pass.
+
+    For each element ``i``::
+
+        g = grad[i] * grad_scale + weight_decay * param[i]
+        b = buffer_decay * b + buffer_gain * g          # only if use_momentum
+        d = g + momentum * b if nesterov else b         # d = g without momentum
+        param[i] -= lr * d
+        grad[i] = 0                                     # only if zero_grad
+
+    PyTorch's momentum is ``b = momentum*b + (1 - dampening)*g`` with ``b = g`` on the
+    first step: the caller passes ``buffer_decay = momentum, buffer_gain = 1 - dampening``
+    and, on the first step, ``buffer_decay = 0, buffer_gain = 1`` (the buffer is zero).
+
+    Arguments: ``param, grad`` 1-D C-contiguous arrays of one dtype (float32 or float64);
+    ``momentum_buffer`` the same length when ``use_momentum``, else any array of that
+    dtype (untouched; pass ``param[:0]``). Scalars ``lr, weight_decay, grad_scale,
+    momentum, buffer_decay, buffer_gain`` of the arrays' dtype; ``grad_scale`` multiplies
+    the gradient first (loss-scale unscaling, clipping, ``-1`` for ``maximize``).
+    ``use_momentum, nesterov, zero_grad`` booleans.
+    """
+    for i in prange(param.shape[0]):
+        p = param[i]
+        g = grad[i] * grad_scale + weight_decay * p
+        if zero_grad:
+            grad[i] = 0
+        if use_momentum:
+            b = buffer_decay * momentum_buffer[i] + buffer_gain * g
+            momentum_buffer[i] = b
+            if nesterov:
+                g = g + momentum * b
+            else:
+                g = b
+        param[i] = p - lr * g

@@ -1,0 +1,72 @@
+"""Adam and AdamW."""
+
+import math
+
+from .. import kernels
+from .base import Optimizer, check_flag, check_number
+
+
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, 2015).
+
+    ``m = b1*m + (1-b1)*g``; ``v = b2*v + (1-b2)*g*g``;
+    ``p -= lr * (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps)``;
+    with ``amsgrad``, ``vmax = max(vmax, v)`` replaces ``v`` in the denominator.
+
+    The seed divides by ``1 - rho1`` where the book's Algorithm 8.7 has ``1 - rho1**t``
+    (fastopt follows the book), and writes Adam's gradient at ``w + eps*v``, a copy slip
+    (Adam has no velocity). The seed's delta is 1e-6; PyTorch's eps is 1e-8.
+
+    Defaults as ``torch.optim.Adam``: lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    weight_decay=0 (coupled L2: added to the gradient), amsgrad=False, maximize=False.
+    Kernel: :func:`fastopt.kernels.adam`.
+    """
+
+    defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                    amsgrad=False, maximize=False)
+    decoupled = False
+
+    def check_group(self, group):
+        check_number(group, "lr", 0.0)
+        check_number(group, "eps", 0.0)
+        check_number(group, "weight_decay", 0.0)
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of numbers, got {betas!r}")
+        for i, beta in enumerate(betas):
+            check_number({f"beta parameter at index {i}": beta},
+                         f"beta parameter at index {i}", 0.0, 1.0, high_open=True)
+        check_flag(group, "amsgrad")
+        check_flag(group, "maximize")
+
+    def state_names(self, group):
+        names = ["exp_avg", "exp_avg_sq"]
+        if group["amsgrad"]:
+            names.append("max_exp_avg_sq")
+        return names
+
+    def update(self, seg, group, grad, grad_scale, zero_grad):
+        dt, t, state = seg.param.dtype.type, seg.step, seg.state
+        lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+        # Bias corrections in float64, once per step, before the cast (as optax does).
+        step_size = lr / (1.0 - beta1 ** t)
+        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** t)
+        coupled, param_decay = (0.0, 1.0 - lr * wd) if self.decoupled else (wd, 1.0)
+        kernels.adam(
+            seg.param, grad, state["exp_avg"], state["exp_avg_sq"],
+            state.get("max_exp_avg_sq", seg.param[:0]),
+            dt(step_size), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+            dt(inv_sqrt_bc2), dt(group["eps"]), dt(coupled), dt(param_decay),
+            dt(grad_scale), group["amsgrad"], zero_grad)
+
+
+class AdamW(Adam):
+    r"""AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay.
+
+    ``p *= 1 - lr*weight_decay``, then the Adam update with no L2 term in the gradient.
+    Beyond the seed. Defaults as ``torch.optim.AdamW``: as Adam but weight_decay=1e-2.
+    Kernel: :func:`fastopt.kernels.adam` (``param_decay = 1 - lr*weight_decay``).
+    """
+
+    defaults = {**Adam.defaults, "weight_decay": 1e-2}
+    decoupled = True

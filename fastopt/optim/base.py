@@ -1,0 +1,325 @@
+"""The optimizer base class: parameter intake, validation, state, step count, state_dict.
+
+A rule subclasses :class:`Optimizer` and supplies ``defaults``, ``check_group`` (its
+hyperparameter validation), ``state_names`` (the state buffers a group needs) and
+``update`` (scalar precomputation and the kernel call for one segment). Everything that is
+the same for every rule lives here.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from ..flat import Flat, check_float_array
+from .segments import build_segments, check_param
+
+
+def check_number(group, key, low=None, high=None, *, low_open=False, high_open=False):
+    """Validate ``group[key]`` as a real number in the given bounds (NaN never passes)."""
+    value = group[key]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{key} must be a real number, got {value!r}")
+    ok = not math.isnan(value)
+    if low is not None:
+        ok = ok and (value > low if low_open else value >= low)
+    if high is not None:
+        ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        bound = f"in {lo}{hi}" if low is not None and high is not None else (
+            f">= {low}" if high is None else f"<= {high}")
+        raise ValueError(f"Invalid {key}: {value!r} (must be {bound})")
+
+
+def check_flag(group, key):
+    if not isinstance(group[key], (bool, np.bool_)):
+        raise TypeError(f"{key} must be a bool, got {group[key]!r}")
+
+
+class Optimizer:
+    """Base class. ``params`` is a list of float32/float64 NumPy arrays, a
+    :func:`fastopt.flatten` result, or a list of param groups (dicts with ``"params"``
+    and per-group hyperparameters), as in ``torch.optim``.
+
+    The optimizer updates exactly the arrays it was given, in place; it never copies
+    them. Arrays that are consecutive views of one buffer (``flatten``'s views, in order)
+    are updated with one kernel call; other arrays with one call each.
+    """
+
+    defaults = {}
+
+    def __init__(self, params, **hyperparameters):
+        self.defaults = {**type(self).defaults, **hyperparameters}
+        self.param_groups, self._segments, self._flats = [], [], []
+        self._params, self._last_grads = [], None
+        groups = params
+        if isinstance(params, Flat) or not isinstance(params, (list, tuple)) or (
+                params and not isinstance(params[0], dict)):
+            groups = [{"params": params}]
+        groups = list(groups)
+        if not groups:
+            raise ValueError("params: optimizer got an empty parameter list")
+        for group in groups:
+            self.add_param_group(group)
+
+    # --- groups and validation ---------------------------------------------------
+
+    def check_group(self, group):
+        """Validate one group's hyperparameters (rule-specific; raise Type/ValueError)."""
+
+    def add_param_group(self, group):
+        """Add a param group (dict with ``"params"``; missing keys take the defaults)."""
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError("param group must be a dict with a 'params' entry")
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"param group has unknown keys: {sorted(unknown)}")
+        params = group["params"]
+        if isinstance(params, Flat):
+            self._flats.append(params)
+            params = params.params
+        elif isinstance(params, np.ndarray):
+            raise TypeError("params must be a list of arrays, not one array: "
+                            "wrap it as [array]")
+        params = list(params)
+        if not params:
+            raise ValueError("params: optimizer got an empty parameter list")
+        first = len(self._params)
+        for i, array in enumerate(params):
+            check_param(array, f"params[{first + i}]")
+        self._check_overlap(self._params + params)
+        group = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+        self.check_group(group)
+        group["params"] = params
+        self.param_groups.append(group)
+        self._params.extend(params)
+        self._segments.append(build_segments(params, first))
+
+    @staticmethod
+    def _check_overlap(arrays):
+        spans = sorted((a.__array_interface__["data"][0], a.nbytes, i)
+                       for i, a in enumerate(arrays) if a.nbytes)
+        for (start, size, i), (nxt, _, j) in zip(spans, spans[1:]):
+            if nxt < start + size:
+                i, j = sorted((i, j))
+                raise ValueError(f"params[{i}] and params[{j}] share memory; each "
+                                 "parameter must appear once")
+
+    # --- stepping ----------------------------------------------------------------
+
+    def _resolve_grads(self, grads):
+        if grads is None:
+            if not self._flats:
+                raise TypeError("grads is required: pass a list of gradient arrays aligned "
+                                "with params (step() without grads needs a flatten() result)")
+            grads = [g for flat in self._flats for g in flat.grads]
+            if len(grads) == len(self._params):
+                return grads, False
+            raise ValueError("grads: step() without grads needs every group to be a "
+                             "flatten() result")
+        if isinstance(grads, Flat):
+            grads = grads.grads
+        elif isinstance(grads, np.ndarray):
+            raise TypeError("grads must be a list of arrays aligned with params, not one array")
+        grads = list(grads)
+        if len(grads) != len(self._params):
+            raise ValueError(f"grads has {len(grads)} arrays, params has {len(self._params)}")
+        return grads, True
+
+    def _check_grads(self, grads):
+        for segments in self._segments:
+            for seg in segments:
+                for index in seg.indices:
+                    grad, param, name = grads[index], self._params[index], f"grads[{index}]"
+                    if grad is None:
+                        if len(seg.members) > 1:
+                            raise ValueError(f"{name} is None, but params[{index}] shares a "
+                                             "flat buffer with others; pass zeros instead")
+                        continue
+                    check_float_array(grad, name)
+                    if grad.dtype != param.dtype:
+                        raise TypeError(f"{name} has dtype {grad.dtype}, params[{index}] "
+                                        f"has {param.dtype}")
+                    if grad.shape != param.shape:
+                        raise ValueError(f"{name} has shape {grad.shape}, params[{index}] "
+                                         f"has {param.shape}")
+                    if not grad.flags.c_contiguous:
+                        raise ValueError(f"{name} must be C-contiguous")
+                    if np.may_share_memory(grad, seg.param):
+                        raise ValueError(f"{name} shares memory with the parameters")
+                    for state in seg.state.values():
+                        if np.may_share_memory(grad, state):
+                            raise ValueError(f"{name} shares memory with optimizer state")
+
+    def step(self, grads=None, *, zero_grad=False):
+        """One update of every parameter.
+
+        ``grads``: list of gradient arrays aligned with the params (``None`` skips a
+        parameter that has no gradient, as torch does). Omit it when the optimizer was
+        given ``flatten()`` results: their gradient buffers are read directly. Gradients
+        that are consecutive views of one buffer are read in place; others are gathered
+        into a scratch buffer first (one extra copy of the gradient).
+
+        ``zero_grad=True`` writes zero to each gradient element after reading it, in the
+        same pass. Everything is validated before any buffer is written.
+        """
+        grads, given = self._resolve_grads(grads)
+        if given:
+            self._check_grads(grads)
+        for group in self.param_groups:
+            self.check_group(group)
+        self._last_grads = grads
+        for group, segments in zip(self.param_groups, self._segments):
+            for seg in segments:
+                if grads[seg.members[0][0]] is None:
+                    continue
+                grad = seg.grad_view(grads)
+                self._ensure_state(seg, group)
+                seg.step += 1
+                scale = -1.0 if group.get("maximize", False) else 1.0
+                self.update(seg, group, grad, scale, zero_grad)
+                if zero_grad and grad is seg._gather:
+                    for index in seg.indices:
+                        grads[index].fill(0)
+
+    def zero_grad(self):
+        """Zero the gradient buffers of the ``flatten()`` results given to the optimizer,
+        or else the gradient arrays passed to the last ``step``."""
+        if self._flats:
+            for flat in self._flats:
+                flat.zero_grad()
+        elif self._last_grads is not None:
+            for grad in self._last_grads:
+                if grad is not None:
+                    grad.fill(0)
+
+    # --- state --------------------------------------------------------------------
+
+    def state_names(self, group):
+        """The state buffers a group needs, with PyTorch's names (rule-specific)."""
+        return []
+
+    def initial_state(self, name, group):
+        """Initial value of state buffer ``name`` (zeros unless a rule says otherwise)."""
+        return 0.0
+
+    def _ensure_state(self, seg, group):
+        """Allocate missing state buffers; ``seg.fresh`` names those just allocated."""
+        seg.fresh = set()
+        for name in self.state_names(group):
+            if name not in seg.state:
+                seg.state[name] = np.full_like(seg.param, self.initial_state(name, group))
+                seg.fresh.add(name)
+
+    @property
+    def state(self):
+        """Per-parameter state as PyTorch lays it out: index -> {"step", buffers...};
+        the buffers are views of the optimizer's own memory (read-only use)."""
+        return {index: entry for index, entry in self._state_entries(copy=False)}
+
+    def _state_entries(self, copy):
+        for segments in self._segments:
+            for seg in segments:
+                if seg.step == 0:
+                    continue
+                for member in seg.members:
+                    entry = {"step": seg.step}
+                    for name, buffer in seg.state.items():
+                        view = seg.member_view(buffer, member)
+                        entry[name] = view.copy() if copy else view
+                    yield member[0], entry
+
+    def state_dict(self):
+        """``{"state": {index: {"step": int, name: array}}, "param_groups": [...]}`` in
+        ``torch.optim``'s layout; arrays are copies, so the dict is a snapshot."""
+        groups, first = [], 0
+        for group in self.param_groups:
+            count = len(group["params"])
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": list(range(first, first + count))})
+            first += count
+        return {"state": dict(self._state_entries(copy=True)), "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        """Restore a ``state_dict()`` (ours or torch.optim's, same rule, same params).
+
+        Everything is checked (number of groups and params, keys, shapes, steps) before
+        anything is written; a mismatch raises ``ValueError`` saying what differs."""
+        if not isinstance(state_dict, dict) or {"state", "param_groups"} - set(state_dict):
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
+        saved_groups, state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, the "
+                             f"optimizer has {len(self.param_groups)}")
+        new_groups = []
+        for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"state_dict param group {g} has {len(saved['params'])} "
+                                 f"params, the optimizer's has {len(group['params'])}")
+            unknown = set(saved) - set(self.defaults) - {"params"}
+            known = {k: v for k, v in saved.items() if k in self.defaults}
+            if unknown - _TORCH_ONLY_KEYS:
+                raise ValueError(f"state_dict param group {g} has keys this rule does not "
+                                 f"know: {sorted(unknown - _TORCH_ONLY_KEYS)} (another rule?)")
+            new = {**group, **known}
+            self.check_group(new)
+            new_groups.append((new, saved["params"]))
+        plan = []  # (segment, step, {name: [(member, array)]})
+        for (group, saved_ids), segments in zip(new_groups, self._segments):
+            ids = dict(zip((m for seg in segments for m in seg.indices), saved_ids))
+            names = self.state_names(group)
+            for seg in segments:
+                entries = [state.get(ids[i], state.get(str(ids[i]))) for i in seg.indices]
+                plan.append((seg, *self._plan_segment(seg, entries, names)))
+        for (group, _), old in zip(new_groups, self.param_groups):
+            old.update({k: v for k, v in group.items() if k != "params"})
+        for seg, step, buffers in plan:
+            seg.step = step
+            seg.state = {}
+            for name, parts in buffers.items():
+                seg.state[name] = np.empty_like(seg.param)
+                for member, array in parts:
+                    seg.member_view(seg.state[name], member)[...] = array
+
+    def _plan_segment(self, seg, entries, names):
+        present = [e for e in entries if e]
+        if not present:
+            return 0, {}
+        if len(present) != len(entries):
+            raise ValueError(f"state_dict has state for some of params {seg.indices} but "
+                             "not all; they share one flat buffer and must step together")
+        steps = {int(_scalar(e.get("step", 1))) for e in entries}
+        if len(steps) != 1:
+            raise ValueError(f"state_dict has different step counts {sorted(steps)} for "
+                             f"params {seg.indices}, which share one flat buffer")
+        buffers = {}
+        for name in names:
+            parts = []
+            for member, entry in zip(seg.members, entries):
+                if name not in entry or entry[name] is None:
+                    raise ValueError(f"state_dict state[{member[0]}] lacks {name!r} "
+                                     "(saved by another rule or with other options?)")
+                array = np.asarray(_numpy(entry[name]))
+                if array.shape != tuple(member[3]):
+                    raise ValueError(f"state_dict state[{member[0]}][{name!r}] has shape "
+                                     f"{array.shape}, params[{member[0]}] has {member[3]}")
+                parts.append((member, array))
+            buffers[name] = parts
+        return steps.pop(), buffers
+
+
+#: Keys torch.optim writes into param groups that fastopt's rules do not use.
+_TORCH_ONLY_KEYS = {"foreach", "fused", "capturable", "differentiable", "initial_lr",
+                    "decoupled_weight_decay"}
+
+
+def _numpy(value):
+    """A NumPy view of a NumPy array or a CPU torch tensor (without importing torch)."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
+def _scalar(value):
+    value = _numpy(value)
+    return value.item() if hasattr(value, "item") else value

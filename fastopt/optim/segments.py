@@ -1,0 +1,120 @@
+"""Segments: the flat runs of parameters that one kernel call updates.
+
+An optimizer splits each param group into segments. Arrays that are consecutive views of
+one contiguous buffer (the views ``flatten`` hands out, in order) form one segment and are
+updated in place with one kernel call; any other array is a segment of its own. Nothing
+is copied: a segment's ``param`` is a 1-D view of the user's memory.
+"""
+
+import numpy as np
+
+from ..flat import check_float_array
+
+
+def _owner(array):
+    """The array that owns ``array``'s memory (walking ``.base``)."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _address(array):
+    return array.__array_interface__["data"][0]
+
+
+def _flat_view(arrays):
+    """A 1-D view spanning ``arrays`` if they are consecutive, gap-free views of one
+    C-contiguous owner in this order; else ``None``."""
+    first, owner = arrays[0], _owner(arrays[0])
+    if not owner.flags.c_contiguous or owner.dtype != first.dtype:
+        return None
+    address = _address(first)
+    for array in arrays:
+        if _owner(array) is not owner or _address(array) != address:
+            return None
+        address += array.nbytes
+    start = (_address(first) - _address(owner)) // first.itemsize
+    stop = start + (address - _address(first)) // first.itemsize
+    return owner.reshape(-1)[start:stop]
+
+
+class Segment:
+    """A 1-D parameter view, the params it covers, its state buffers and step count.
+
+    ``members``: ``(param index, offset, size, shape)`` per array in the segment.
+    ``state``: state name -> 1-D buffer of the segment's length (PyTorch's names).
+    """
+
+    def __init__(self, param, members):
+        self.param = param
+        self.members = members
+        self.state = {}
+        self.step = 0
+        self.fresh = set()
+        self._gather = None
+
+    @property
+    def indices(self):
+        return [m[0] for m in self.members]
+
+    def grad_view(self, grads):
+        """The segment's gradient as one 1-D buffer: a view when ``grads`` of its members
+        tile one buffer in order (no copy), else gathered once into scratch memory."""
+        members = [grads[i] for i in self.indices]
+        if len(members) == 1:
+            return members[0].reshape(-1)
+        view = _flat_view(members)
+        if view is not None:
+            return view
+        if self._gather is None:
+            self._gather = np.empty_like(self.param)
+        for (_, offset, size, _), grad in zip(self.members, members):
+            self._gather[offset:offset + size] = grad.reshape(-1)
+        return self._gather
+
+    def member_view(self, buffer, member):
+        _, offset, size, shape = member
+        return buffer[offset:offset + size].reshape(shape)
+
+
+def check_param(array, name):
+    check_float_array(array, name)
+    if not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous (np.ascontiguousarray copies it, "
+                         "but the optimizer must update the array you train)")
+    if not array.flags.writeable:
+        raise ValueError(f"{name} is read-only; the optimizer updates it in place")
+
+
+def build_segments(params, first_index):
+    """Split ``params`` (already checked) into segments; indices start at ``first_index``."""
+    segments, run = [], []
+
+    def close():
+        if run:
+            arrays = [params[i] for i in run]
+            view = _flat_view(arrays) if len(run) > 1 else arrays[0].reshape(-1)
+            if view is None:  # not one buffer after all: one segment each
+                for i in run:
+                    segments.append(_single(params[i], first_index + i))
+            else:
+                members, offset = [], 0
+                for i in run:
+                    members.append((first_index + i, offset, params[i].size, params[i].shape))
+                    offset += params[i].size
+                segments.append(Segment(view, members))
+            run.clear()
+
+    for i, array in enumerate(params):
+        if run:
+            last = params[run[-1]]
+            if not (_owner(last) is _owner(array) and last.dtype == array.dtype
+                    and _address(last) + last.nbytes == _address(array)):
+                close()
+        run.append(i)
+    close()
+    return segments
+
+
+def _single(array, index):
+    return Segment(array.reshape(-1), [(index, 0, array.size, array.shape)])

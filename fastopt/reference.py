@@ -1,0 +1,107 @@
+"""Plain NumPy transcriptions of every rule: the oracle for tests, the baseline for benchmarks.
+
+Written for reading next to the seed's equations, not for speed. Each function takes one
+parameter array, its gradient, a state dict (PyTorch's keys, including ``step``) and the
+hyperparameters; it returns the new parameter and the new state and changes nothing it
+was given. Arithmetic stays in the parameter's dtype (NumPy 2 keeps float32 arrays float32
+when combined with Python floats). ``grad_scale`` multiplies the gradient first (loss-scale
+unscaling, clipping); ``maximize`` then negates it, as in PyTorch.
+"""
+
+import numpy as np
+
+
+def _gradient(param, grad, grad_scale, maximize, weight_decay):
+    """The gradient every rule sees: scaled, negated to maximize, plus L2 decay."""
+    g = grad * param.dtype.type(grad_scale)
+    if maximize:
+        g = -g
+    return g + weight_decay * param
+
+
+def sgd(param, grad, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+        nesterov=False, maximize=False, grad_scale=1.0):
+    """Seed: ``w = w - lr * dL/dw``; momentum as PyTorch: ``b = mu*b + (1-dampening)*g``
+    (``b = g`` on the first step), ``w -= lr*b``; Nesterov: ``w -= lr*(g + mu*b)``."""
+    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    state = dict(state)
+    if momentum != 0:
+        if "momentum_buffer" in state:
+            b = momentum * state["momentum_buffer"] + (1 - dampening) * g
+        else:
+            b = g.copy()
+        state["momentum_buffer"] = b
+        g = g + momentum * b if nesterov else b
+    return param - lr * g, state
+
+
+def adagrad(param, grad, state, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+            initial_accumulator_value=0.0, eps=1e-10, maximize=False, grad_scale=1.0):
+    """Seed: ``r = r + g*g; w = w - lr/(delta + sqrt(r)) * g`` with ``lr`` decayed as
+    ``lr / (1 + (t-1)*lr_decay)`` (PyTorch)."""
+    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    r = state.get("sum", np.full_like(param, initial_accumulator_value))
+    r = r + g * g
+    clr = lr / (1 + (t - 1) * lr_decay)
+    return param - clr * g / (np.sqrt(r) + eps), {"step": t, "sum": r}
+
+
+def rmsprop(param, grad, state, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+            momentum=0.0, centered=False, nesterov=False, eps_in_sqrt=False,
+            maximize=False, grad_scale=1.0):
+    """Seed: ``r = rho*r + (1-rho)*g*g; w = w - lr/sqrt(delta + r) * g`` (``eps_in_sqrt``);
+    PyTorch's default puts eps outside the root: ``sqrt(r) + eps``. ``centered`` subtracts
+    the square of the running mean gradient. Momentum: ``b = mu*b + g/d; w -= lr*b``;
+    Nesterov (the seed's "RMSProp with momentum", look-ahead stored in ``w``):
+    ``w -= lr*(g/d + mu*b)``."""
+    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    new = {"step": t}
+    r = alpha * state.get("square_avg", np.zeros_like(param)) + (1 - alpha) * g * g
+    new["square_avg"] = r
+    if centered:
+        c = state.get("grad_avg", np.zeros_like(param))
+        c = c + (1 - alpha) * (g - c)
+        new["grad_avg"] = c
+        r = r - c * c
+    d = np.sqrt(r + eps) if eps_in_sqrt else np.sqrt(r) + eps
+    step = g / d
+    if momentum > 0:
+        b = momentum * state.get("momentum_buffer", np.zeros_like(param)) + step
+        new["momentum_buffer"] = b
+        step = step + momentum * b if nesterov else b
+    return param - lr * step, new
+
+
+def adam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+         amsgrad=False, maximize=False, grad_scale=1.0, decoupled_weight_decay=False):
+    """Seed (with the book's bias correction ``1 - rho**t``): ``s = rho1*s + (1-rho1)*g``;
+    ``r = rho2*r + (1-rho2)*g*g``; ``w -= lr * s_hat / (sqrt(r_hat) + delta)``.
+    ``decoupled_weight_decay`` is AdamW: ``w *= 1 - lr*wd`` before the update, no L2 term."""
+    beta1, beta2 = betas
+    if decoupled_weight_decay:
+        param = param * (1 - lr * weight_decay)
+        weight_decay = 0.0
+    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
+    v = beta2 * state.get("exp_avg_sq", np.zeros_like(param)) + (1 - beta2) * g * g
+    new = {"step": t, "exp_avg": m, "exp_avg_sq": v}
+    if amsgrad:
+        v = np.maximum(state.get("max_exp_avg_sq", np.zeros_like(param)), v)
+        new["max_exp_avg_sq"] = v
+    m_hat = m / (1 - beta1 ** t)
+    v_hat = v / (1 - beta2 ** t)
+    return param - lr * m_hat / (np.sqrt(v_hat) + eps), new
+
+
+def adamw(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+          amsgrad=False, maximize=False, grad_scale=1.0):
+    """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, PyTorch's default 1e-2."""
+    return adam(param, grad, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                amsgrad=amsgrad, maximize=maximize, grad_scale=grad_scale,
+                decoupled_weight_decay=True)
+
+
+RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw}
