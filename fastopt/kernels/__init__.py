@@ -1,9 +1,13 @@
 """The kernels: one ``@njit`` body per rule, each compiled as a serial and a parallel twin.
 
 Each kernel updates ``param`` and its state in place, in one pass, over 1-D C-contiguous
-float32 or float64 buffers, with every scalar of the buffers' dtype. Call a kernel from
-Python (it picks the twin by size), or ``kernel.parallel`` / ``kernel.serial`` from your own
-``@njit`` code. Signatures and formulas are in each kernel's docstring; they are public API.
+float32 or float64 buffers, with every scalar of the buffers' dtype. Signatures and formulas
+are in each kernel's docstring; they are public API.
+
+* From Python: ``fastopt.kernels.adam(...)`` picks the twin by the buffer's size.
+* From your own ``@njit`` code: call the dispatchers ``fastopt.kernels.adam_parallel`` or
+  ``fastopt.kernels.adam_serial`` (also ``kernels.adam.parallel``/``.serial`` bound to a
+  global name first; Numba cannot look attributes up on the ``Kernel`` object itself).
 """
 
 from .adagrad import adagrad
@@ -12,4 +16,11 @@ from .config import PARALLEL_THRESHOLD, Kernel
 from .rmsprop import rmsprop
 from .sgd import sgd
 
-__all__ = ["sgd", "adagrad", "rmsprop", "adam", "Kernel", "PARALLEL_THRESHOLD"]
+RULE_KERNELS = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam}
+
+for _name, _kernel in RULE_KERNELS.items():
+    globals()[f"{_name}_serial"] = _kernel.serial
+    globals()[f"{_name}_parallel"] = _kernel.parallel
+
+__all__ = ["sgd", "adagrad", "rmsprop", "adam", "Kernel", "PARALLEL_THRESHOLD",
+           "RULE_KERNELS"] + [f"{n}_{t}" for n in RULE_KERNELS for t in ("serial", "parallel")]

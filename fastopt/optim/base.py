@@ -51,6 +51,10 @@ class Optimizer:
     defaults = {}
 
     def __init__(self, params, **hyperparameters):
+        unknown = sorted(set(hyperparameters) - set(type(self).defaults))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
+                            f"{unknown}; it takes {sorted(type(self).defaults)}")
         self.defaults = {**type(self).defaults, **hyperparameters}
         self.param_groups, self._segments, self._flats = [], [], []
         self._params, self._last_grads = [], None
@@ -128,7 +132,7 @@ class Optimizer:
             raise ValueError(f"grads has {len(grads)} arrays, params has {len(self._params)}")
         return grads, True
 
-    def _check_grads(self, grads):
+    def _check_grads(self, grads, zero_grad):
         for segments in self._segments:
             for seg in segments:
                 for index in seg.indices:
@@ -147,6 +151,9 @@ class Optimizer:
                                          f"has {param.shape}")
                     if not grad.flags.c_contiguous:
                         raise ValueError(f"{name} must be C-contiguous")
+                    if zero_grad and not grad.flags.writeable:
+                        raise ValueError(f"{name} is read-only, so zero_grad=True cannot "
+                                         "zero it")
                     if np.may_share_memory(grad, seg.param):
                         raise ValueError(f"{name} shares memory with the parameters")
                     for state in seg.state.values():
@@ -167,7 +174,7 @@ class Optimizer:
         """
         grads, given = self._resolve_grads(grads)
         if given:
-            self._check_grads(grads)
+            self._check_grads(grads, zero_grad)
         for group in self.param_groups:
             self.check_group(group)
         self._last_grads = grads
