@@ -9,9 +9,10 @@
 
 from . import kernels, reference
 from .flat import Flat, flatten
-from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
+from .threads import num_threads
 
 __version__ = "0.1.0"
 
 __all__ = ["flatten", "Flat", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW",
-           "kernels", "reference", "__version__"]
+           "clip_grad_norm", "num_threads", "kernels", "reference", "__version__"]

@@ -1,7 +1,7 @@
 """Adagrad."""
 
 from .. import kernels
-from .base import Optimizer, check_flag, check_number
+from .base import Optimizer, check_flag, check_lr, check_number
 
 
 class Adagrad(Optimizer):
@@ -21,7 +21,7 @@ class Adagrad(Optimizer):
                     eps=1e-10, maximize=False)
 
     def check_group(self, group):
-        check_number(group, "lr", 0.0)
+        check_lr(group)
         check_number(group, "lr_decay", 0.0)
         check_number(group, "weight_decay", 0.0)
         check_number(group, "initial_accumulator_value", 0.0)

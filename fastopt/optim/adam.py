@@ -3,7 +3,7 @@
 import math
 
 from .. import kernels
-from .base import Optimizer, check_flag, check_number
+from .base import Optimizer, check_flag, check_lr, check_number
 
 
 class Adam(Optimizer):
@@ -27,7 +27,7 @@ class Adam(Optimizer):
     decoupled = False
 
     def check_group(self, group):
-        check_number(group, "lr", 0.0)
+        check_lr(group)
         check_number(group, "eps", 0.0)
         check_number(group, "weight_decay", 0.0)
         betas = group["betas"]

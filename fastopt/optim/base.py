@@ -3,7 +3,8 @@
 A rule subclasses :class:`Optimizer` and supplies ``defaults``, ``check_group`` (its
 hyperparameter validation), ``state_names`` (the state buffers a group needs) and
 ``update`` (scalar precomputation and the kernel call for one segment). Everything that is
-the same for every rule lives here.
+the same for every rule lives here. Those four methods read only class attributes and their
+arguments: ``fastopt.torch`` calls them on a rule instance made without ``__init__``.
 """
 
 import math
@@ -12,6 +13,7 @@ import numbers
 import numpy as np
 
 from ..flat import Flat, check_float_array
+from ..kernels.reductions import norm_and_finite
 from .segments import build_segments, check_param
 
 
@@ -33,6 +35,22 @@ def check_number(group, key, low=None, high=None, *, low_open=False, high_open=F
         raise ValueError(f"Invalid {key}: {value!r} (must be {bound})")
 
 
+def check_lr(group):
+    """``lr`` is a number >= 0, or a schedule: a callable of the step count (0 for the
+    first step) returning one, evaluated once per step (``fastopt.schedules``)."""
+    if not callable(group["lr"]):
+        check_number(group, "lr", 0.0)
+
+
+def resolve_lr(group, steps_taken):
+    """The group with a schedule's ``lr`` evaluated for this step (validated)."""
+    if not callable(group["lr"]):
+        return group
+    resolved = {**group, "lr": group["lr"](steps_taken)}
+    check_number(resolved, "lr", 0.0)
+    return resolved
+
+
 def check_flag(group, key):
     if not isinstance(group[key], (bool, np.bool_)):
         raise TypeError(f"{key} must be a bool, got {group[key]!r}")
@@ -50,7 +68,8 @@ class Optimizer:
 
     defaults = {}
 
-    def __init__(self, params, **hyperparameters):
+    def __init__(self, params, *, clip_grad_norm=None, grad_scale=1.0,
+                 skip_if_nonfinite=False, **hyperparameters):
         unknown = sorted(set(hyperparameters) - set(type(self).defaults))
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
@@ -58,6 +77,15 @@ class Optimizer:
         self.defaults = {**type(self).defaults, **hyperparameters}
         self.param_groups, self._segments, self._flats = [], [], []
         self._params, self._last_grads = [], None
+        #: Loop options, optimizer-wide (attributes: change them between steps freely).
+        self.clip_grad_norm = clip_grad_norm
+        self.grad_scale = grad_scale
+        self.skip_if_nonfinite = skip_if_nonfinite
+        self._check_loop_options()
+        #: Whether the last ``step`` was skipped for a non-finite gradient.
+        self.last_step_skipped = False
+        #: Global L2 norm of the (unscaled) gradients at the last step, when it was computed.
+        self.last_grad_norm = None
         groups = params
         if isinstance(params, Flat) or not isinstance(params, (list, tuple)) or (
                 params and not isinstance(params[0], dict)):
@@ -72,6 +100,15 @@ class Optimizer:
 
     def check_group(self, group):
         """Validate one group's hyperparameters (rule-specific; raise Type/ValueError)."""
+
+    def _check_loop_options(self):
+        if self.clip_grad_norm is not None:
+            check_number({"clip_grad_norm": self.clip_grad_norm}, "clip_grad_norm", 0.0,
+                         low_open=True)
+        check_number({"grad_scale": self.grad_scale}, "grad_scale", 0.0, low_open=True)
+        if not math.isfinite(self.grad_scale):
+            raise ValueError(f"Invalid grad_scale: {self.grad_scale!r} (must be finite)")
+        check_flag({"skip_if_nonfinite": self.skip_if_nonfinite}, "skip_if_nonfinite")
 
     def add_param_group(self, group):
         """Add a param group (dict with ``"params"``; missing keys take the defaults)."""
@@ -171,25 +208,44 @@ class Optimizer:
 
         ``zero_grad=True`` writes zero to each gradient element after reading it, in the
         same pass. Everything is validated before any buffer is written.
+
+        Every rule sees ``g = grad / grad_scale * clip`` (negated with ``maximize``), one
+        factor folded into the kernel's ``grad_scale`` argument: no extra pass. With
+        ``clip_grad_norm`` or ``skip_if_nonfinite`` set, one read pass over all gradients
+        first computes their global L2 norm (``last_grad_norm``, of the unscaled
+        gradients) and whether all are finite; ``clip = min(1, max_norm/(norm + 1e-6))``
+        as ``torch.nn.utils.clip_grad_norm_``. With ``skip_if_nonfinite`` and an Inf/NaN
+        gradient, nothing is written (params, state, step counts and gradients stay
+        bitwise as they were) and ``last_step_skipped`` is True.
         """
         grads, given = self._resolve_grads(grads)
         if given:
             self._check_grads(grads, zero_grad)
+        self._check_loop_options()
         for group in self.param_groups:
             self.check_group(group)
         self._last_grads = grads
-        for group, segments in zip(self.param_groups, self._segments):
-            for seg in segments:
-                if grads[seg.members[0][0]] is None:
-                    continue
-                grad = seg.grad_view(grads)
-                self._ensure_state(seg, group)
-                seg.step += 1
-                scale = -1.0 if group.get("maximize", False) else 1.0
-                self.update(seg, group, grad, scale, zero_grad)
-                if zero_grad and grad is seg._gather:
-                    for index in seg.indices:
-                        grads[index].fill(0)
+        work = [(group, seg) for group, segments in zip(self.param_groups, self._segments)
+                for seg in segments if grads[seg.members[0][0]] is not None]
+        resolved = [resolve_lr(group, seg.step) for group, seg in work]
+        views = [seg.grad_view(grads) for _, seg in work]
+        scale = 1.0 / self.grad_scale
+        self.last_step_skipped, self.last_grad_norm = False, None
+        if self.clip_grad_norm is not None or self.skip_if_nonfinite:
+            squares, finite = norm_and_finite(views)
+            self.last_grad_norm = math.sqrt(squares) * scale
+            if self.skip_if_nonfinite and not finite:
+                self.last_step_skipped = True
+                return
+            if self.clip_grad_norm is not None:
+                scale *= min(1.0, self.clip_grad_norm / (self.last_grad_norm + 1e-6))
+        for (_, seg), group, grad in zip(work, resolved, views):
+            self._ensure_state(seg, group)
+            seg.step += 1
+            self.update(seg, group, grad, -scale if group["maximize"] else scale, zero_grad)
+            if zero_grad and grad is seg._gather:
+                for index in seg.indices:
+                    grads[index].fill(0)
 
     def zero_grad(self):
         """Zero the gradient buffers of the ``flatten()`` results given to the optimizer,

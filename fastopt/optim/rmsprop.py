@@ -1,7 +1,7 @@
 """RMSprop, with the seed's variants (delta inside the root, Nesterov momentum)."""
 
 from .. import kernels
-from .base import Optimizer, check_flag, check_number
+from .base import Optimizer, check_flag, check_lr, check_number
 
 
 class RMSprop(Optimizer):
@@ -26,7 +26,7 @@ class RMSprop(Optimizer):
                     centered=False, maximize=False, nesterov=False, eps_in_sqrt=False)
 
     def check_group(self, group):
-        check_number(group, "lr", 0.0)
+        check_lr(group)
         check_number(group, "alpha", 0.0)
         check_number(group, "eps", 0.0)
         check_number(group, "weight_decay", 0.0)

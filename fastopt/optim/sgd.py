@@ -1,7 +1,7 @@
 """SGD: the seed's gradient descent, stochastic and minibatch SGD, momentum, Nesterov."""
 
 from .. import kernels
-from .base import Optimizer, check_flag, check_number
+from .base import Optimizer, check_flag, check_lr, check_number
 
 
 class SGD(Optimizer):
@@ -27,7 +27,7 @@ class SGD(Optimizer):
                     nesterov=False, maximize=False)
 
     def check_group(self, group):
-        check_number(group, "lr", 0.0)
+        check_lr(group)
         check_number(group, "momentum", 0.0)
         check_number(group, "dampening")
         check_number(group, "weight_decay", 0.0)
