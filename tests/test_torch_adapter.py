@@ -1,0 +1,544 @@
+"""fastopt.torch against torch.optim: same trajectories, checkpoints, and torch's idioms.
+
+Every comparison trains a small MLP on a fixed batch twice from the same initial weights
+(``copy.deepcopy``), once with ``torch.optim``'s class (``foreach=False``: the reference
+single-tensor implementation) and once with ``fastopt.torch``'s, and compares the
+parameters after every step.
+
+Tolerances. float32: rtol 1e-5, atol 1e-6. Both sides compute the same formula in float32
+but in a different order (fastopt multiplies by a precomputed ``1/sqrt(bc2)`` where torch
+divides, fuses the whole update into one expression, ...), so each step may differ by a few
+ulps (~1e-7 relative); over 30 steps the differences stay near 1e-6 relative, and atol
+covers params that pass near zero. float64: rtol 1e-12, atol 1e-14, the same argument with
+ulps of 1e-16. (``maximize=True`` runs ascend ``-loss``, so they stay bounded; ascending
+the MSE itself diverges and amplifies ulp differences without limit.)
+"""
+
+import copy
+import io
+import itertools
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import numpy as np  # noqa: E402
+from torch import nn  # noqa: E402
+
+import fastopt  # noqa: E402
+import fastopt.torch as ft  # noqa: E402
+
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6),
+       torch.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+def make_model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+
+
+def make_batch(dtype=torch.float32, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(16, 4, generator=generator, dtype=dtype),
+            torch.randn(16, 3, generator=generator, dtype=dtype))
+
+
+def backward(model, batch, sign=1):
+    x, y = batch
+    loss = sign * nn.functional.mse_loss(model(x), y)
+    loss.backward()
+    return loss
+
+
+def assert_close_scaled(actual, expected, dtype=torch.float32):
+    """For state buffers: atol scaled by the buffer's largest magnitude, since an element
+    built from terms that large carries rounding errors of their ulps (a centered RMSprop
+    momentum buffer spans 0.05 to 12 on the test model)."""
+    tol = TOL[dtype]
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+def assert_same_params(reference, candidate, dtype, step):
+    for (name, a), b in zip(reference.named_parameters(), candidate.parameters()):
+        torch.testing.assert_close(b, a, **TOL[dtype], msg=lambda m: f"step {step}, {name}: {m}")
+
+
+def side_by_side(torch_cls, fast_cls, options, steps=30, dtype=torch.float32,
+                 models=None, before_step=None, zero_grad=None, torch_extra=None):
+    """Train twice from the same start; compare params after every step. Returns both
+    (model, optimizer) pairs."""
+    reference = models[0] if models else make_model(dtype)
+    candidate = models[1] if models else copy.deepcopy(reference)
+    batch = make_batch(dtype)
+    # maximize=True ascends -loss: the same bounded trajectory as descending the loss
+    # (ascending the MSE itself diverges, and float32 comparisons with it).
+    sign = -1 if options.get("maximize") else 1
+    torch_opt = torch_cls(reference.parameters(), foreach=False, **options,
+                          **(torch_extra or {}))
+    fast_opt = fast_cls(candidate.parameters(), **options)
+    for step in range(steps):
+        for model, opt in ((reference, torch_opt), (candidate, fast_opt)):
+            if zero_grad is None:
+                opt.zero_grad()
+            else:
+                zero_grad(model, opt, step)
+            backward(model, batch, sign)
+            if before_step is not None:
+                before_step(model, opt, step)
+            opt.step()
+        assert_same_params(reference, candidate, dtype, step)
+    return (reference, torch_opt), (candidate, fast_opt)
+
+
+# --- every option combination torch supports -------------------------------------------
+
+def _configs():
+    for momentum, dampening, nesterov, wd, maximize in itertools.product(
+            (0.0, 0.9), (0.0, 0.5), (False, True), (0.0, 0.01), (False, True)):
+        if nesterov and (momentum == 0 or dampening != 0):
+            continue  # torch rejects these
+        yield "SGD", dict(lr=0.05, momentum=momentum, dampening=dampening,
+                          nesterov=nesterov, weight_decay=wd, maximize=maximize)
+    for lr_decay, init, wd, maximize in itertools.product(
+            (0.0, 0.01), (0.0, 0.1), (0.0, 0.01), (False, True)):
+        yield "Adagrad", dict(lr=0.05, lr_decay=lr_decay, initial_accumulator_value=init,
+                              weight_decay=wd, maximize=maximize)
+    for centered, momentum, wd, maximize in itertools.product(
+            (False, True), (0.0, 0.9), (0.0, 0.01), (False, True)):
+        yield "RMSprop", dict(lr=0.005, centered=centered, momentum=momentum,
+                              weight_decay=wd, maximize=maximize)
+    for name in ("Adam", "AdamW"):
+        for amsgrad, wd, maximize in itertools.product(
+                (False, True), (0.0, 0.05), (False, True)):
+            yield name, dict(lr=0.01, amsgrad=amsgrad, weight_decay=wd, maximize=maximize)
+
+
+CONFIGS = list(_configs())
+
+
+def _config_id(config):
+    name, options = config
+    return name + "-" + ",".join(f"{k}={v}" for k, v in options.items() if k != "lr")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("config", CONFIGS, ids=[_config_id(c) for c in CONFIGS])
+def test_matches_torch_optim_every_step(config, dtype):
+    name, options = config
+    (_, torch_opt), (_, fast_opt) = side_by_side(
+        getattr(torch.optim, name), getattr(ft, name), options, dtype=dtype)
+    # Same state layout: keys per param, and the step count's value and dtype.
+    ours, theirs = fast_opt.state_dict()["state"], torch_opt.state_dict()["state"]
+    assert ours.keys() == theirs.keys()
+    for index in theirs:
+        assert ours[index].keys() == theirs[index].keys()
+        if "step" in theirs[index]:
+            assert ours[index]["step"].dtype == theirs[index]["step"].dtype
+            assert ours[index]["step"].item() == theirs[index]["step"].item() == 30
+
+
+def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
+    model = make_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = ft.Adam(model.parameters(), lr=0.01)
+    (bucket,) = opt._buckets[0]
+    storage = bucket.param.untyped_storage().data_ptr()
+    for p, b in zip(model.parameters(), before):
+        assert p.untyped_storage().data_ptr() == storage  # rebound to the flat buffer
+        assert torch.equal(p, b)                          # values kept
+    batch = make_batch()
+    calls = []
+    original_update = fastopt.optim.Adam.update
+
+    def counting_update(self, seg, *args):
+        calls.append(seg.param.size)
+        return original_update(self, seg, *args)
+
+    fastopt.optim.Adam.update = counting_update
+    try:
+        for _ in range(3):
+            opt.zero_grad()
+            backward(model, batch)
+            opt.step()
+            for p, view in zip(model.parameters(), bucket.grad_views):
+                assert p.grad.data_ptr() == view.data_ptr()  # autograd wrote into the view
+    finally:
+        fastopt.optim.Adam.update = original_update
+    assert calls == [bucket.param.numel()] * 3
+    for p, exp_avg in zip(model.parameters(), bucket.state_views["exp_avg"]):
+        assert opt.state[p]["exp_avg"] is exp_avg
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+CHECKPOINT_CONFIGS = {
+    "SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "Adagrad": dict(lr=0.05, lr_decay=0.01, initial_accumulator_value=0.1),
+    "RMSprop": dict(lr=0.005, momentum=0.9, centered=True, weight_decay=0.01),
+    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+    "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.05),
+}
+
+
+def _through_bytes(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer)  # weights_only=True: plain tensors and numbers only
+
+
+@pytest.mark.parametrize("transport", ["state_dict", "torch.save"])
+@pytest.mark.parametrize("direction", ["torch->fastopt", "fastopt->torch"])
+@pytest.mark.parametrize("name", list(CHECKPOINT_CONFIGS))
+def test_checkpoint_interchange(name, direction, transport):
+    options = CHECKPOINT_CONFIGS[name]
+    torch_cls = lambda params: getattr(torch.optim, name)(params, foreach=False, **options)  # noqa
+    fast_cls = lambda params: getattr(ft, name)(params, **options)  # noqa
+    first, second = ((torch_cls, fast_cls) if direction == "torch->fastopt"
+                     else (fast_cls, torch_cls))
+    batch = make_batch()
+    model = make_model()
+    opt = first(model.parameters())
+    for _ in range(5):
+        opt.zero_grad()
+        backward(model, batch)
+        opt.step()
+    saved = opt.state_dict()
+    if transport == "torch.save":
+        saved = _through_bytes(saved)
+    resumed_model = copy.deepcopy(model)
+    resumed = second(resumed_model.parameters())
+    resumed.load_state_dict(saved)
+    for step in range(10):
+        for m, o in ((model, opt), (resumed_model, resumed)):
+            o.zero_grad()
+            backward(m, batch)
+            o.step()
+        assert_same_params(model, resumed_model, torch.float32, step)
+    final = resumed.state_dict()["state"]
+    for index, entry in opt.state_dict()["state"].items():
+        for key, value in entry.items():
+            assert_close_scaled(final[index][key], value)
+
+
+def test_state_dict_is_a_snapshot_and_adagrad_state_is_eager():
+    model = make_model()
+    opt = ft.Adagrad(model.parameters(), initial_accumulator_value=0.5)
+    reference = torch.optim.Adagrad(make_model().parameters(), initial_accumulator_value=0.5)
+    ours, theirs = opt.state_dict(), reference.state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for index in theirs["state"]:
+        assert ours["state"][index].keys() == theirs["state"][index].keys()
+        torch.testing.assert_close(ours["state"][index]["sum"], theirs["state"][index]["sum"])
+    backward(model, make_batch())
+    opt.step()
+    assert ours["state"][0]["step"].item() == 0  # the earlier snapshot did not move
+    assert opt.state_dict()["state"][0]["step"].item() == 1
+
+
+def test_load_state_dict_checks_shapes():
+    opt = ft.Adam(make_model().parameters())
+    other = torch.optim.Adam([nn.Parameter(torch.zeros(3)) for _ in range(4)])
+    for p in other.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    other.step()
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(other.state_dict())
+
+
+# --- torch's idioms -------------------------------------------------------------------
+
+def train_both(reference, candidate, steps, iteration, dtype=torch.float32):
+    """``iteration(side, step)`` for side 0 (torch) and 1 (fastopt); compare each step."""
+    for step in range(steps):
+        iteration(0, step)
+        iteration(1, step)
+        assert_same_params(reference, candidate, dtype, step)
+
+
+def test_lr_scheduler():
+    reference = make_model()
+    candidate = copy.deepcopy(reference)
+    models = (reference, candidate)
+    opts = (torch.optim.Adam(reference.parameters(), lr=0.05, foreach=False),
+            ft.Adam(candidate.parameters(), lr=0.05))
+    schedulers = [torch.optim.lr_scheduler.StepLR(o, step_size=4, gamma=0.5) for o in opts]
+    batch = make_batch()
+
+    def iteration(side, step):
+        opts[side].zero_grad()
+        backward(models[side], batch)
+        opts[side].step()
+        schedulers[side].step()
+
+    train_both(reference, candidate, 20, iteration)
+    assert opts[1].param_groups[0]["lr"] == opts[0].param_groups[0]["lr"] == 0.05 / 32
+
+
+def test_clip_grad_norm():
+    def before_step(model, opt, step):
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm=0.05)
+
+    side_by_side(torch.optim.SGD, ft.SGD, dict(lr=0.1, momentum=0.9), steps=15,
+                 before_step=before_step)
+
+
+def test_requires_grad_false_is_skipped():
+    reference = make_model()
+    reference[0].weight.requires_grad_(False)
+    candidate = copy.deepcopy(reference)
+    frozen = candidate[0].weight.detach().clone()
+    # weight_decay would move a param stepped with a zero gradient: skipping shows.
+    (_, _), (_, fast_opt) = side_by_side(
+        torch.optim.AdamW, ft.AdamW, dict(lr=0.01, weight_decay=0.1), steps=10,
+        models=(reference, candidate))
+    assert candidate[0].weight.grad is None
+    assert torch.equal(candidate[0].weight, frozen)
+    assert candidate[0].weight not in fast_opt.state
+
+
+class TwoHeads(nn.Module):
+    """A trunk and two heads; ``use`` picks the heads that enter the loss."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Linear(4, 8).to(dtype)
+        self.head_a = nn.Linear(8, 3).to(dtype)
+        self.head_b = nn.Linear(8, 3).to(dtype)
+
+    def loss(self, batch, use):
+        x, y = batch
+        h = torch.tanh(self.trunk(x))
+        return sum(nn.functional.mse_loss(getattr(self, name)(h), y) for name in use)
+
+
+def _heads_for(step):
+    # head_a (the middle of the flat buffer) is unused on even steps, head_b on
+    # steps divisible by 3: runs of params with and without grads, and step counts
+    # that drift apart.
+    use = []
+    if step % 2:
+        use.append("head_a")
+    if step % 3:
+        use.append("head_b")
+    return use or ["head_a"]
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam"])
+def test_params_without_grad_in_a_step_are_skipped(name):
+    options = CHECKPOINT_CONFIGS[name]
+    reference = TwoHeads()
+    candidate = copy.deepcopy(reference)
+    models = (reference, candidate)
+    opts = (getattr(torch.optim, name)(reference.parameters(), foreach=False, **options),
+            getattr(ft, name)(candidate.parameters(), **options))
+    batch = make_batch()
+
+    def iteration(side, step):
+        opts[side].zero_grad(set_to_none=True)
+        models[side].loss(batch, _heads_for(step)).backward()
+        opts[side].step()
+
+    train_both(reference, candidate, 12, iteration)
+    ours, theirs = opts[1].state_dict()["state"], opts[0].state_dict()["state"]
+    for index, entry in theirs.items():
+        for key, value in entry.items():
+            assert_close_scaled(ours[index][key], value)
+
+
+def test_default_zero_grad_is_torch_set_to_none_false():
+    reference = TwoHeads()
+    candidate = copy.deepcopy(reference)
+    models = (reference, candidate)
+    opts = (torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=0.1,
+                             foreach=False),
+            ft.Adam(candidate.parameters(), lr=0.01, weight_decay=0.1))
+    batch = make_batch()
+
+    def iteration(side, step):
+        if side == 0:
+            opts[0].zero_grad(set_to_none=False)
+        else:
+            opts[1].zero_grad()
+        models[side].loss(batch, _heads_for(step)).backward()
+        opts[side].step()
+
+    train_both(reference, candidate, 12, iteration)
+    view = opts[1]._buckets[0][0].grad_views[2]
+    assert candidate.head_a.weight.grad.data_ptr() == view.data_ptr()
+
+
+@pytest.mark.parametrize("how", ["optimizer", "module"])
+def test_gradients_set_to_none_take_the_gather_path(how):
+    def zero_grad(model, opt, step):
+        if how == "module":
+            model.zero_grad()  # set_to_none=True: autograd allocates new grads
+        else:
+            opt.zero_grad(set_to_none=True)
+
+    (_, _), (candidate, fast_opt) = side_by_side(
+        torch.optim.RMSprop, ft.RMSprop, dict(lr=0.005, momentum=0.5), steps=10,
+        zero_grad=zero_grad)
+    # After step, the gathered grads are bound to the flat buffer again.
+    for p, view in zip(candidate.parameters(), fast_opt._buckets[0][0].grad_views):
+        assert p.grad.data_ptr() == view.data_ptr()
+
+
+def test_hand_set_gradients_are_gathered():
+    model = make_model()
+    opt = ft.SGD(model.parameters(), lr=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [torch.randn_like(p).t().contiguous().t() for p in model.parameters()]
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g  # not the flat view; some are non-contiguous
+    opt.step()
+    for p, b, g in zip(model.parameters(), before, grads):
+        torch.testing.assert_close(p, b - 0.5 * g)
+
+
+def test_add_param_group():
+    reference = make_model()
+    candidate = copy.deepcopy(reference)
+    models = (reference, candidate)
+    opts = (torch.optim.Adam(reference[0].parameters(), lr=0.01, foreach=False),
+            ft.Adam(candidate[0].parameters(), lr=0.01))
+    batch = make_batch()
+
+    def iteration(side, step):
+        if step == 4:
+            opts[side].add_param_group({"params": models[side][2].parameters(),
+                                        "lr": 0.03, "amsgrad": True})
+        opts[side].zero_grad(set_to_none=True)
+        backward(models[side], batch)
+        opts[side].step()
+
+    train_both(reference, candidate, 12, iteration)
+    assert len(opts[1]._buckets) == 2
+    assert opts[1].param_groups[1]["amsgrad"] is True
+
+
+def test_mixed_dtypes_in_one_group():
+    torch.manual_seed(0)
+    reference = [nn.Parameter(torch.randn(5)), nn.Parameter(torch.randn(3, dtype=torch.float64)),
+                 nn.Parameter(torch.randn(2, 2))]
+    candidate = [nn.Parameter(p.detach().clone()) for p in reference]
+    opts = (torch.optim.Adam(reference, lr=0.1, foreach=False), ft.Adam(candidate, lr=0.1))
+    assert len(opts[1]._buckets[0]) == 2  # one flat buffer per dtype
+    for step in range(5):
+        for params, opt in zip((reference, candidate), opts):
+            opt.zero_grad()
+            sum((p ** 2).sum() * (i + 1) for i, p in enumerate(params)).backward()
+            opt.step()
+        for a, b in zip(reference, candidate):
+            torch.testing.assert_close(b, a, **TOL[a.dtype])
+
+
+def test_closure_and_tensor_lr():
+    reference = make_model()
+    candidate = copy.deepcopy(reference)
+    batch = make_batch()
+    opts = (torch.optim.SGD(reference.parameters(), lr=torch.tensor(0.1), foreach=False),
+            ft.SGD(candidate.parameters(), lr=torch.tensor(0.1)))
+    for step in range(5):
+        losses = []
+        for model, opt in zip((reference, candidate), opts):
+            def closure():
+                opt.zero_grad()
+                return backward(model, batch)
+            losses.append(opt.step(closure))
+        assert losses[0].item() == losses[1].item()
+        assert_same_params(reference, candidate, torch.float32, step)
+
+
+def test_rmsprop_extras_match_fastopt_numpy_class():
+    model = make_model()
+    params = [p.detach().numpy().copy() for p in model.parameters()]
+    numpy_opt = fastopt.RMSprop(params, lr=0.005, momentum=0.9, nesterov=True,
+                                eps_in_sqrt=True)
+    opt = ft.RMSprop(model.parameters(), lr=0.005, momentum=0.9, nesterov=True,
+                     eps_in_sqrt=True)
+    batch = make_batch()
+    for _ in range(10):
+        opt.zero_grad()
+        backward(model, batch)
+        numpy_opt.step([p.grad.numpy().copy() for p in model.parameters()])
+        opt.step()
+        for p, q in zip(model.parameters(), params):
+            np.testing.assert_array_equal(p.detach().numpy(), q)  # same kernel, same bits
+
+
+# --- errors -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tensor, what", [
+    (torch.zeros(3, dtype=torch.float16), "float16"),
+    (torch.zeros(3, dtype=torch.bfloat16), "bfloat16"),
+    (torch.zeros(3, dtype=torch.complex64), "complex64"),
+    (torch.zeros(3).to_sparse(), "sparse_coo"),
+    (torch.zeros(3, device="meta"), "meta"),
+], ids=["float16", "bfloat16", "complex64", "sparse", "non-cpu"])
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW"])
+def test_unsupported_tensors_raise(name, tensor, what):
+    good = nn.Parameter(torch.zeros(2))
+    bad = tensor.requires_grad_()
+    with pytest.raises(TypeError, match=rf"dense \(strided\) float32/float64 CPU tensors; "
+                                        rf"params\[1\] is .*{what}"):
+        getattr(ft, name)([good, bad])
+    assert good.data_ptr() != 0
+
+
+def test_unsupported_gradient_raises_before_anything_is_written():
+    a, b = nn.Parameter(torch.ones(3)), nn.Parameter(torch.ones(3))
+    opt = ft.SGD([a, b], lr=0.1)
+    a.grad = torch.ones(3)
+    b.grad = torch.ones(3).to_sparse()
+    with pytest.raises(TypeError, match=r"gradient of params\[1\] is a sparse_coo"):
+        opt.step()
+    assert torch.equal(a, torch.ones(3))
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda p: ft.Adam(p, lr=-1.0), ValueError, "Invalid lr"),
+    (lambda p: ft.Adam(p, betas=(0.9, 1.0)), ValueError, "beta parameter at index 1"),
+    (lambda p: ft.SGD(p, lr=0.1, nesterov=True), ValueError, "nesterov"),
+    (lambda p: ft.RMSprop(p, differentiable=True), ValueError, "differentiable"),
+    (lambda p: ft.Adam(p, capturable=True), ValueError, "capturable"),
+    (lambda p: ft.Adagrad(p, eps=-1.0), ValueError, "Invalid eps"),
+    (lambda p: ft.SGD([]), ValueError, "empty parameter list"),
+    (lambda p: ft.SGD(p, lr=lambda step: 0.1), TypeError, "lr_scheduler"),
+])
+def test_invalid_hyperparameters_raise(call, error, match):
+    with pytest.raises(error, match=match):
+        call([nn.Parameter(torch.zeros(2))] if "[]" not in match else [])
+
+
+def test_bad_lr_from_a_scheduler_raises_at_step():
+    model = make_model()
+    opt = ft.Adam(model.parameters())
+    backward(model, make_batch())
+    opt.param_groups[0]["lr"] = -0.1
+    with pytest.raises(ValueError, match="Invalid lr"):
+        opt.step()
+
+
+def test_replaced_param_storage_raises():
+    model = make_model()
+    opt = ft.SGD(model.parameters(), lr=0.1)
+    model[0].weight.data = model[0].weight.detach().clone()
+    backward(model, make_batch())
+    with pytest.raises(RuntimeError, match="no longer lives in the optimizer's flat buffer"):
+        opt.step()
+
+
+def test_import_fastopt_does_not_import_torch():
+    code = "import sys, fastopt; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_pickling_the_optimizer_says_to_use_state_dict():
+    opt = ft.Adam(make_model().parameters())
+    with pytest.raises(TypeError, match="state_dict"):
+        copy.deepcopy(opt)
