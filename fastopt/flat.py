@@ -64,6 +64,15 @@ class Flat:
     def __len__(self):
         return len(self.params)
 
+    def grad_view_of(self, param_view):
+        """The 1-D slice of the gradient buffer matching a 1-D slice of a param buffer."""
+        for buffer in self.buffers:
+            if np.shares_memory(param_view, buffer.param):
+                start = (param_view.__array_interface__["data"][0]
+                         - buffer.param.__array_interface__["data"][0]) // buffer.param.itemsize
+                return buffer.grad[start:start + param_view.size]
+        raise ValueError("param view is not in this Flat's buffers")
+
     def zero_grad(self):
         """Set every gradient buffer to zero, in place."""
         for buffer in self.buffers:

@@ -76,7 +76,7 @@ class Optimizer:
                             f"{unknown}; it takes {sorted(type(self).defaults)}")
         self.defaults = {**type(self).defaults, **hyperparameters}
         self.param_groups, self._segments, self._flats = [], [], []
-        self._params, self._last_grads = [], None
+        self._params, self._last_grads, self._validated = [], None, None
         #: Loop options, optimizer-wide (attributes: change them between steps freely).
         self.clip_grad_norm = clip_grad_norm
         self.grad_scale = grad_scale
@@ -110,6 +110,24 @@ class Optimizer:
             raise ValueError(f"Invalid grad_scale: {self.grad_scale!r} (must be finite)")
         check_flag({"skip_if_nonfinite": self.skip_if_nonfinite}, "skip_if_nonfinite")
 
+    def _check_hyperparameters(self):
+        """Validate the loop options and every group, skipping the work when nothing
+        changed since the last successful check (a value replaced, or a list edited in
+        place, triggers a full check)."""
+        snapshot = [self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite]
+        for group in self.param_groups:
+            snapshot.append(len(group))
+            snapshot.extend(tuple(v) if isinstance(v, list) else v
+                            for k, v in group.items() if k != "params")
+        old = self._validated
+        if old is not None and len(old) == len(snapshot) and all(
+                a is b or (type(a) is type(b) and a == b) for a, b in zip(old, snapshot)):
+            return
+        self._check_loop_options()
+        for group in self.param_groups:
+            self.check_group(group)
+        self._validated = snapshot
+
     def add_param_group(self, group):
         """Add a param group (dict with ``"params"``; missing keys take the defaults)."""
         if not isinstance(group, dict) or "params" not in group:
@@ -117,7 +135,7 @@ class Optimizer:
         unknown = set(group) - set(self.defaults) - {"params"}
         if unknown:
             raise ValueError(f"param group has unknown keys: {sorted(unknown)}")
-        params = group["params"]
+        params = flat = group["params"]
         if isinstance(params, Flat):
             self._flats.append(params)
             params = params.params
@@ -136,7 +154,12 @@ class Optimizer:
         group["params"] = params
         self.param_groups.append(group)
         self._params.extend(params)
-        self._segments.append(build_segments(params, first))
+        segments = build_segments(params, first)
+        if isinstance(flat, Flat):
+            for seg in segments:
+                seg.own_grad = flat.grad_view_of(seg.param)
+        self._segments.append(segments)
+        self._validated = None
 
     @staticmethod
     def _check_overlap(arrays):
@@ -218,17 +241,21 @@ class Optimizer:
         gradient, nothing is written (params, state, step counts and gradients stay
         bitwise as they were) and ``last_step_skipped`` is True.
         """
-        grads, given = self._resolve_grads(grads)
-        if given:
-            self._check_grads(grads, zero_grad)
-        self._check_loop_options()
-        for group in self.param_groups:
-            self.check_group(group)
-        self._last_grads = grads
         work = [(group, seg) for group, segments in zip(self.param_groups, self._segments)
-                for seg in segments if grads[seg.members[0][0]] is not None]
+                for seg in segments]
+        if grads is None and all(seg.own_grad is not None for _, seg in work):
+            views = [seg.own_grad for _, seg in work]      # flatten() buffers: no checks
+        else:
+            grads, given = self._resolve_grads(grads)
+            if given:
+                self._check_grads(grads, zero_grad)
+            self._last_grads = grads
+            work = [(group, seg) for group, seg in work if grads[seg.members[0][0]] is not None]
+            views = None
+        self._check_hyperparameters()
         resolved = [resolve_lr(group, seg.step) for group, seg in work]
-        views = [seg.grad_view(grads) for _, seg in work]
+        if views is None:
+            views = [seg.grad_view(grads) for _, seg in work]
         scale = 1.0 / self.grad_scale
         self.last_step_skipped, self.last_grad_norm = False, None
         if self.clip_grad_norm is not None or self.skip_if_nonfinite:

@@ -51,6 +51,7 @@ class Segment:
         self.state = {}
         self.step = 0
         self.fresh = set()
+        self.own_grad = None   # 1-D gradient view when the params came from flatten()
         self._gather = None
 
     @property
