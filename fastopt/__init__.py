@@ -7,7 +7,7 @@
     opt.step()                                # one kernel call for the whole model
 """
 
-from . import kernels, reference
+from . import kernels, reference, schedules
 from .flat import Flat, flatten
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
 from .threads import num_threads
@@ -15,4 +15,4 @@ from .threads import num_threads
 __version__ = "0.1.0"
 
 __all__ = ["flatten", "Flat", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW",
-           "clip_grad_norm", "num_threads", "kernels", "reference", "__version__"]
+           "clip_grad_norm", "num_threads", "kernels", "reference", "schedules", "__version__"]

@@ -235,3 +235,17 @@ def test_num_threads_restores_the_previous_count():
         with pytest.raises(ValueError, match="threads"):
             with fastopt.num_threads(bad):
                 pass
+
+
+def test_schedule_object_as_lr_matches_setting_lr_by_hand():
+    schedule = fastopt.schedules.cosine(0.1, total_steps=8, warmup_steps=2)
+    params, grads = problem(np.float32, steps=8)
+    scheduled, manual = [p.copy() for p in params], [p.copy() for p in params]
+    opt = fastopt.AdamW(scheduled, lr=schedule)
+    by_hand = fastopt.AdamW(manual, lr=0.1)
+    for step, step_grads in enumerate(grads):
+        by_hand.param_groups[0]["lr"] = schedule(step)
+        opt.step(step_grads)
+        by_hand.step(step_grads)
+    for a, b in zip(scheduled, manual):
+        np.testing.assert_array_equal(a, b)
