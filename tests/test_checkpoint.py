@@ -1,0 +1,482 @@
+"""fastopt.checkpoint: safetensors save/load, no pickle, atomic writes, every mismatch and
+every damaged file a ValueError that leaves the optimizer (and the params) unchanged."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastopt
+from fastopt.checkpoint import load, save
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+SHAPES = [(5, 3), (4,), ()]
+
+RULES = {
+    "sgd-momentum": (fastopt.SGD, dict(lr=0.05, momentum=0.9)),
+    "adagrad": (fastopt.Adagrad, dict(lr=0.05, lr_decay=0.01)),
+    "rmsprop-centered-momentum": (fastopt.RMSprop, dict(lr=0.01, centered=True,
+                                                         momentum=0.9)),
+    "adam-amsgrad": (fastopt.Adam, dict(lr=0.01, amsgrad=True)),
+    "adamw": (fastopt.AdamW, dict(lr=0.01, weight_decay=0.1)),
+}
+
+
+def make_params(dtype=np.float64, seed=0, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+def make_grads(dtype, steps, seed=1, shapes=SHAPES):
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]
+
+
+def trained(rule="adam-amsgrad", dtype=np.float64, steps=3):
+    cls, options = RULES[rule]
+    params = make_params(dtype)
+    opt = cls(params, **options)
+    for g in make_grads(dtype, steps):
+        opt.step(g)
+    return opt, params
+
+
+def assert_same_state(a, b):
+    """Two state_dict() snapshots are identical: steps, buffers (bitwise), groups."""
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for index in a["state"]:
+        ea, eb = a["state"][index], b["state"][index]
+        assert ea.keys() == eb.keys()
+        for name in ea:
+            np.testing.assert_array_equal(ea[name], eb[name])
+            assert np.asarray(ea[name]).dtype == np.asarray(eb[name]).dtype
+
+
+# --- round trips ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rule", RULES)
+def test_round_trip_continues_bitwise(rule, dtype, tmp_path):
+    """5 steps, save, a new optimizer on copies of the params, load, 5 more steps on
+    both: params and state bitwise equal."""
+    cls, options = RULES[rule]
+    grads = make_grads(dtype, 10)
+    params = make_params(dtype)
+    opt = cls(params, **options)
+    for g in grads[:5]:
+        opt.step(g)
+    save(opt, tmp_path / "opt.safetensors")
+    copies = [p.copy() for p in params]
+    resumed = cls(copies, lr=0.5)  # other hyperparameters: the checkpoint's must win
+    load(resumed, tmp_path / "opt.safetensors")
+    assert_same_state(resumed.state_dict(), opt.state_dict())
+    for g in grads[5:]:
+        opt.step(g)
+        resumed.step(g)
+    for a, b in zip(copies, params):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(a, b)
+    assert_same_state(resumed.state_dict(), opt.state_dict())
+    assert resumed.state_dict()["state"][0]["step"] == 10
+
+
+def test_round_trip_flat_param_groups_and_fresh_optimizer(tmp_path):
+    """flatten() views in two param groups with their own lr; an optimizer that has not
+    stepped yet saves and loads too (empty state)."""
+    flat = fastopt.flatten(make_params(np.float32))
+    w, b, s = flat.params
+    opt = fastopt.Adam([{"params": [w, b]}, {"params": [s], "lr": 0.1}], betas=(0.8, 0.9))
+    save(opt, tmp_path / "empty.safetensors")
+    other = fastopt.Adam([{"params": [w.copy(), b.copy()]}, {"params": [s.copy()]}])
+    load(other, tmp_path / "empty.safetensors")
+    assert other.state_dict() == opt.state_dict()  # no arrays in an empty state
+    assert other.param_groups[0]["betas"] == (0.8, 0.9)  # a tuple again, not a list
+    for g in make_grads(np.float32, 2):
+        opt.step(g)
+    save(opt, tmp_path / "opt.safetensors")
+    load(other, tmp_path / "opt.safetensors")
+    assert_same_state(other.state_dict(), opt.state_dict())
+    assert other.param_groups[1]["lr"] == 0.1
+
+
+def test_params_true_restores_params_in_place(tmp_path):
+    opt, params = trained("rmsprop-centered-momentum", np.float32)
+    save(opt, tmp_path / "run.safetensors", params=True)
+    expected = [p.copy() for p in params]
+    for g in make_grads(np.float32, 2, seed=7):  # wander off, then come back
+        opt.step(g)
+    targets = [p for p in params]
+    load(opt, tmp_path / "run.safetensors")
+    for target, p, want in zip(targets, params, expected):
+        assert target is p  # in place: the user's arrays, not new ones
+        np.testing.assert_array_equal(p, want)
+    assert opt.state_dict()["state"][0]["step"] == 3
+
+    fresh = [np.zeros_like(p) for p in params]
+    other = fastopt.RMSprop(fresh, centered=True, momentum=0.9)
+    load(other, tmp_path / "run.safetensors")
+    for p, want in zip(fresh, expected):
+        np.testing.assert_array_equal(p, want)
+
+
+def test_without_params_the_params_are_untouched(tmp_path):
+    opt, params = trained()
+    save(opt, tmp_path / "opt.safetensors")
+    zeros = [np.zeros_like(p) for p in params]
+    load(fastopt.Adam(zeros, amsgrad=True), tmp_path / "opt.safetensors")
+    assert all(not p.any() for p in zeros)
+
+
+# --- the file: safetensors, no pickle -------------------------------------------------
+
+
+def test_file_is_plain_safetensors_with_documented_names(tmp_path):
+    opt, _ = trained("adam-amsgrad", np.float32)
+    path = tmp_path / "opt.safetensors"
+    save(opt, path, params=True)
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    assert 8 + length <= len(data)
+    header = json.loads(data[8:8 + length])  # strict JSON, no pickle opcodes
+    assert data[8:9] == b"{"
+    assert b"\x80\x04" not in data[:8 + length]  # pickle protocol 4 marker
+    meta = header["__metadata__"]
+    assert meta["format"] == "fastopt.checkpoint"
+    assert meta["format_version"] == "1"
+    assert meta["rule"] == "Adam"
+    assert meta["params"] == "true"
+    assert json.loads(meta["steps"]) == {"0": 3, "1": 3, "2": 3}
+    groups = json.loads(meta["param_groups"])
+    assert groups[0]["amsgrad"] is True and groups[0]["params"] == [0, 1, 2]
+    assert meta["checksum"].startswith("sha256:")
+    names = {k for k in header if k != "__metadata__"}
+    assert names == {f"state/{i}/{n}" for i in range(3)
+                     for n in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")} | {
+                         f"params/{i}" for i in range(3)}
+    # any safetensors reader reads it
+    tensors = safetensors_numpy.load(data)
+    np.testing.assert_array_equal(tensors["state/1/exp_avg"], opt.state[1]["exp_avg"])
+    assert tensors["state/0/exp_avg"].dtype == np.float32
+    assert tensors["state/2/exp_avg_sq"].shape == ()
+
+
+def test_loading_never_calls_pickle(tmp_path, monkeypatch):
+    opt, params = trained()
+    save(opt, tmp_path / "opt.safetensors", params=True)
+
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("pickle was called")
+
+    for name in ("load", "loads", "dump", "dumps"):
+        monkeypatch.setattr(pickle, name, no_pickle)
+    monkeypatch.setattr(pickle, "Unpickler", no_pickle)
+    other = fastopt.Adam([p.copy() for p in params], amsgrad=True)
+    load(other, tmp_path / "opt.safetensors")
+    save(other, tmp_path / "again.safetensors")
+    assert_same_state(other.state_dict(), opt.state_dict())
+
+
+def test_checkpoint_module_does_not_use_pickle():
+    import fastopt.checkpoint as module
+
+    source = open(module.__file__).read()
+    for banned in ("import pickle", "allow_pickle", "np.save(", "np.load(", "torch.save",
+                   "torch.load"):
+        assert banned not in source
+
+
+def test_missing_safetensors_says_how_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    opt, _ = trained()
+    with pytest.raises(ImportError, match=r"pip install fastopt\[checkpoint\]"):
+        save(opt, tmp_path / "x.safetensors")
+    with pytest.raises(ImportError, match=r"pip install fastopt\[checkpoint\]"):
+        load(opt, tmp_path / "x.safetensors")
+    assert not os.listdir(tmp_path)
+
+
+# --- atomic writes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["replace", "fsync", "write"])
+def test_failed_save_keeps_old_file_and_no_temp_files(failing, tmp_path, monkeypatch):
+    opt, params = trained(steps=2)
+    path = tmp_path / "opt.safetensors"
+    save(opt, path)
+    old_bytes, old_state = path.read_bytes(), opt.state_dict()
+    for g in make_grads(np.float64, 3, seed=5):
+        opt.step(g)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk on fire")
+
+    if failing == "write":  # fail after part of the data went out
+        real_fdopen = os.fdopen
+
+        class HalfWriter:
+            def __init__(self, file):
+                self.file = file
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.file.close()
+
+            def write(self, chunk):
+                self.file.write(bytes(chunk)[: len(chunk) // 2])
+                raise OSError("disk full")
+
+        monkeypatch.setattr(os, "fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
+    else:
+        monkeypatch.setattr(os, failing, boom)
+    with pytest.raises(OSError):
+        save(opt, path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["opt.safetensors"]  # no temp file left
+    assert path.read_bytes() == old_bytes
+    other = fastopt.Adam([p.copy() for p in params], amsgrad=True)
+    load(other, path)
+    assert_same_state(other.state_dict(), old_state)
+
+
+def test_save_replaces_file_and_keeps_its_mode(tmp_path):
+    opt, _ = trained(steps=1)
+    path = tmp_path / "opt.safetensors"
+    path.write_bytes(b"old")
+    os.chmod(path, 0o640)
+    save(opt, str(path))  # str or PathLike
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert path.read_bytes()[8:9] == b"{"
+    assert os.listdir(tmp_path) == ["opt.safetensors"]
+
+
+# --- mismatches ------------------------------------------------------------------------
+
+
+def check_rejected(opt, path, match, params=None):
+    """load raises ValueError matching ``match``; state and params unchanged."""
+    before = opt.state_dict()
+    before_params = [p.copy() for p in params] if params is not None else None
+    with pytest.raises(ValueError, match=match):
+        load(opt, path)
+    assert_same_state(opt.state_dict(), before)
+    if params is not None:
+        for p, q in zip(params, before_params):
+            np.testing.assert_array_equal(p, q)
+
+
+def test_other_rule_is_rejected(tmp_path):
+    opt, params = trained("adam-amsgrad")
+    save(opt, tmp_path / "adam.safetensors")
+    sgd = fastopt.SGD([p.copy() for p in params], momentum=0.9)
+    for g in make_grads(np.float64, 2):
+        sgd.step(g)
+    check_rejected(sgd, tmp_path / "adam.safetensors", "checkpoint .* is for Adam, "
+                   "optimizer is SGD")
+    adamw = fastopt.AdamW([p.copy() for p in params])
+    check_rejected(adamw, tmp_path / "adam.safetensors", "is for Adam, optimizer is AdamW")
+
+
+@pytest.mark.parametrize("model, match", [
+    ([(5, 3), (4,)], "param group 0 has 3 params, the optimizer's has 2"),
+    ([(5, 3), (4,), (), (2,)], "group 0 has 3 params, the optimizer's has 4"),
+    ([(3, 5), (4,), ()], r"shape \(5, 3\) and dtype float64, params\[0\] has shape "
+                         r"\(3, 5\)"),
+    ([(5, 3), (5,), ()], r"params\[1\] has shape \(5,\)"),
+])
+def test_other_model_is_rejected(model, match, tmp_path):
+    opt, _ = trained("adam-amsgrad")
+    save(opt, tmp_path / "opt.safetensors", params=True)
+    params = make_params(np.float64, seed=3, shapes=model)
+    other = fastopt.Adam(params, amsgrad=True)
+    for g in make_grads(np.float64, 2, shapes=model):
+        other.step(g)
+    check_rejected(other, tmp_path / "opt.safetensors", match, params)
+
+
+def test_other_dtype_and_group_count_are_rejected(tmp_path):
+    opt, params = trained("adam-amsgrad", np.float64)
+    save(opt, tmp_path / "opt.safetensors", params=True)
+    other_params = [p.astype(np.float32) for p in params]
+    other = fastopt.Adam(other_params, amsgrad=True)
+    check_rejected(other, tmp_path / "opt.safetensors",
+                   "dtype float64, params.0. has shape .* and dtype float32", other_params)
+    split = [p.copy() for p in params]
+    grouped = fastopt.Adam([{"params": split[:1]}, {"params": split[1:]}], amsgrad=True)
+    check_rejected(grouped, tmp_path / "opt.safetensors",
+                   "has 1 param groups, the optimizer has 2", split)
+
+
+def test_other_options_are_caught_by_load_state_dict(tmp_path):
+    """Same rule, other options (no amsgrad in the file): the checkpoint's hyperparameters
+    are loaded with its state, so the optimizer takes them; nothing half-written."""
+    cls, _ = RULES["adam-amsgrad"]
+    opt, params = trained("adam-amsgrad")
+    plain = cls([p.copy() for p in params])
+    save(plain, tmp_path / "plain.safetensors")  # no state yet, amsgrad=False
+    load(opt, tmp_path / "plain.safetensors")
+    assert opt.param_groups[0]["amsgrad"] is False and opt.state_dict()["state"] == {}
+
+
+def write_with_metadata(path, source, **changes):
+    """Rewrite ``source`` with metadata entries changed (no valid checksum needed for the
+    checks that come before it)."""
+    data = source.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    tensors = safetensors_numpy.load(data)
+    meta = {**header["__metadata__"], **changes}
+    path.write_bytes(safetensors_numpy.save(tensors, metadata=meta))
+
+
+def test_unknown_format_version_is_rejected(tmp_path):
+    opt, params = trained()
+    save(opt, tmp_path / "opt.safetensors")
+    write_with_metadata(tmp_path / "v99.safetensors", tmp_path / "opt.safetensors",
+                        format_version="99")
+    for g in make_grads(np.float64, 2, seed=4):
+        opt.step(g)
+    check_rejected(opt, tmp_path / "v99.safetensors", "format version '99'; this fastopt "
+                   r"reads version\(s\) \['1'\]", params)
+
+
+def test_foreign_safetensors_file_is_rejected(tmp_path):
+    opt, params = trained()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(safetensors_numpy.save({"weight": np.zeros(3)}))
+    check_rejected(opt, path, "corrupt or truncated checkpoint .*not a file written by "
+                   "fastopt.save", params)
+
+
+def test_edited_metadata_fails_the_checksum(tmp_path):
+    opt, params = trained()
+    save(opt, tmp_path / "opt.safetensors")
+    data = (tmp_path / "opt.safetensors").read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    groups = json.loads(header["__metadata__"]["param_groups"])
+    groups[0]["lr"] = 0.5
+    write_with_metadata(tmp_path / "edited.safetensors", tmp_path / "opt.safetensors",
+                        param_groups=json.dumps(groups))
+    check_rejected(opt, tmp_path / "edited.safetensors", "checksum mismatch", params)
+
+
+# --- damaged files ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_file(tmp_path_factory):
+    opt, params = trained("adam-amsgrad", np.float32)
+    path = tmp_path_factory.mktemp("ckpt") / "opt.safetensors"
+    save(opt, path, params=True)
+    return path.read_bytes()
+
+
+def fresh_target():
+    """An optimizer (different state) and params that a damaged file must not touch."""
+    params = make_params(np.float32, seed=9)
+    opt = fastopt.Adam(params, amsgrad=True)
+    for g in make_grads(np.float32, 2, seed=8):
+        opt.step(g)
+    return opt, params
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fraction=st.floats(0.0, 1.0, exclude_max=True))
+def test_truncated_file_is_a_value_error(fraction, saved_file, tmp_path):
+    cut = int(fraction * len(saved_file))
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(saved_file[:cut])
+    opt, params = fresh_target()
+    check_rejected(opt, path, "corrupt or truncated checkpoint", params)
+
+
+def test_truncated_at_every_header_position_and_empty(saved_file, tmp_path):
+    length = int.from_bytes(saved_file[:8], "little")
+    opt, params = fresh_target()
+    path = tmp_path / "cut.safetensors"
+    for cut in list(range(0, 8 + length + 9)) + [len(saved_file) - 1]:
+        path.write_bytes(saved_file[:cut])
+        check_rejected(opt, path, "corrupt or truncated checkpoint", params)
+
+
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_flipped_header_bytes_are_a_value_error(data, saved_file, tmp_path):
+    """1 to 3 bytes of the length prefix or the JSON header XOR-ed with a non-zero byte:
+    always ValueError (the checksum covers every byte, even the header's padding)."""
+    length = int.from_bytes(saved_file[:8], "little")
+    damaged = bytearray(saved_file)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, 8 + length - 1))
+        damaged[at] ^= data.draw(st.integers(1, 255))
+    if bytes(damaged) == saved_file:  # two flips cancelled out
+        return
+    path = tmp_path / "flipped.safetensors"
+    path.write_bytes(bytes(damaged))
+    opt, params = fresh_target()
+    check_rejected(opt, path, "corrupt or truncated checkpoint|format version", params)
+
+
+def test_flipped_data_byte_is_a_value_error(saved_file, tmp_path):
+    opt, params = fresh_target()
+    path = tmp_path / "flipped.safetensors"
+    for at in (len(saved_file) - 1, len(saved_file) - 40, len(saved_file) // 2 + 20):
+        damaged = bytearray(saved_file)
+        damaged[at] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        check_rejected(opt, path, "checksum mismatch", params)
+
+
+# --- fastopt.torch ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rule", ["Adam", "SGD"])
+def test_torch_adapter_round_trip(rule, tmp_path):
+    torch = pytest.importorskip("torch")
+    fastopt_torch = pytest.importorskip("fastopt.torch")
+    cls = getattr(fastopt_torch, rule)
+    options = dict(lr=0.01, amsgrad=True) if rule == "Adam" else dict(lr=0.05, momentum=0.9)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    twin = torch.nn.Linear(4, 3)
+    twin.load_state_dict(model.state_dict())
+    opt = cls(model.parameters(), **options)
+    x = torch.randn(8, 4)
+
+    def train(module, optimizer, steps):
+        for _ in range(steps):
+            optimizer.zero_grad()
+            module(x).square().mean().backward()
+            optimizer.step()
+
+    train(model, opt, 3)
+    save(opt, tmp_path / "torch.safetensors", params=True)
+    resumed = cls(twin.parameters(), lr=0.5)
+    load(resumed, tmp_path / "torch.safetensors")
+    for a, b in zip(twin.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    train(model, opt, 3)
+    train(twin, resumed, 3)
+    for a, b in zip(twin.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.param_groups[0]["lr"] == options["lr"]
+    saved = safetensors_numpy.load((tmp_path / "torch.safetensors").read_bytes())
+    if rule == "Adam":  # torch.optim's layout: step is a 0-d float tensor, kept as one
+        assert saved["state/0/step"].shape == () and torch.is_tensor(resumed.state_dict()[
+            "state"][0]["step"])
+    other = fastopt_torch.Adagrad(torch.nn.Linear(4, 3).parameters())
+    with pytest.raises(ValueError, match=f"is for {rule}, optimizer is Adagrad"):
+        load(other, tmp_path / "torch.safetensors")
