@@ -8,6 +8,7 @@
 """
 
 from . import kernels, reference, schedules
+from .checkpoint import load, save
 from .flat import Flat, flatten
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
 from .threads import num_threads
@@ -15,4 +16,4 @@ from .threads import num_threads
 __version__ = "0.1.0"
 
 __all__ = ["flatten", "Flat", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW",
-           "clip_grad_norm", "num_threads", "kernels", "reference", "schedules", "__version__"]
+           "clip_grad_norm", "num_threads", "save", "load", "kernels", "reference", "schedules", "__version__"]

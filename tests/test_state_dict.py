@@ -136,3 +136,26 @@ def test_state_dict_from_another_rule_is_refused():
     adam = fastopt.Adam([np.ones(3)])
     with pytest.raises(ValueError, match="momentum"):
         adam.load_state_dict(sgd.state_dict())
+
+
+@pytest.mark.parametrize("step", [0, -1, 1.5, "3", None])
+def test_bad_step_count_is_refused(step):
+    params = [np.ones(3)]
+    opt = fastopt.Adam(params)
+    opt.step([np.ones(3)])
+    bad = opt.state_dict()
+    bad["state"][0]["step"] = step
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match="step"):
+        opt.load_state_dict(bad)
+    assert opt.state_dict()["state"][0]["step"] == before["state"][0]["step"]
+
+
+def test_duplicate_param_index_is_refused():
+    params = [np.ones(3), np.ones(3)]
+    opt = fastopt.Adam(params)
+    opt.step([np.ones(3), np.ones(3)])
+    bad = opt.state_dict()
+    bad["param_groups"][0]["params"] = [0, 0]
+    with pytest.raises(ValueError, match="more than once"):
+        opt.load_state_dict(bad)

@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 
 from ..flat import Flat, check_float_array
-from ..kernels.reductions import norm_and_finite
+from .loop import check_loop_options, loop_scale
 from .segments import build_segments, check_param
 
 
@@ -102,13 +102,7 @@ class Optimizer:
         """Validate one group's hyperparameters (rule-specific; raise Type/ValueError)."""
 
     def _check_loop_options(self):
-        if self.clip_grad_norm is not None:
-            check_number({"clip_grad_norm": self.clip_grad_norm}, "clip_grad_norm", 0.0,
-                         low_open=True)
-        check_number({"grad_scale": self.grad_scale}, "grad_scale", 0.0, low_open=True)
-        if not math.isfinite(self.grad_scale):
-            raise ValueError(f"Invalid grad_scale: {self.grad_scale!r} (must be finite)")
-        check_flag({"skip_if_nonfinite": self.skip_if_nonfinite}, "skip_if_nonfinite")
+        check_loop_options(self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite)
 
     def _check_hyperparameters(self):
         """Validate the loop options and every group, skipping the work when nothing
@@ -256,16 +250,11 @@ class Optimizer:
         resolved = [resolve_lr(group, seg.step) for group, seg in work]
         if views is None:
             views = [seg.grad_view(grads) for _, seg in work]
-        scale = 1.0 / self.grad_scale
-        self.last_step_skipped, self.last_grad_norm = False, None
-        if self.clip_grad_norm is not None or self.skip_if_nonfinite:
-            squares, finite = norm_and_finite(views)
-            self.last_grad_norm = math.sqrt(squares) * scale
-            if self.skip_if_nonfinite and not finite:
-                self.last_step_skipped = True
-                return
-            if self.clip_grad_norm is not None:
-                scale *= min(1.0, self.clip_grad_norm / (self.last_grad_norm + 1e-6))
+        scale, self.last_grad_norm = loop_scale(views, self.clip_grad_norm, self.grad_scale,
+                                                self.skip_if_nonfinite)
+        self.last_step_skipped = scale is None
+        if scale is None:
+            return
         for (_, seg), group, grad in zip(work, resolved, views):
             self._ensure_state(seg, group)
             seg.step += 1
@@ -356,6 +345,9 @@ class Optimizer:
             new = {**group, **known}
             self.check_group(new)
             new_groups.append((new, saved["params"]))
+        all_ids = [i for _, ids in new_groups for i in ids]
+        if len(set(all_ids)) != len(all_ids):
+            raise ValueError("state_dict param_groups list a param index more than once")
         plan = []  # (segment, step, {name: [(member, array)]})
         for (group, saved_ids), segments in zip(new_groups, self._segments):
             ids = dict(zip((m for seg in segments for m in seg.indices), saved_ids))
@@ -380,7 +372,14 @@ class Optimizer:
         if len(present) != len(entries):
             raise ValueError(f"state_dict has state for some of params {seg.indices} but "
                              "not all; they share one flat buffer and must step together")
-        steps = {int(_scalar(e.get("step", 1))) for e in entries}
+        steps = set()
+        for index, entry in zip(seg.indices, entries):
+            step = _scalar(entry.get("step", 1))   # torch's SGD keeps no step
+            if isinstance(step, bool) or not isinstance(step, numbers.Real) or not (
+                    step >= 1 and float(step).is_integer()):
+                raise ValueError(f"state_dict state for params[{index}] has step {step!r}; "
+                                 "a step count is a whole number >= 1")
+            steps.add(int(step))
         if len(steps) != 1:
             raise ValueError(f"state_dict has different step counts {sorted(steps)} for "
                              f"params {seg.indices}, which share one flat buffer")
