@@ -44,6 +44,34 @@ torch.optim's checkpoints (and torch.optim accepts ours) and copies the state in
 buffers; state set directly in ``state[p]`` (as ``ZeroRedundancyOptimizer`` does) is
 adopted the same way at the next step.
 
+**Loop options**, as :class:`fastopt.optim.Optimizer`'s: every class takes keyword-only
+``clip_grad_norm=None`` (global L2 norm clipping, ``torch.nn.utils.clip_grad_norm_``'s
+``min(1, max_norm / (norm + 1e-6))``), ``grad_scale=1.0`` (gradients are divided by this
+loss scale) and ``skip_if_nonfinite=False`` (an Inf/NaN gradient skips the step); all three
+are also attributes, changeable between steps, and are validated (``TypeError`` /
+``ValueError`` naming the option) before anything is written. The rule sees
+``grad / grad_scale * clip``: one factor folded into the kernel call, no extra pass. With
+``clip_grad_norm`` or ``skip_if_nonfinite``, one deterministic read pass over exactly the
+gradients the step uses (all groups; params without a gradient excluded) gives the norm
+and finiteness first (:func:`fastopt.optim.loop.loop_scale`, shared with the NumPy
+optimizers). A skipped step writes no param, state or step count. ``opt.last_step_skipped``
+and ``opt.last_grad_norm`` (of the unscaled gradients; ``None`` when not computed) report
+the last step.
+
+**torch.amp.GradScaler.** The classes set ``_step_supports_amp_scaling = True``, so
+``scaler.step(opt)`` leaves the unscaling to the optimizer, as with torch's fused Adam: it
+sets ``opt.grad_scale`` (a tensor) and ``opt.found_inf`` before calling ``opt.step()`` and
+deletes them after. ``step`` then skips the update when ``found_inf`` is non-zero (nothing
+written; ``last_step_skipped`` is True) and otherwise folds ``1/grad_scale`` into the
+kernel's factor: no unscaling pass, and ``p.grad`` keeps the *scaled* gradients after the
+step (torch's fused Adam unscales them in place; call ``scaler.unscale_(opt)`` first when
+you need them unscaled, e.g. to clip with ``clip_grad_norm_`` or to log, which works as with
+any torch optimizer). ``grad_scale`` is therefore a property: setting a number sets the
+float option; setting a tensor (GradScaler's protocol) overrides the option until
+``del opt.grad_scale``, which restores the option untouched. GradScaler multiplies its scale
+by the option, so a hand-applied loss scale (``grad_scale=8.0`` with the loss multiplied by
+8) combines with it correctly.
+
 Works with ``torch.optim.lr_scheduler`` (hyperparameters are read from the group at every
 step; a one-element tensor ``lr`` is read as a number), ``add_param_group``,
 ``torch.nn.utils.clip_grad_norm_``, ``DistributedDataParallel`` and

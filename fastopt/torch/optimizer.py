@@ -6,10 +6,12 @@ source of truth): for each group this class calls the rule's ``check_group``,
 (``tensor.numpy()``) of the flat tensors a :class:`~fastopt.torch.buckets.Bucket` owns.
 """
 
+import math
 import numbers
 
 import torch
 
+from ..optim.loop import check_loop_options, loop_scale
 from .buckets import Bucket, check_tensor
 
 
@@ -20,6 +22,22 @@ def _plain(value):
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
     return value
+
+
+def _amp_value(value, name, owner):
+    """GradScaler's ``grad_scale`` (finite, > 0) or ``found_inf`` as a Python float."""
+    if torch.is_tensor(value) and value.numel() != 1:
+        raise ValueError(f"{owner}: {name} must be a one-element tensor or a number, got a "
+                         f"tensor of shape {tuple(value.shape)}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: {name} must be a one-element tensor or a number, got "
+                        f"{value!r}") from None
+    if name == "grad_scale" and not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{owner}: Invalid grad_scale: {number!r} (GradScaler's scale must "
+                         "be finite and > 0)")
+    return number
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -34,9 +52,47 @@ class Optimizer(torch.optim.Optimizer):
     has_step = True
     eager_state = False
 
-    def __init__(self, params, defaults):
+    #: ``torch.amp.GradScaler.step`` hands the scaling to ``step``: it sets ``grad_scale``
+    #: (a tensor) and ``found_inf`` before calling it and deletes both after.
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults, *, clip_grad_norm=None, grad_scale=1.0,
+                 skip_if_nonfinite=False):
+        check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite)
         self._buckets = []  # one list of Buckets per param group
+        #: Loop options, optimizer-wide, as fastopt.optim's (change them between steps).
+        self.clip_grad_norm = clip_grad_norm
+        self._loss_scale = grad_scale      # the float option behind the grad_scale property
+        self._amp_grad_scale = None        # GradScaler's tensor, during scaler.step only
+        self.skip_if_nonfinite = skip_if_nonfinite
+        #: Whether the last ``step`` was skipped (non-finite gradient or GradScaler's
+        #: ``found_inf``).
+        self.last_step_skipped = False
+        #: Global L2 norm of the unscaled gradients at the last step, when computed.
+        self.last_grad_norm = None
         super().__init__(params, defaults)
+
+    @property
+    def grad_scale(self):
+        """The loss scale gradients are divided by (a float option, default 1.0), or,
+        inside ``torch.amp.GradScaler.step``, the tensor GradScaler set.
+
+        Setting a number sets the option (validated at the next ``step``). Setting a
+        tensor, as GradScaler does, overrides the option until ``del opt.grad_scale``
+        (GradScaler deletes it after the step), which restores the option untouched."""
+        amp = self._amp_grad_scale
+        return self._loss_scale if amp is None else amp
+
+    @grad_scale.setter
+    def grad_scale(self, value):
+        if torch.is_tensor(value):
+            self._amp_grad_scale = value
+        else:
+            self._loss_scale = value
+
+    @grad_scale.deleter
+    def grad_scale(self):
+        self._amp_grad_scale = None
 
     @property
     def _owner(self):
@@ -112,11 +168,24 @@ class Optimizer(torch.optim.Optimizer):
         after ``zero_grad(set_to_none=True)``, or set by hand) are first copied into it
         and then bound to it. Everything is checked before any parameter or state is
         written. Returns ``closure()``'s loss when a closure is given.
+
+        Loop options as :meth:`fastopt.optim.Optimizer.step`: the rule sees
+        ``grad / grad_scale * clip`` (one factor in the kernel call); with
+        ``clip_grad_norm`` or ``skip_if_nonfinite``, one read pass over exactly the
+        gradients used this step gives their global norm and finiteness first. A step
+        skipped (``skip_if_nonfinite`` and an Inf/NaN, or GradScaler's ``found_inf``
+        non-zero) writes no param, state or step count; ``last_step_skipped`` says so.
         """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        clip, skip = self.clip_grad_norm, self.skip_if_nonfinite
+        check_loop_options(clip, self._loss_scale, skip)
+        grad_scale = self._loss_scale if self._amp_grad_scale is None else _amp_value(
+            self._amp_grad_scale, "grad_scale", self._owner)
+        found_inf = getattr(self, "found_inf", None)   # set by GradScaler.step
+        found_inf = found_inf is not None and _amp_value(found_inf, "found_inf", self._owner)
         plans = []
         for group, buckets in zip(self.param_groups, self._buckets):
             rule, plain = self._hyperparameters(group)
@@ -124,9 +193,19 @@ class Optimizer(torch.optim.Optimizer):
             for bucket in buckets:
                 runs = bucket.plan(names, self.state, self.has_step, self._owner)
                 plans.append((bucket, runs, rule, plain, names))
+        if found_inf:
+            self.last_step_skipped, self.last_grad_norm = True, None
+            return loss
+        scale, self.last_grad_norm = loop_scale(
+            lambda: [bucket.np_grad[bucket.offsets[first]:bucket.offsets[stop]]
+                     for bucket, runs, *_ in plans for first, stop, *_ in runs],
+            clip, grad_scale, skip)
+        self.last_step_skipped = scale is None
+        if scale is None:
+            return loss
         for bucket, runs, rule, plain, names in plans:
-            scale = -1.0 if plain.get("maximize", False) else 1.0
-            bucket.run(runs, rule, plain, names, scale, self.state, self.has_step)
+            sign = -scale if plain.get("maximize", False) else scale
+            bucket.run(runs, rule, plain, names, sign, self.state, self.has_step)
         return loss
 
     def zero_grad(self, set_to_none: bool = False):

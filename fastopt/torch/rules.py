@@ -4,7 +4,9 @@ Each class only names its :mod:`fastopt.optim` rule and builds the ``defaults`` 
 torch.optim would (same keys, so ``state_dict`` param groups interchange). The formulas
 are in the rule classes' docstrings. ``foreach`` and ``fused`` are accepted and ignored:
 fastopt's kernel always updates a whole flat buffer in one fused pass.
-``differentiable=True`` and ``capturable=True`` raise ``ValueError``.
+``differentiable=True`` and ``capturable=True`` raise ``ValueError``. Every class also
+takes fastopt's keyword-only loop options ``clip_grad_norm``, ``grad_scale`` and
+``skip_if_nonfinite`` (see :mod:`fastopt.torch`).
 """
 
 from .. import optim
@@ -21,11 +23,12 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
                  nesterov=False, *, maximize=False, foreach=None, differentiable=False,
-                 fused=None):
+                 fused=None, clip_grad_norm=None, grad_scale=1.0, skip_if_nonfinite=False):
         super().__init__(params, dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize, foreach=foreach,
-            differentiable=differentiable, fused=fused))
+            differentiable=differentiable, fused=fused), clip_grad_norm=clip_grad_norm,
+            grad_scale=grad_scale, skip_if_nonfinite=skip_if_nonfinite)
 
 
 class Adagrad(Optimizer):
@@ -37,11 +40,14 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
-                 differentiable=False, fused=None):
+                 differentiable=False, fused=None, clip_grad_norm=None, grad_scale=1.0,
+                 skip_if_nonfinite=False):
         super().__init__(params, dict(
             lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-            maximize=maximize, differentiable=differentiable, fused=fused))
+            maximize=maximize, differentiable=differentiable, fused=fused),
+            clip_grad_norm=clip_grad_norm, grad_scale=grad_scale,
+            skip_if_nonfinite=skip_if_nonfinite)
 
 
 class RMSprop(Optimizer):
@@ -55,12 +61,14 @@ class RMSprop(Optimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0,
                  centered=False, capturable=False, foreach=None, maximize=False,
-                 differentiable=False, *, nesterov=False, eps_in_sqrt=False):
+                 differentiable=False, *, nesterov=False, eps_in_sqrt=False,
+                 clip_grad_norm=None, grad_scale=1.0, skip_if_nonfinite=False):
         super().__init__(params, dict(
             lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
             weight_decay=weight_decay, capturable=capturable, foreach=foreach,
             maximize=maximize, differentiable=differentiable, nesterov=nesterov,
-            eps_in_sqrt=eps_in_sqrt))
+            eps_in_sqrt=eps_in_sqrt), clip_grad_norm=clip_grad_norm,
+            grad_scale=grad_scale, skip_if_nonfinite=skip_if_nonfinite)
 
 
 class Adam(Optimizer):
@@ -72,12 +80,14 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, fused=None, decoupled_weight_decay=False):
+                 differentiable=False, fused=None, decoupled_weight_decay=False,
+                 clip_grad_norm=None, grad_scale=1.0, skip_if_nonfinite=False):
         super().__init__(params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay))
+            decoupled_weight_decay=decoupled_weight_decay), clip_grad_norm=clip_grad_norm,
+            grad_scale=grad_scale, skip_if_nonfinite=skip_if_nonfinite)
 
     def _rule_for(self, group):
         rule = optim.AdamW if group.get("decoupled_weight_decay", False) else optim.Adam
@@ -90,11 +100,13 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, *, maximize=False, foreach=None, capturable=False,
-                 differentiable=False, fused=None):
+                 differentiable=False, fused=None, clip_grad_norm=None, grad_scale=1.0,
+                 skip_if_nonfinite=False):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
                          maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True)
+                         decoupled_weight_decay=True, clip_grad_norm=clip_grad_norm,
+                         grad_scale=grad_scale, skip_if_nonfinite=skip_if_nonfinite)
 
     def __setstate__(self, state):
         super().__setstate__(state)
