@@ -66,6 +66,10 @@ class Flat:
 
     def grad_view_of(self, param_view):
         """The 1-D slice of the gradient buffer matching a 1-D slice of a param buffer."""
+        if param_view.size == 0:  # holds no memory to match: an empty slice of its dtype
+            for buffer in self.buffers:
+                if buffer.grad.dtype == param_view.dtype:
+                    return buffer.grad[:0]
         for buffer in self.buffers:
             if np.shares_memory(param_view, buffer.param):
                 start = (param_view.__array_interface__["data"][0]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from cases import RULES
+from cases import CASES, RULES, case_id
 
 BAD_HYPERPARAMETERS = [
     ("sgd", {"lr": -0.1}, ValueError, "lr"),
@@ -164,3 +164,168 @@ def test_none_grad_inside_a_flat_buffer_is_refused():
 def test_flatten_refuses_non_float_arrays():
     with pytest.raises(TypeError, match=r"arrays\[1\].*int64"):
         fastopt.flatten([np.ones(2), np.arange(3)])
+
+
+# --- more bad input (issue 5): object arrays, empty and 0-d params, cross-aliasing, ------
+# --- another model's state dict, step() before any gradient ---------------------------
+
+def test_object_arrays_are_refused_everywhere():
+    objects = np.array([1.0, 2.0], dtype=object)
+    with pytest.raises(TypeError, match=r"params\[0\].*float32 or float64.*object"):
+        fastopt.Adam([objects])
+    with pytest.raises(TypeError, match=r"arrays\[0\].*object"):
+        fastopt.flatten([objects])
+    with pytest.raises(TypeError, match=r"grads\[0\].*object"):
+        fastopt.clip_grad_norm([objects], 1.0)
+    params = [np.ones(2)]
+    opt = fastopt.Adam(params)
+    opt.step([np.ones(2)])
+    snapshot = snapshot_of(opt, params)
+    with pytest.raises(TypeError, match=r"grads\[0\].*object"):
+        opt.step([objects])
+    assert_unchanged(opt, params, snapshot)
+
+
+EMPTY_AND_SCALAR_SHAPES = [(0,), (3,), (), (2, 0), (0, 3)]
+
+
+@pytest.mark.parametrize("layout", ["flat", "arrays"])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_zero_size_and_0d_params_step_like_the_reference(case, layout):
+    """Supported as torch supports them: an empty param steps (its state exists, empty, and
+    its step count advances) and a 0-d param is an ordinary one-element parameter."""
+    rule, options = case
+    cls, ref, lr = RULES[rule]
+    rng = np.random.default_rng(11)
+    start = [rng.standard_normal(s) for s in EMPTY_AND_SCALAR_SHAPES]
+    grads = [[rng.standard_normal(s) for s in EMPTY_AND_SCALAR_SHAPES] for _ in range(3)]
+    if layout == "flat":
+        flat = fastopt.flatten(start)
+        params, opt = flat.params, cls(flat, lr=lr, **options)
+    else:
+        params = [p.copy() for p in start]
+        opt = cls(params, lr=lr, **options)
+    want, states = [p.copy() for p in start], [{} for _ in start]
+    for step_grads in grads:
+        opt.step(step_grads)
+        for i, g in enumerate(step_grads):
+            want[i], states[i] = ref(want[i], g, states[i], lr=lr, **options)
+    for got, expected in zip(params, want):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)
+    state = opt.state_dict()["state"]
+    assert sorted(state) == list(range(len(start)))
+    for i, expected in enumerate(states):
+        assert state[i]["step"] == 3
+        for name, value in expected.items():
+            if name != "step":
+                assert state[i][name].shape == EMPTY_AND_SCALAR_SHAPES[i]
+                np.testing.assert_allclose(state[i][name], value, rtol=1e-12, atol=1e-13)
+
+
+def test_flatten_of_only_empty_arrays_steps():
+    flat = fastopt.flatten([np.zeros(0, np.float32), np.zeros((0, 2), np.float32)])
+    opt = fastopt.Adam(flat)
+    opt.step()
+    assert opt.state_dict()["state"][1]["exp_avg"].shape == (0, 2)
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("zero_grad", [False, True])
+def test_grad_aliasing_another_param_is_refused(rule, zero_grad):
+    """grads[1] is params[0]: params[0] would be updated first, then read as the gradient
+    of params[1] (and zeroed with zero_grad)."""
+    params = [np.linspace(0, 1, 3), np.linspace(1, 2, 3)]
+    opt = RULES[rule][0](params, lr=0.1)
+    opt.step([np.ones(3), np.ones(3)])
+    snapshot = snapshot_of(opt, params)
+    for grads, name in [([np.ones(3), params[0]], r"grads\[1\]"),
+                        ([params[1], np.ones(3)], r"grads\[0\]")]:
+        with pytest.raises(ValueError, match=name + r" shares memory with the parameters"):
+            opt.step(grads, zero_grad=zero_grad)
+        assert_unchanged(opt, params, snapshot)
+
+
+def test_grad_aliasing_part_of_a_flat_buffer_is_refused():
+    flat = fastopt.flatten([np.ones(3), np.ones(4)])
+    other = [np.ones(2)]
+    opt = fastopt.SGD([{"params": flat}, {"params": other}], lr=0.1)
+    snapshot = snapshot_of(opt, flat.params + other)
+    with pytest.raises(ValueError, match=r"grads\[2\] shares memory with the parameters"):
+        opt.step([np.ones(3), np.ones(4), flat.params[1][1:3]])
+    assert_unchanged(opt, flat.params + other, snapshot)
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adagrad", "rmsprop", "adam"])
+def test_grad_aliasing_another_params_state_is_refused(rule):
+    params = [np.linspace(0, 1, 3), np.linspace(1, 2, 3)]
+    options = {"momentum": 0.9} if rule == "sgd" else {}
+    opt = RULES[rule][0](params, lr=0.1, **options)
+    opt.step([np.ones(3), np.ones(3)])
+    snapshot = snapshot_of(opt, params)
+    name = next(k for k in opt.state[0] if k != "step")
+    with pytest.raises(ValueError, match=r"grads\[1\] shares memory with optimizer state"):
+        opt.step([np.ones(3), opt.state[0][name]])
+    assert_unchanged(opt, params, snapshot)
+
+
+def test_one_gradient_for_two_params_is_allowed_but_not_with_zero_grad():
+    """Reading one array twice is fine; zeroing it after the first read is not."""
+    params, shared = [np.ones(3), np.ones(3)], np.full(3, 0.5)
+    opt = fastopt.SGD(params, lr=0.1)
+    opt.step([shared, shared])
+    np.testing.assert_array_equal(params[0], params[1])
+    snapshot = snapshot_of(opt, params)
+    with pytest.raises(ValueError, match=r"grads\[0\] shares memory with grads\[1\].*zero_grad"):
+        opt.step([shared, shared], zero_grad=True)
+    assert_unchanged(opt, params, snapshot)
+    np.testing.assert_array_equal(shared, 0.5)
+
+
+@pytest.mark.parametrize("other_shapes, message", [
+    ([(3,), (2, 3)], r"state\[1\]\['exp_avg'\] has shape \(2, 3\), params\[1\] has \(2, 2\)"),
+    ([(3,)], "1 params"),
+    ([(3,), (2, 2), (5,)], "3 params"),
+])
+@pytest.mark.parametrize("layout", ["flat", "arrays"])
+def test_state_dict_from_another_model_is_refused(other_shapes, message, layout):
+    shapes = [(3,), (2, 2)]
+    params = [np.ones(s) for s in shapes]
+    if layout == "flat":
+        flat = fastopt.flatten(params)
+        params, opt = flat.params, fastopt.Adam(flat, lr=0.1)
+        flat.grads[0][...] = 1
+        opt.step()
+    else:
+        opt = fastopt.Adam(params, lr=0.1)
+        opt.step([np.ones(s) for s in shapes])
+    other = fastopt.Adam([np.ones(s) for s in other_shapes], lr=0.5)
+    other.step([np.ones(s) for s in other_shapes])
+    snapshot = snapshot_of(opt, params)
+    groups = [dict(g) for g in opt.param_groups]
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(other.state_dict())
+    assert_unchanged(opt, params, snapshot)
+    assert opt.param_groups[0]["lr"] == 0.1 and [dict(g) for g in opt.param_groups] == groups
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_step_before_any_gradient_on_flatten_is_a_zero_gradient_step(case):
+    """flatten() zero-initializes the gradient buffers, so step() before any backward pass
+    is a step with g = 0: it counts (step 1, state allocated) and moves the parameters only
+    by weight decay (AdamW's decoupled decay, or an L2 term), exactly as the reference with
+    zero gradients does; without weight decay they stay bitwise unchanged."""
+    rule, options = case
+    cls, ref, lr = RULES[rule]
+    start = [np.linspace(-1, 1, 6).reshape(2, 3), np.array([0.5, -0.25])]
+    flat = fastopt.flatten(start)
+    opt = cls(flat, lr=lr, **options)
+    opt.step()
+    state = opt.state_dict()["state"]
+    for i, p in enumerate(start):
+        want, _ = ref(p, np.zeros_like(p), {}, lr=lr, **options)
+        np.testing.assert_allclose(flat.params[i], want, rtol=1e-15, atol=0)
+        assert state[i]["step"] == 1
+        decays = options.get("weight_decay", cls.defaults.get("weight_decay", 0.0)) != 0
+        if not decays:
+            np.testing.assert_array_equal(flat.params[i], p)

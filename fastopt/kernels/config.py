@@ -16,7 +16,10 @@
   a kernel, where starting threads costs more than it saves. Overridable with the
   environment variable ``FASTOPT_PARALLEL_THRESHOLD``.
 
-Nothing here changes Numba's global state (thread count, threading layer). Numba's cache
+Nothing here changes Numba's global state (thread count, threading layer); ``layer.py``
+only makes a pip-installed TBB findable, at import, for Numba's own choice (see there),
+and warns once if the layer that ran a parallel kernel is not fork- and thread-safe.
+Numba's cache
 is keyed by the kernel's source file, not by these flags: after changing a flag here,
 delete ``fastopt/kernels/__pycache__/*.nbi`` (or the ``NUMBA_CACHE_DIR`` copies).
 """
@@ -26,6 +29,10 @@ import types
 import warnings
 
 import numba
+
+from . import layer
+
+layer.make_tbb_findable()
 
 FASTMATH = frozenset()
 ERROR_MODEL = "numpy"
@@ -87,8 +94,12 @@ class Kernel:
         self.__wrapped__ = body
 
     def __call__(self, param, *args):
-        twin = self.parallel if param.shape[0] >= PARALLEL_THRESHOLD else self.serial
-        twin(param, *args)
+        if param.shape[0] >= PARALLEL_THRESHOLD:
+            self.parallel(param, *args)
+            if not layer._checked:
+                layer.check_once()
+        else:
+            self.serial(param, *args)
 
     def __repr__(self):
         return f"<fastopt kernel {self.__name__}>"

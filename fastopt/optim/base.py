@@ -208,11 +208,30 @@ class Optimizer:
                     if zero_grad and not grad.flags.writeable:
                         raise ValueError(f"{name} is read-only, so zero_grad=True cannot "
                                          "zero it")
-                    if np.may_share_memory(grad, seg.param):
-                        raise ValueError(f"{name} shares memory with the parameters")
-                    for state in seg.state.values():
-                        if np.may_share_memory(grad, state):
-                            raise ValueError(f"{name} shares memory with optimizer state")
+        self._check_grad_aliasing(grads, zero_grad)
+
+    def _check_grad_aliasing(self, grads, zero_grad):
+        """Refuse a gradient that shares memory with any parameter or state buffer (not
+        only its own: the kernels write params and state one segment after another, so a
+        later segment would read an already-updated value), or, with ``zero_grad``,
+        with another gradient. One sorted sweep over byte spans: O(n log n)."""
+        spans = [(_span(p), f"the parameters (params[{i}])", False)
+                 for i, p in enumerate(self._params)]
+        spans += [(_span(buffer), f"optimizer state ({name!r} of params{seg.indices})", False)
+                  for segments in self._segments for seg in segments
+                  for name, buffer in seg.state.items()]
+        spans += [(_span(g), f"grads[{i}]", True) for i, g in enumerate(grads) if g is not None]
+        furthest = {False: (0, None), True: (0, None)}  # kind -> (largest end so far, name)
+        for (start, end), name, is_grad in sorted(s for s in spans if s[0][1] > s[0][0]):
+            for other_is_grad in ((False, True) if zero_grad else (False,)) if is_grad else (True,):
+                other_end, other = furthest[other_is_grad]
+                if start < other_end:
+                    grad, what = (name, other) if not other_is_grad else (other, name)
+                    why = " (zero_grad=True would zero it before it is read)" if (
+                        is_grad and other_is_grad) else ""
+                    raise ValueError(f"{grad} shares memory with {what}{why}")
+            if end > furthest[is_grad][0]:
+                furthest[is_grad] = (end, name)
 
     def step(self, grads=None, *, zero_grad=False):
         """One update of every parameter.
@@ -402,6 +421,12 @@ class Optimizer:
 #: Keys torch.optim writes into param groups that fastopt's rules do not use.
 _TORCH_ONLY_KEYS = {"foreach", "fused", "capturable", "differentiable", "initial_lr",
                     "decoupled_weight_decay"}
+
+
+def _span(array):
+    """``(first byte, one past the last byte)`` of a C-contiguous array."""
+    start = array.__array_interface__["data"][0]
+    return start, start + array.nbytes
 
 
 def _numpy(value):

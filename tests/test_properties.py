@@ -1,0 +1,154 @@
+"""Property tests (hypothesis): random sizes, hyperparameters and dtypes.
+
+* Valid hyperparameters (within torch's valid ranges, narrowed where a rule would diverge
+  numerically, e.g. RMSprop's alpha <= 1) on any size, including 0 and 1 element and odd
+  sizes around SIMD widths: every rule via its optimizer equals ``fastopt.reference``
+  within tests/test_reference.py's tolerances.
+* Invalid hyperparameters (negative, NaN, betas outside [0, 1), wrong types): always the
+  documented error (ValueError for a bad value, TypeError for a bad type), at construction
+  and when set between steps, and then nothing is written.
+
+``deadline=None``: the first example of a rule compiles (or loads) its kernel.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cases import RULES
+from test_reference import TOL
+from test_validation import assert_unchanged, snapshot_of
+
+SIMD_SIZES = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65]
+sizes = st.one_of(st.sampled_from(SIMD_SIZES), st.integers(0, 300))
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+def unit(low, high):
+    return st.floats(low, high, allow_nan=False, allow_subnormal=False)
+
+
+@st.composite
+def valid_options(draw, rule):
+    """A valid hyperparameter set for ``rule`` (lr included)."""
+    flag = st.booleans()
+    if rule == "sgd":
+        momentum = draw(st.one_of(st.just(0.0), unit(0.0, 0.99)))
+        nesterov = momentum > 0 and draw(flag)
+        options = dict(lr=draw(unit(0.0, 1.0)), momentum=momentum,
+                       dampening=0.0 if nesterov else draw(unit(0.0, 1.0)),
+                       weight_decay=draw(unit(0.0, 0.1)), nesterov=nesterov,
+                       maximize=draw(flag))
+    elif rule == "adagrad":
+        options = dict(lr=draw(unit(0.0, 1.0)), lr_decay=draw(unit(0.0, 0.5)),
+                       weight_decay=draw(unit(0.0, 0.1)),
+                       initial_accumulator_value=draw(unit(0.0, 1.0)),
+                       eps=draw(unit(1e-10, 1e-3)), maximize=draw(flag))
+    elif rule == "rmsprop":
+        momentum = draw(st.one_of(st.just(0.0), unit(0.0, 0.95)))
+        options = dict(lr=draw(unit(0.0, 0.1)), alpha=draw(unit(0.5, 0.999)),
+                       eps=draw(unit(1e-8, 1e-3)), weight_decay=draw(unit(0.0, 0.1)),
+                       momentum=momentum, centered=draw(flag),
+                       nesterov=momentum > 0 and draw(flag), eps_in_sqrt=draw(flag),
+                       maximize=draw(flag))
+    else:  # adam, adamw
+        options = dict(lr=draw(unit(0.0, 0.1)),
+                       betas=(draw(unit(0.0, 0.99)), draw(unit(0.0, 0.999))),
+                       eps=draw(unit(1e-8, 1e-3)), weight_decay=draw(unit(0.0, 0.1)),
+                       amsgrad=draw(flag), maximize=draw(flag))
+    return options
+
+
+@st.composite
+def valid_problems(draw):
+    rule = draw(st.sampled_from(list(RULES)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    return rule, draw(valid_options(rule)), draw(sizes), draw(dtypes), seed
+
+
+@settings(max_examples=60, deadline=None)
+@given(valid_problems())
+def test_every_rule_matches_the_reference(problem):
+    rule, options, size, dtype, seed = problem
+    cls, ref, _ = RULES[rule]
+    rng = np.random.default_rng(seed)
+    start = rng.standard_normal(size).astype(dtype)
+    grads = [rng.standard_normal(size).astype(dtype) for _ in range(3)]
+    param = start.copy()
+    opt = cls([param], **options)
+    want, state = start.copy(), {}
+    for grad in grads:
+        opt.step([grad])
+        want, state = ref(want, grad, state, **options)
+        assert param.dtype == dtype
+        np.testing.assert_allclose(param, want, **TOL[dtype])
+    mine = opt.state_dict()["state"][0]
+    for name, value in state.items():
+        if name != "step":
+            np.testing.assert_allclose(mine[name], value, **TOL[dtype], err_msg=name)
+
+
+NUMBER_KEYS = {
+    "sgd": ["lr", "momentum", "weight_decay"],
+    "adagrad": ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"],
+    "rmsprop": ["lr", "alpha", "eps", "weight_decay", "momentum"],
+    "adam": ["lr", "eps", "weight_decay"],
+    "adamw": ["lr", "eps", "weight_decay"],
+}
+FLAG_KEYS = {
+    "sgd": ["nesterov", "maximize"], "adagrad": ["maximize"],
+    "rmsprop": ["centered", "maximize", "nesterov", "eps_in_sqrt"],
+    "adam": ["amsgrad", "maximize"], "adamw": ["amsgrad", "maximize"],
+}
+negative = st.floats(max_value=-1e-300, allow_nan=False)
+wrong_number_types = st.sampled_from(["0.1", None, [0.1], complex(0.1, 0), True, b"1"])
+wrong_flag_types = st.sampled_from(["yes", 1, 0.0, None, [True]])
+
+
+@st.composite
+def invalid_options(draw):
+    """``(rule, {key: bad value}, expected error, the key the message must name)``."""
+    rule = draw(st.sampled_from(list(RULES)))
+    kinds = ["negative", "nan", "number type", "flag type"]
+    if rule in ("adam", "adamw"):
+        kinds += ["beta range", "beta nan", "beta type", "betas type"]
+    kind = draw(st.sampled_from(kinds))
+    if kind in ("negative", "nan", "number type"):
+        key = draw(st.sampled_from(NUMBER_KEYS[rule]))
+        value = {"negative": negative, "nan": st.just(math.nan),
+                 "number type": wrong_number_types}[kind]
+        return rule, {key: draw(value)}, TypeError if kind == "number type" else ValueError, key
+    if kind == "flag type":
+        key = draw(st.sampled_from(FLAG_KEYS[rule]))
+        return rule, {key: draw(wrong_flag_types)}, TypeError, key
+    index = draw(st.integers(0, 1))
+    betas = [0.9, 0.999]
+    name = f"beta parameter at index {index}"
+    if kind == "betas type":
+        return rule, {"betas": draw(st.sampled_from([0.9, (0.9,), (0.9, 0.99, 0.5), "ab"]))}, \
+            TypeError, "betas"
+    betas[index] = draw({"beta range": st.one_of(negative, st.floats(min_value=1.0)),
+                         "beta nan": st.just(math.nan), "beta type": wrong_number_types}[kind])
+    return rule, {"betas": tuple(betas)}, TypeError if kind == "beta type" else ValueError, name
+
+
+@settings(max_examples=60, deadline=None)
+@given(invalid_options(), dtypes, st.sampled_from([1, 5, 17]))
+def test_invalid_hyperparameters_raise_the_documented_error_and_write_nothing(bad, dtype, size):
+    rule, options, error, key = bad
+    cls = RULES[rule][0]
+    with pytest.raises(error, match=key):
+        cls([np.ones(size, dtype)], **options)
+    params = [np.linspace(-1, 1, size).astype(dtype)]
+    opt = cls(params, lr=0.01)
+    grad = np.full(size, 0.5, dtype)
+    opt.step([grad])
+    snapshot = snapshot_of(opt, params)
+    opt.param_groups[0].update(options)
+    with pytest.raises(error, match=key):
+        opt.step([grad], zero_grad=True)
+    assert_unchanged(opt, params, snapshot)
+    np.testing.assert_array_equal(grad, 0.5)
