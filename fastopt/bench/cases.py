@@ -1,0 +1,212 @@
+"""The benchmark cases: one per rule, read by ``fastopt bench`` and by the asv suite.
+
+A :class:`Case` says which configuration of a rule is measured (``options``, PyTorch's
+names and defaults), the kernel's array arguments in order (so the bytes it moves per
+element follow from them), and the kernel's scalar arguments for that configuration.
+The ``*_call`` functions build fresh buffers and return a no-argument function that
+runs one step of: the kernel (:func:`kernel_call`), the whole ``opt.step()``
+(:func:`step_call`), the NumPy reference (:func:`reference_call`) or ``torch.optim``
+(:func:`torch_call`). Each call owns its buffers, so measurements do not share memory.
+"""
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+import fastopt
+from fastopt import kernels, reference
+
+#: Default sizes and dtypes of the benchmarks (``fastopt bench`` and asv).
+SIZES = (1_000, 100_000, 1_000_000, 10_000_000)
+DTYPES = ("float32", "float64")
+
+#: The step count whose scalars the kernel calls use (a step past the first, where
+#: every rule runs its steady-state update: momentum buffers exist, bias corrections < 1).
+STEP = 10
+
+#: The whole-step workloads compared with torch: one small tensor (Python overhead), and
+#: 200 tensors totalling 1e6 elements (100 layers of a (100, 99) weight and a (100,) bias).
+STEP_SHAPES = [(1_000,)]
+MODEL_SHAPES = [(100, 99), (100,)] * 100
+
+#: torch.optim implementations: name -> constructor keywords.
+TORCH_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True},
+               "single": {"foreach": False}}
+
+
+class Unavailable(NotImplementedError):
+    """A baseline this process cannot run (torch missing, or an implementation torch
+    lacks for a rule). A ``NotImplementedError``, so asv skips the benchmark."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One rule's benchmark configuration.
+
+    * ``arrays``: the kernel's array arguments in order, by PyTorch's names; ``None`` for
+      an argument this configuration leaves untouched (passed an empty array).
+    * ``scalars(hp, dt)``: the kernel's remaining arguments at step :data:`STEP`, from the
+      full hyperparameters ``hp`` and the dtype's scalar type ``dt``.
+    * ``torch_impls``: the ``torch.optim`` implementations that exist for the rule on CPU.
+    """
+
+    rule: str
+    optimizer: type
+    kernel: kernels.Kernel
+    options: dict
+    arrays: tuple
+    scalars: object
+    torch_class: str
+    torch_impls: tuple = ("fused", "foreach", "single")
+    reference: object = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "reference", reference.RULES[self.rule])
+
+    @property
+    def hyperparameters(self):
+        """Every hyperparameter: the optimizer's defaults updated with ``options``."""
+        return {**self.optimizer.defaults, **self.options}
+
+    @property
+    def state(self):
+        """State buffers the kernel updates, by PyTorch's names."""
+        return tuple(a for a in self.arrays if a not in (None, "param", "grad"))
+
+    @property
+    def reads(self):
+        return tuple(a for a in self.arrays if a is not None)
+
+    @property
+    def writes(self):
+        return ("param",) + self.state
+
+    def bytes_per_element(self, dtype):
+        """Bytes the kernel must move per element: each buffer read once, each buffer
+        written once (fp32 Adam: reads p, g, m, v and writes p, m, v: 28 B)."""
+        return (len(self.reads) + len(self.writes)) * np.dtype(dtype).itemsize
+
+    def label(self):
+        options = ", ".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.rule}({options})"
+
+
+def _sgd_scalars(hp, dt):
+    mu = hp["momentum"]
+    # Past the first step: b = momentum*b + (1 - dampening)*g.
+    return (dt(hp["lr"]), dt(hp["weight_decay"]), dt(1.0), dt(mu), dt(mu),
+            dt(1.0 - hp["dampening"]), mu != 0, hp["nesterov"], False)
+
+
+def _adagrad_scalars(hp, dt):
+    clr = hp["lr"] / (1 + (STEP - 1) * hp["lr_decay"])
+    return dt(clr), dt(hp["eps"]), dt(hp["weight_decay"]), dt(1.0), False
+
+
+def _rmsprop_scalars(hp, dt):
+    alpha = hp["alpha"]
+    return (dt(hp["lr"]), dt(alpha), dt(1.0 - alpha), dt(hp["eps"]),
+            dt(hp["weight_decay"]), dt(1.0), dt(hp["momentum"]), hp["centered"],
+            hp["momentum"] > 0, hp["nesterov"], hp["eps_in_sqrt"], False)
+
+
+def _adam_scalars(hp, dt, decoupled=False):
+    lr, (beta1, beta2), wd = hp["lr"], hp["betas"], hp["weight_decay"]
+    coupled, param_decay = (0.0, 1.0 - lr * wd) if decoupled else (wd, 1.0)
+    return (dt(lr / (1.0 - beta1 ** STEP)), dt(beta1), dt(1.0 - beta1), dt(beta2),
+            dt(1.0 - beta2), dt(1.0 / math.sqrt(1.0 - beta2 ** STEP)), dt(hp["eps"]),
+            dt(coupled), dt(param_decay), dt(1.0), hp["amsgrad"], False)
+
+
+CASES = {case.rule: case for case in [
+    Case("sgd", fastopt.SGD, kernels.sgd, {"lr": 1e-2, "momentum": 0.9},
+         ("param", "grad", "momentum_buffer"), _sgd_scalars, "SGD"),
+    Case("adagrad", fastopt.Adagrad, kernels.adagrad, {"lr": 1e-2},
+         ("param", "grad", "sum"), _adagrad_scalars, "Adagrad"),
+    Case("rmsprop", fastopt.RMSprop, kernels.rmsprop, {"lr": 1e-2},
+         ("param", "grad", "square_avg", None, None), _rmsprop_scalars, "RMSprop",
+         torch_impls=("foreach", "single")),
+    Case("adam", fastopt.Adam, kernels.adam, {"lr": 1e-3},
+         ("param", "grad", "exp_avg", "exp_avg_sq", None), _adam_scalars, "Adam"),
+    Case("adamw", fastopt.AdamW, kernels.adam, {"lr": 1e-3, "weight_decay": 1e-2},
+         ("param", "grad", "exp_avg", "exp_avg_sq", None),
+         partial(_adam_scalars, decoupled=True), "AdamW"),
+]}
+
+RULES = tuple(CASES)
+
+
+# --- buffers and calls ------------------------------------------------------------------
+
+def make_arrays(shapes, dtype, seed=0):
+    """Parameters (standard normal) and gradients (0.1 * standard normal) of ``shapes``."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    grads = [(0.1 * rng.standard_normal(shape)).astype(dtype) for shape in shapes]
+    return params, grads
+
+
+def kernel_args(case, size, dtype, seed=0):
+    """The kernel's full argument tuple over fresh buffers of ``size`` elements (state
+    buffers at their initial value, zero for every benchmarked configuration)."""
+    (param,), (grad,) = make_arrays([(size,)], dtype, seed)
+    buffers = {"param": param, "grad": grad}
+    arrays = [buffers[name] if name in buffers else
+              param[:0] if name is None else np.zeros_like(param)
+              for name in case.arrays]
+    return (*arrays, *case.scalars(case.hyperparameters, np.dtype(dtype).type))
+
+
+def kernel_call(case, size, dtype, twin=None, seed=0):
+    """Run the kernel once per call. ``twin``: ``"serial"``, ``"parallel"``, or ``None``
+    to let the :class:`~fastopt.kernels.Kernel` pick by size (as the optimizers do)."""
+    func = case.kernel if twin is None else getattr(case.kernel, twin)
+    return partial(func, *kernel_args(case, size, dtype, seed))
+
+
+def step_call(case, shapes, dtype, seed=0):
+    """``opt.step()`` of ``case.optimizer`` over ``fastopt.flatten`` of ``shapes``."""
+    params, grads = make_arrays(shapes, dtype, seed)
+    flat = fastopt.flatten(params)
+    for view, grad in zip(flat.grads, grads):
+        view[...] = grad
+    return case.optimizer(flat, **case.options).step
+
+
+def reference_call(case, size, dtype, seed=0):
+    """One step of the NumPy reference (:mod:`fastopt.reference`), carrying its state."""
+    (param,), (grad,) = make_arrays([(size,)], dtype, seed)
+    carry = {"param": param, "state": {}}
+
+    def call():
+        carry["param"], carry["state"] = case.reference(
+            carry["param"], grad, carry["state"], **case.options)
+    return call
+
+
+def import_torch():
+    """``torch``, or raise :class:`Unavailable` (torch is an optional dependency)."""
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable(f"torch is not installed ({exc})") from None
+    return torch
+
+
+def torch_call(case, shapes, dtype, impl, seed=0):
+    """``torch.optim.<Rule>(..., fused/foreach).step`` over tensors of ``shapes``; raises
+    :class:`Unavailable` where torch or that implementation is missing."""
+    if impl not in case.torch_impls:
+        raise Unavailable(f"torch.optim.{case.torch_class} has no {impl} implementation")
+    torch = import_torch()
+    params, grads = make_arrays(shapes, dtype, seed)
+    tensors = []
+    for param, grad in zip(params, grads):
+        tensor = torch.from_numpy(param).requires_grad_(True)
+        tensor.grad = torch.from_numpy(grad)
+        tensors.append(tensor)
+    optimizer = getattr(torch.optim, case.torch_class)(
+        tensors, **case.options, **TORCH_IMPLS[impl])
+    return optimizer.step

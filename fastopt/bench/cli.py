@@ -1,0 +1,190 @@
+"""``fastopt bench``: kernel throughput against NumPy, torch.optim and memory bandwidth.
+
+Prints, per rule, dtype, size and thread count: the whole ``opt.step()`` and the bare
+kernel, the NumPy reference, ``torch.optim`` fused / foreach / single-tensor (where torch
+is installed), fastopt's speed-ups, the kernel's effective GB/s (bytes it must move over
+its time) and that as a fraction of a STREAM triad measured in the same run at the same
+size and thread count. Then whole steps on one 1,000-element tensor and on a 200-tensor
+model against torch. ``--threshold`` instead times the serial and parallel twin of each
+kernel over sizes 2^10..2^20 and reports where the parallel one starts to win.
+"""
+
+import json
+import os
+import platform
+import sys
+
+from ..cli import UsageError
+from . import cases, measure, report, suites
+
+
+def configure(parser):
+    parser.add_argument("--rules", default=",".join(cases.RULES),
+                        help=f"comma-separated rules (default: all: {','.join(cases.RULES)})")
+    parser.add_argument("--dtypes", default=None,
+                        help="comma-separated dtypes, float32 and/or float64 (default: both; "
+                             "float32 with --threshold)")
+    parser.add_argument("--sizes", default=None,
+                        help="comma-separated element counts, e.g. 1e3,1e5 or 2^16 "
+                             "(default: 1e3,1e5,1e6,1e7; with --threshold 2^10..2^20)")
+    parser.add_argument("--threads", default=None,
+                        help="comma-separated thread counts for Numba and torch, restored "
+                             "afterwards (default: the current count)")
+    parser.add_argument("--repeat", type=int, default=measure.REPEAT,
+                        help=f"timed repeats per measurement; the median is reported "
+                             f"(default {measure.REPEAT})")
+    parser.add_argument("--min-time", type=float, default=measure.MIN_TIME,
+                        help=f"seconds each repeat loops for at least (default "
+                             f"{measure.MIN_TIME})")
+    parser.add_argument("--json", metavar="PATH", default=None,
+                        help="also write every measurement as JSON to PATH")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="skip the torch.optim baselines")
+    parser.add_argument("--no-model", action="store_true",
+                        help="skip the whole-step section (1,000 elements; 200-tensor model)")
+    parser.add_argument("--model-only", action="store_true",
+                        help="run only the whole-step section")
+    parser.add_argument("--threshold", action="store_true",
+                        help="time serial vs parallel twin of each kernel over sizes and "
+                             "report the crossover (for PARALLEL_THRESHOLD)")
+
+
+def _split(text):
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _parse_size(text):
+    try:
+        if "^" in text:
+            base, exponent = text.split("^")
+            value = int(base) ** int(exponent)
+        else:
+            number = float(text)
+            value = int(number)
+            if value != number:
+                raise ValueError
+    except ValueError:
+        raise UsageError(f"--sizes: {text!r} is not a whole number of elements") from None
+    if value < 1:
+        raise UsageError(f"--sizes: {text!r} must be at least 1")
+    return value
+
+
+def parse_options(args):
+    """Validated options from ``args``; raises :class:`UsageError`."""
+    rules = _split(args.rules)
+    unknown = [r for r in rules if r not in cases.CASES]
+    if unknown or not rules:
+        raise UsageError(f"--rules: unknown {unknown or rules!r}; choose from "
+                         f"{','.join(cases.RULES)}")
+    default_dtypes = "float32" if args.threshold else ",".join(cases.DTYPES)
+    dtypes = _split(args.dtypes or default_dtypes)
+    if not dtypes or any(d not in cases.DTYPES for d in dtypes):
+        raise UsageError(f"--dtypes: {args.dtypes!r}; choose from {','.join(cases.DTYPES)}")
+    if args.sizes:
+        sizes = [_parse_size(s) for s in _split(args.sizes)]
+    else:
+        sizes = list(suites.THRESHOLD_SIZES if args.threshold else cases.SIZES)
+    top = measure.max_threads()
+    if args.threads:
+        try:
+            threads = [int(t) for t in _split(args.threads)]
+        except ValueError:
+            raise UsageError(f"--threads: {args.threads!r} is not a list of integers") from None
+        bad = [t for t in threads if not 1 <= t <= top]
+        if bad or not threads:
+            raise UsageError(f"--threads: {bad or args.threads!r} out of range 1..{top} "
+                             "(NUMBA_NUM_THREADS)")
+    else:
+        import numba
+        threads = [numba.get_num_threads()]
+    if args.repeat < 1:
+        raise UsageError(f"--repeat: {args.repeat} must be at least 1")
+    if not args.min_time > 0:
+        raise UsageError(f"--min-time: {args.min_time} must be positive")
+    if args.no_model and args.model_only:
+        raise UsageError("--no-model and --model-only exclude each other")
+    return dict(rules=rules, dtypes=dtypes, sizes=sizes, threads=threads,
+                timing=dict(repeat=args.repeat, min_time=args.min_time))
+
+
+def _torch_version(wanted):
+    if not wanted:
+        return None
+    try:
+        return cases.import_torch().__version__  # imported now, so --threads reaches it
+    except cases.Unavailable:
+        return None
+
+
+def _meta(options, torch_version):
+    import numba
+    import numpy
+
+    import fastopt
+    from ..kernels import config
+    return {"fastopt": fastopt.__version__, "numba": numba.__version__,
+            "numpy": numpy.__version__, "torch": torch_version,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor(), "cpus": os.cpu_count(),
+            "numba_max_threads": measure.max_threads(),
+            "parallel_threshold": config.PARALLEL_THRESHOLD,
+            "repeat": options["timing"]["repeat"], "min_time": options["timing"]["min_time"]}
+
+
+def run(args):
+    options = parse_options(args)
+    rules, dtypes, sizes, threads, timing = (options[k] for k in
+                                             ("rules", "dtypes", "sizes", "threads", "timing"))
+    torch_version = None if args.threshold else _torch_version(not args.no_torch)
+    use_torch = torch_version is not None
+    result = {"meta": _meta(options, torch_version)}
+    if args.threshold:
+        progress = suites.Progress(suites.threshold_count(rules, dtypes, sizes, threads))
+        try:
+            rows = suites.threshold_rows(rules, dtypes, sizes, threads, timing, progress)
+        finally:
+            progress.close()
+        found = suites.crossovers(rows)
+        suggested = suites.suggested_threshold(found)
+        result["threshold"] = {"rows": rows, "crossovers": found, "suggested": suggested}
+        print(report.threshold_table(rows))
+        print()
+        print(report.crossover_table(found))
+        print(f"\nsuggested PARALLEL_THRESHOLD: {suggested} (median crossover; currently "
+              f"{result['meta']['parallel_threshold']})")
+    else:
+        kernels = not args.model_only
+        model = not args.no_model
+        total = (suites.kernel_count(rules, dtypes, sizes, threads, use_torch) if kernels
+                 else 0) + (suites.model_count(rules, dtypes, threads, use_torch) if model else 0)
+        progress = suites.Progress(total)
+        try:
+            if kernels:
+                result["kernels"] = suites.kernel_rows(rules, dtypes, sizes, threads, timing,
+                                                       use_torch, progress)
+            if model:
+                result["model"] = suites.model_rows(rules, dtypes, threads, timing,
+                                                    use_torch, progress)
+        finally:
+            progress.close()
+        if kernels:
+            print(report.kernel_table(result["kernels"]))
+            print("\nstep: whole opt.step(); kernel: the bare kernel call; numpy: "
+                  "fastopt.reference; t.*: torch.optim fused/foreach/single-tensor; x: "
+                  "speed-up of step over that; GB/s: kernel bytes moved / kernel time; "
+                  "of triad: that over the triad's GB/s (same size, threads)")
+        if model:
+            if kernels:
+                print()
+            print(report.model_table(result["model"]))
+            print("\nstep 1e3: one 1,000-element tensor (per-step overhead); model 200x: "
+                  "200 tensors, 1e6 elements (fastopt: one flat buffer)")
+        if not use_torch and not args.no_torch:
+            print("\ntorch is not installed: torch.optim columns are empty")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+            handle.write("\n")
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,82 @@
+"""Text tables for ``fastopt bench``."""
+
+def fmt_time(seconds):
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    return f"{seconds:.2f}s"
+
+
+def fmt_size(size):
+    """``1e6`` for powers of ten, ``2^20`` for powers of two, else the number."""
+    if size >= 1000 and 10 ** (len(str(size)) - 1) == size:
+        return f"1e{len(str(size)) - 1}"
+    if size >= 1024 and size & (size - 1) == 0:
+        return f"2^{size.bit_length() - 1}"
+    return str(size)
+
+
+def fmt_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def table(headers, rows, align=None):
+    """Columns padded to their widest cell; text columns left, numbers right."""
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(headers)]
+    align = align or ["<"] * len(headers)
+    lines = []
+    for cells in [headers, *rows]:
+        lines.append("  ".join(f"{str(c):{a}{w}}" for c, a, w in zip(cells, align, widths))
+                     .rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+KERNEL_HEADERS = ["rule", "dtype", "size", "thr", "B/el", "step", "kernel", "numpy",
+                  "t.fused", "t.foreach", "t.single", "x numpy", "x fused", "x t.best",
+                  "GB/s", "triad GB/s", "of triad"]
+
+
+def kernel_table(rows):
+    body = [[r["rule"], r["dtype"], fmt_size(r["size"]), r["threads"], r["bytes_per_element"],
+             fmt_time(r["step"]), fmt_time(r["kernel"]), fmt_time(r["numpy"]),
+             fmt_time(r["torch_fused"]), fmt_time(r["torch_foreach"]),
+             fmt_time(r["torch_single"]), fmt_ratio(r["speedup_numpy"]),
+             fmt_ratio(r["speedup_torch_fused"]), fmt_ratio(r["speedup_torch_best"]),
+             f"{r['gbps']:.1f}", f"{r['triad_gbps']:.1f}", f"{r['triad_fraction']:.2f}"]
+            for r in rows]
+    return table(KERNEL_HEADERS, body, ["<", "<", ">"] + [">"] * (len(KERNEL_HEADERS) - 3))
+
+
+MODEL_HEADERS = ["rule", "dtype", "workload", "tensors", "elements", "thr", "step",
+                 "t.fused", "t.foreach", "t.single", "x fused", "x t.best"]
+
+
+def model_table(rows):
+    body = [[r["rule"], r["dtype"], r["workload"], r["tensors"], fmt_size(r["elements"]),
+             r["threads"], fmt_time(r["step"]), fmt_time(r["torch_fused"]),
+             fmt_time(r["torch_foreach"]), fmt_time(r["torch_single"]),
+             fmt_ratio(r["speedup_torch_fused"]), fmt_ratio(r["speedup_torch_best"])]
+            for r in rows]
+    return table(MODEL_HEADERS, body, ["<", "<", "<"] + [">"] * (len(MODEL_HEADERS) - 3))
+
+
+THRESHOLD_HEADERS = ["rule", "dtype", "thr", "size", "serial", "parallel", "par speed-up"]
+
+
+def threshold_table(rows):
+    body = [[r["rule"], r["dtype"], r["threads"], fmt_size(r["size"]), fmt_time(r["serial"]),
+             fmt_time(r["parallel"]), fmt_ratio(r["parallel_speedup"])] for r in rows]
+    return table(THRESHOLD_HEADERS, body, ["<", "<", ">", ">", ">", ">", ">"])
+
+
+def crossover_table(crossovers):
+    body = [[c["rule"], c["dtype"], c["threads"],
+             "none" if c["crossover"] is None else
+             f"{fmt_size(c['crossover'])} ({c['crossover']})"] for c in crossovers]
+    return table(["rule", "dtype", "thr", "parallel faster from"], body,
+                 ["<", "<", ">", ">"])

@@ -1,0 +1,219 @@
+"""The measurements behind ``fastopt bench``, returned as lists of plain dicts.
+
+* :func:`kernel_rows`: per rule, dtype, size and thread count: the kernel, the whole
+  ``opt.step()``, the NumPy reference, ``torch.optim`` (fused, foreach, single-tensor),
+  and the triad at the same size and thread count. Times are seconds per step.
+* :func:`model_rows`: whole steps against torch on :data:`~.cases.STEP_SHAPES` (one
+  1,000-element tensor: Python overhead) and :data:`~.cases.MODEL_SHAPES` (200 tensors,
+  1e6 elements, one flat buffer for fastopt).
+* :func:`threshold_rows` and :func:`crossovers`: serial vs parallel twin per size.
+"""
+
+import numpy as np
+
+from . import cases, measure, triad
+
+TORCH_KEYS = tuple(f"torch_{impl}" for impl in cases.TORCH_IMPLS)
+
+
+class Progress:
+    """Counts measurements on a tqdm bar (stderr; hidden when stderr is not a terminal),
+    or on nothing where tqdm is missing."""
+
+    def __init__(self, total, enabled=True):
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, unit="run", leave=False, disable=None,
+                            dynamic_ncols=True)
+
+    def step(self, text):
+        if self.bar is not None:
+            self.bar.set_description(text, refresh=False)
+            self.bar.update()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _time(make, timing):
+    """Seconds per call of the function ``make()`` builds, or ``None`` if unavailable.
+    The function (and its buffers) is dropped before returning."""
+    try:
+        func = make()
+    except cases.Unavailable:
+        return None
+    return measure.time_call(func, **timing)
+
+
+def _ratio(numerator, denominator):
+    return None if numerator is None or denominator is None else numerator / denominator
+
+
+def _torch_best(row):
+    times = [row[key] for key in TORCH_KEYS if row.get(key) is not None]
+    return min(times) if times else None
+
+
+def _speedups(row, own):
+    """fastopt's speed-up (``own`` time key) over NumPy and each torch implementation."""
+    row["speedup_numpy"] = _ratio(row.get("numpy"), row[own])
+    for key in TORCH_KEYS:
+        row[f"speedup_{key}"] = _ratio(row[key], row[own])
+    row["torch_best"] = _torch_best(row)
+    row["speedup_torch_best"] = _ratio(row["torch_best"], row[own])
+
+
+def kernel_count(rules, dtypes, sizes, thread_counts, torch=True):
+    per_case = 3 + (len(TORCH_KEYS) if torch else 0)
+    return len(dtypes) * len(sizes) * len(thread_counts) * (1 + per_case * len(rules))
+
+
+def kernel_rows(rules, dtypes, sizes, thread_counts, timing, torch=True, progress=None):
+    """The kernel table. ``timing``: keywords of :func:`measure.time_call`."""
+    rows = []
+    for threads in thread_counts:
+        with measure.threads(threads):
+            for dtype in dtypes:
+                for size in sizes:
+                    triad_time = measure.time_call(triad.make_call(size, dtype), **timing)
+                    triad_gbps = triad.gbps(dtype, size, triad_time)
+                    if progress:
+                        progress.step(f"triad {dtype} {size}")
+                    for rule in rules:
+                        case = cases.CASES[rule]
+                        rows.append(_kernel_row(case, dtype, size, threads, timing, torch,
+                                                triad_time, triad_gbps, progress))
+    return rows
+
+
+def _kernel_row(case, dtype, size, threads, timing, torch, triad_time, triad_gbps, progress):
+    shapes = [(size,)]
+    row = {"rule": case.rule, "options": case.options, "dtype": dtype, "size": size,
+           "threads": threads, "bytes_per_element": case.bytes_per_element(dtype)}
+    makers = {
+        "kernel": lambda: cases.kernel_call(case, size, dtype),
+        "step": lambda: cases.step_call(case, shapes, dtype),
+        "numpy": lambda: cases.reference_call(case, size, dtype),
+    }
+    if torch:
+        for impl in cases.TORCH_IMPLS:
+            makers[f"torch_{impl}"] = (
+                lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+    for key, make in makers.items():
+        row[key] = _time(make, timing)
+        if progress:
+            progress.step(f"{case.rule} {dtype} {size} {key}")
+    for key in TORCH_KEYS:
+        row.setdefault(key, None)
+    _speedups(row, "step")
+    row["gbps"] = row["bytes_per_element"] * size / row["kernel"] / 1e9
+    row["triad"] = triad_time
+    row["triad_gbps"] = triad_gbps
+    row["triad_fraction"] = row["gbps"] / triad_gbps
+    # Roofline ratio, as asv tracks it: kernel time over the time the triad's bandwidth
+    # needs for the kernel's bytes (1 = at the triad's bandwidth; lower is better).
+    row["roofline_ratio"] = triad.roofline_ratio(row["kernel"], row["bytes_per_element"],
+                                                 triad_time, dtype)
+    return row
+
+
+WORKLOADS = {
+    "step 1e3": cases.STEP_SHAPES,
+    "model 200x": cases.MODEL_SHAPES,
+}
+
+
+def model_count(rules, dtypes, thread_counts, torch=True):
+    return len(rules) * len(dtypes) * len(thread_counts) * len(WORKLOADS) * (
+        1 + (len(TORCH_KEYS) if torch else 0))
+
+
+def model_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
+    """Whole ``opt.step()`` against ``torch.optim`` on each of :data:`WORKLOADS`."""
+    rows = []
+    for threads in thread_counts:
+        with measure.threads(threads):
+            for dtype in dtypes:
+                for rule in rules:
+                    case = cases.CASES[rule]
+                    for workload, shapes in WORKLOADS.items():
+                        row = {"rule": rule, "options": case.options, "dtype": dtype,
+                               "workload": workload, "tensors": len(shapes),
+                               "elements": int(sum(np.prod(s) for s in shapes)),
+                               "threads": threads}
+                        makers = {"step": lambda: cases.step_call(case, shapes, dtype)}
+                        if torch:
+                            for impl in cases.TORCH_IMPLS:
+                                makers[f"torch_{impl}"] = (
+                                    lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+                        for key, make in makers.items():
+                            row[key] = _time(make, timing)
+                            if progress:
+                                progress.step(f"{rule} {dtype} {workload} {key}")
+                        for key in TORCH_KEYS:
+                            row.setdefault(key, None)
+                        _speedups(row, "step")
+                        rows.append(row)
+    return rows
+
+
+#: Sizes of the threshold mode: 2**10 .. 2**20.
+THRESHOLD_SIZES = tuple(2 ** k for k in range(10, 21))
+
+
+def threshold_count(rules, dtypes, sizes, thread_counts):
+    return 2 * len(rules) * len(dtypes) * len(sizes) * len(thread_counts)
+
+
+def threshold_rows(rules, dtypes, sizes, thread_counts, timing, progress=None):
+    """Serial vs parallel twin of each kernel, per size."""
+    rows = []
+    for threads in thread_counts:
+        with measure.threads(threads):
+            for dtype in dtypes:
+                for rule in rules:
+                    case = cases.CASES[rule]
+                    for size in sizes:
+                        row = {"rule": rule, "dtype": dtype, "size": size, "threads": threads}
+                        for twin in ("serial", "parallel"):
+                            row[twin] = measure.time_call(
+                                cases.kernel_call(case, size, dtype, twin=twin), **timing)
+                            if progress:
+                                progress.step(f"{rule} {dtype} {size} {twin}")
+                        row["parallel_speedup"] = row["serial"] / row["parallel"]
+                        rows.append(row)
+    return rows
+
+
+def crossovers(rows):
+    """Per (rule, dtype, threads): the smallest measured size from which the parallel
+    twin is faster at that size and every larger one (``None``: never, up to the largest)."""
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["rule"], row["dtype"], row["threads"]), []).append(row)
+    result = []
+    for (rule, dtype, threads), group in groups.items():
+        group.sort(key=lambda r: r["size"])
+        crossover = None
+        for row in reversed(group):
+            if row["parallel"] < row["serial"]:
+                crossover = row["size"]
+            else:
+                break
+        result.append({"rule": rule, "dtype": dtype, "threads": threads,
+                       "crossover": crossover})
+    return result
+
+
+def suggested_threshold(crossover_list):
+    """The median crossover over rules and dtypes, rounded to a power of two (``None``
+    if the parallel twin never won)."""
+    values = [c["crossover"] for c in crossover_list if c["crossover"] is not None]
+    if not values:
+        return None
+    return int(2 ** round(float(np.median(np.log2(values)))))

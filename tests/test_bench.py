@@ -1,0 +1,114 @@
+"""``fastopt bench`` and the asv suite: the command runs and writes sane JSON, the cases
+count the bytes each kernel moves as a hand count does, each case's kernel call computes
+the rule it claims, and ``asv check`` accepts asv_bench/."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastopt.bench import cases, triad
+from fastopt.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--repeat", "1", "--min-time", "0.002"]
+
+#: Hand count, per element, of buffers read + buffers written by each benchmarked case.
+#: sgd (momentum): reads p, g, b; writes p, b. adagrad: reads p, g, sum; writes p, sum.
+#: rmsprop (plain): reads p, g, square_avg; writes p, square_avg.
+#: adam, adamw: reads p, g, m, v; writes p, m, v.
+HAND_COUNT = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7}
+
+
+def _positive(value):
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_bench_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    code = main(["bench", "--rules", "adam", "--sizes", "1000", "--dtypes", "float32",
+                 "--json", str(path), *QUICK])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "adam" in printed and "of triad" in printed and "model 200x" in printed
+    result = json.loads(path.read_text())
+    torch_ok = result["meta"]["torch"] is not None
+    (row,) = result["kernels"]
+    assert (row["rule"], row["dtype"], row["size"]) == ("adam", "float32", 1000)
+    assert row["bytes_per_element"] == 28
+    keys = ["step", "kernel", "numpy", "gbps", "triad", "triad_gbps", "triad_fraction",
+            "roofline_ratio", "speedup_numpy"]
+    if torch_ok:
+        keys += ["torch_fused", "torch_foreach", "torch_single", "speedup_torch_fused",
+                 "speedup_torch_best"]
+    for key in keys:
+        assert _positive(row[key]), (key, row[key])
+    assert [(r["rule"], r["workload"], r["tensors"], r["elements"])
+            for r in result["model"]] == [("adam", "step 1e3", 1, 1000),
+                                          ("adam", "model 200x", 200, 1_000_000)]
+    for model_row in result["model"]:
+        assert _positive(model_row["step"])
+        if torch_ok:
+            assert _positive(model_row["speedup_torch_fused"])
+
+
+def test_bench_threshold(tmp_path):
+    path = tmp_path / "threshold.json"
+    code = main(["bench", "--threshold", "--rules", "sgd,rmsprop", "--sizes", "2^10,2^12",
+                 "--json", str(path), *QUICK])
+    assert code == 0
+    found = json.loads(path.read_text())["threshold"]
+    assert len(found["rows"]) == 4
+    assert all(_positive(r["serial"]) and _positive(r["parallel"]) for r in found["rows"])
+    assert {c["rule"] for c in found["crossovers"]} == {"sgd", "rmsprop"}
+
+
+@pytest.mark.parametrize("argv", [["--rules", "nope"], ["--dtypes", "float16"],
+                                  ["--sizes", "1.5"], ["--threads", "0"], ["--repeat", "0"]])
+def test_bench_bad_options(argv, capsys):
+    assert main(["bench", *argv]) == 2
+    assert "fastopt bench: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rule", cases.RULES)
+@pytest.mark.parametrize("dtype", cases.DTYPES)
+def test_bytes_per_element(rule, dtype):
+    itemsize = np.dtype(dtype).itemsize
+    assert cases.CASES[rule].bytes_per_element(dtype) == HAND_COUNT[rule] * itemsize
+    assert triad.bytes_per_element(dtype) == 3 * itemsize  # reads b, c; writes a
+
+
+@pytest.mark.parametrize("rule", cases.RULES)
+def test_case_kernel_computes_its_rule(rule):
+    """The case's kernel call (state zero, step STEP) equals the NumPy reference with
+    the case's options from the same state."""
+    case = cases.CASES[rule]
+    args = cases.kernel_args(case, 257, "float64")
+    param, grad = args[0].copy(), args[1].copy()
+    state = {"step": cases.STEP - 1,
+             **{name: np.zeros_like(param) for name in case.state}}
+    expected, _ = case.reference(param, grad, state, **case.options)
+    case.kernel(*args)
+    np.testing.assert_allclose(args[0], expected, rtol=1e-12, atol=1e-14)
+
+
+def _asv():
+    found = shutil.which("asv")
+    beside = Path(sys.executable).parent / "asv"
+    return found or (str(beside) if beside.exists() else None)
+
+
+def test_asv_check():
+    asv = _asv()
+    if asv is None:
+        pytest.skip("the asv executable is not installed (pip install fastopt[bench])")
+    done = subprocess.run([asv, "check", "--python=same"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": ""})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No problems found" in done.stdout, done.stdout
