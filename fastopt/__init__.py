@@ -16,4 +16,5 @@ from .threads import num_threads
 __version__ = "0.1.0"
 
 __all__ = ["flatten", "Flat", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW",
-           "clip_grad_norm", "num_threads", "save", "load", "kernels", "reference", "schedules", "__version__"]
+           "clip_grad_norm", "num_threads", "save", "load", "kernels", "reference",
+           "schedules", "__version__"]

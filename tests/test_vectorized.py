@@ -7,12 +7,10 @@ the SIMD width (see DESIGN.md, Kernels).
 Numba will not disassemble code loaded from its cache, so each twin is recompiled
 uncached from its own Python function and target options.
 
-The assembly shows that a vector loop exists, not that the benchmarked configuration
-takes it: a kernel's boolean options (``centered``, ``use_momentum``...) are runtime
-branches, and LLVM vectorizes only the flag combinations it unswitches. So a second test
-times each kernel's serial twin, in its benchmarked configuration and in cache, against
-the serial triad: a vector loop moves its bytes within ~1-1.5x of the triad's time; a
-scalar loop with a square root and a division takes 10x or more.
+The assembly shows that a vector loop exists, not that a call takes it: LLVM guards the
+vector loop with a run-time check that the array arguments do not overlap. A second test
+checks that no kernel call from the optimizers passes overlapping arrays (no timing: the
+machines that run the tests are shared and noisy; speed is in ``fastopt bench`` and asv).
 """
 
 import platform
@@ -21,7 +19,9 @@ import re
 import numba
 import pytest
 
-from fastopt.bench import cases, measure, triad
+import fastopt
+from cases import CASES, RULES, case_id
+from fastopt.bench import cases as bench_cases
 
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "i386", "x86")
 
@@ -51,12 +51,12 @@ KERNELS = {"sgd": "fma", "adagrad": "sqrt", "rmsprop": "sqrt", "adam": "sqrt"}
 @pytest.mark.parametrize("twin", ["serial", "parallel"])
 @pytest.mark.parametrize("rule", list(KERNELS))
 def test_float32_kernel_vectorized(rule, twin):
-    case = cases.CASES[rule]
+    case = bench_cases.CASES[rule]
     dispatcher = getattr(case.kernel, twin)
     options = {k: v for k, v in dispatcher.targetoptions.items()
                if k not in ("cache", "nopython")}
     fresh = numba.njit(**options)(dispatcher.py_func)
-    fresh(*cases.kernel_args(case, 64, "float32"))
+    fresh(*bench_cases.kernel_args(case, 64, "float32"))
     (signature,) = fresh.signatures
     asm = fresh.inspect_asm(signature)
     for pattern in NEEDED[KERNELS[rule]]:
@@ -65,28 +65,40 @@ def test_float32_kernel_vectorized(rule, twin):
     assert not widened, f"{rule} ({twin}) widens float32 to float64: {widened[:3]}"
 
 
-#: Serial kernel time over the serial triad's time for the same bytes, above which the
-#: loop is taken to be scalar (measured here: vector loops 0.7-1.1, a scalar one 14).
-SCALAR_RATIO = 4.0
-SIZE = 1 << 14  # in L1/L2: arithmetic, not DRAM, sets the time
+def _array_address_ranges(args):
+    import numpy as np
+    return [(a.__array_interface__["data"][0], a.nbytes, k)
+            for k, a in enumerate(args) if isinstance(a, np.ndarray)]
 
 
-def _known_scalar(rule):
-    return pytest.param(rule, marks=pytest.mark.xfail(
-        strict=True, reason=f"{rule}: the default flags (not centered, no momentum, eps "
-        "outside the root) run a scalar loop; fix in fastopt/kernels, then drop this xfail"))
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_no_kernel_call_passes_aliasing_arrays(case, monkeypatch):
+    """LLVM guards each vector loop with a run-time check that no two array arguments
+    overlap (each taken as ``n`` elements from its start); when it fails, the scalar loop
+    runs (RMSprop fp32 ran 10x slower with ``param[:0]`` as its unused-state dummy). So
+    no kernel call from the optimizers may pass two arrays that start at the same address
+    or overlap: unused state is ``kernels.unused(dtype)``, a separate allocation."""
+    import numpy as np
 
+    from fastopt.kernels.config import Kernel
 
-@pytest.mark.parametrize("rule", [r if r != "rmsprop" else _known_scalar(r)
-                                  for r in cases.RULES])
-def test_float32_kernel_runs_at_vector_speed(rule):
-    case = cases.CASES[rule]
-    timing = dict(repeat=7, min_time=0.01)
-    triad_time = measure.time_call(triad.make_call(SIZE, "float32", twin="serial"), **timing)
-    kernel_time = measure.time_call(
-        cases.kernel_call(case, SIZE, "float32", twin="serial"), **timing)
-    ratio = triad.roofline_ratio(kernel_time, case.bytes_per_element("float32"),
-                                 triad_time, "float32")
-    assert ratio < SCALAR_RATIO, (
-        f"{rule}: serial float32 kernel takes {ratio:.1f}x the triad's time for its bytes "
-        f"({kernel_time / SIZE * 1e9:.2f} ns/element): its loop is not vectorized")
+    calls = []
+    original = Kernel.__call__
+
+    def spy(self, *args):
+        calls.append(args)
+        return original(self, *args)
+
+    monkeypatch.setattr(Kernel, "__call__", spy)
+    rule, options = case
+    cls, _, lr = RULES[rule]
+    flat = fastopt.flatten([np.ones((3, 4), np.float32), np.ones(5, np.float32)])
+    cls(flat, lr=lr, **options).step()
+    assert calls
+    for args in calls:
+        spans = sorted(_array_address_ranges(args))
+        for (start, size, i), (nxt, size_next, j) in zip(spans, spans[1:]):
+            if size == size_next == 0:
+                continue  # two unused dummies (the same one): measured not to matter
+            assert nxt != start and nxt >= start + size, (
+                f"{rule} {options}: kernel array arguments {i} and {j} alias")

@@ -154,7 +154,7 @@ def kernel_args(case, size, dtype, seed=0):
     (param,), (grad,) = make_arrays([(size,)], dtype, seed)
     buffers = {"param": param, "grad": grad}
     arrays = [buffers[name] if name in buffers else
-              param[:0] if name is None else np.zeros_like(param)
+              kernels.unused(param.dtype) if name is None else np.zeros_like(param)
               for name in case.arrays]
     return (*arrays, *case.scalars(case.hyperparameters, np.dtype(dtype).type))
 

@@ -12,7 +12,7 @@ are in each kernel's docstring; they are public API.
 
 from .adagrad import adagrad
 from .adam import adam
-from .config import PARALLEL_THRESHOLD, Kernel
+from .config import PARALLEL_THRESHOLD, Kernel, unused
 from .rmsprop import rmsprop
 from .sgd import sgd
 
@@ -22,5 +22,5 @@ for _name, _kernel in RULE_KERNELS.items():
     globals()[f"{_name}_serial"] = _kernel.serial
     globals()[f"{_name}_parallel"] = _kernel.parallel
 
-__all__ = ["sgd", "adagrad", "rmsprop", "adam", "Kernel", "PARALLEL_THRESHOLD",
+__all__ = ["sgd", "adagrad", "rmsprop", "adam", "Kernel", "PARALLEL_THRESHOLD", "unused",
            "RULE_KERNELS"] + [f"{n}_{t}" for n in RULE_KERNELS for t in ("serial", "parallel")]

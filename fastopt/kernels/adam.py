@@ -28,7 +28,9 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
     promotes to float64):
 
     * ``param, grad, exp_avg, exp_avg_sq``: same length. ``max_exp_avg_sq``: same
-      length when ``amsgrad``, else any array of the dtype (untouched; pass ``param[:0]``).
+      length when ``amsgrad``, else ``kernels.unused(dtype)`` (untouched). Never pass a
+      dummy that shares memory with another argument (``param[:0]``): LLVM's run-time
+      overlap check then fails and the scalar loop runs.
     * ``step_size = lr / (1 - beta1**t)``; ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``.
     * ``one_minus_beta1 = 1 - beta1``, ``one_minus_beta2 = 1 - beta2``.
     * ``weight_decay``: coupled L2 decay (Adam), 0 for none or for AdamW.

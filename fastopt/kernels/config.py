@@ -29,6 +29,7 @@ import types
 import warnings
 
 import numba
+import numpy as np
 
 from . import layer
 
@@ -39,7 +40,7 @@ ERROR_MODEL = "numpy"
 
 #: Elements below which the serial twin runs (chosen by ``fastopt bench --threshold``;
 #: see README "Performance").
-PARALLEL_THRESHOLD = int(os.environ.get("FASTOPT_PARALLEL_THRESHOLD", 1 << 15))
+PARALLEL_THRESHOLD = int(os.environ.get("FASTOPT_PARALLEL_THRESHOLD", 1 << 16))
 
 _cache_ok = None
 
@@ -103,6 +104,20 @@ class Kernel:
 
     def __repr__(self):
         return f"<fastopt kernel {self.__name__}>"
+
+
+def unused(dtype):
+    """An empty array of ``dtype`` to pass for a state buffer an option leaves unused.
+
+    It must not share memory with the other arguments: LLVM guards the vectorized loop
+    with a run-time overlap check over every array argument, and a dummy that aliases the
+    parameter (``param[:0]``) fails it, so the loop runs scalar (measured: RMSprop fp32,
+    1.80 ns/element with ``param[:0]``, 0.17 with this).
+    """
+    return _UNUSED[np.dtype(dtype)]
+
+
+_UNUSED = {np.dtype(t): np.empty(0, dtype=t) for t in (np.float32, np.float64)}
 
 
 def kernel(body):

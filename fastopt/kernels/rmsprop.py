@@ -26,11 +26,12 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
 
     Arguments: ``param, grad, square_avg`` 1-D C-contiguous arrays of one dtype
     (float32 or float64), same length; ``grad_avg`` (when ``centered``) and
-    ``momentum_buffer`` (when ``use_momentum``) the same length, else any array of that
-    dtype (untouched; pass ``param[:0]``). Scalars ``lr, alpha, one_minus_alpha, eps,
-    weight_decay, grad_scale, momentum`` of that dtype (``grad_scale`` multiplies the
-    gradient first: unscaling, clipping, ``-1`` for ``maximize``); booleans ``centered,
-    use_momentum, nesterov, eps_in_sqrt, zero_grad``.
+    ``momentum_buffer`` (when ``use_momentum``) the same length, else
+    ``kernels.unused(dtype)`` (untouched; never an array sharing memory with another
+    argument, such as ``param[:0]``: the loop would run scalar). Scalars ``lr, alpha,
+    one_minus_alpha, eps, weight_decay, grad_scale, momentum`` of that dtype
+    (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
+    ``maximize``); booleans ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad``.
     """
     for i in prange(param.shape[0]):
         p = param[i]

@@ -23,11 +23,12 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
     and, on the first step, ``buffer_decay = 0, buffer_gain = 1`` (the buffer is zero).
 
     Arguments: ``param, grad`` 1-D C-contiguous arrays of one dtype (float32 or float64);
-    ``momentum_buffer`` the same length when ``use_momentum``, else any array of that
-    dtype (untouched; pass ``param[:0]``). Scalars ``lr, weight_decay, grad_scale,
-    momentum, buffer_decay, buffer_gain`` of the arrays' dtype; ``grad_scale`` multiplies
-    the gradient first (loss-scale unscaling, clipping, ``-1`` for ``maximize``).
-    ``use_momentum, nesterov, zero_grad`` booleans.
+    ``momentum_buffer`` the same length when ``use_momentum``, else
+    ``kernels.unused(dtype)`` (untouched; never an array sharing memory with another
+    argument, such as ``param[:0]``: the loop would run scalar). Scalars ``lr,
+    weight_decay, grad_scale, momentum, buffer_decay, buffer_gain`` of the arrays'
+    dtype; ``grad_scale`` multiplies the gradient first (loss-scale unscaling,
+    clipping, ``-1`` for ``maximize``). ``use_momentum, nesterov, zero_grad`` booleans.
     """
     for i in prange(param.shape[0]):
         p = param[i]

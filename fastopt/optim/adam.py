@@ -3,6 +3,7 @@
 import math
 
 from .. import kernels
+from ..kernels.config import unused
 from .base import Optimizer, check_flag, check_lr, check_number
 
 
@@ -54,7 +55,7 @@ class Adam(Optimizer):
         coupled, param_decay = (0.0, 1.0 - lr * wd) if self.decoupled else (wd, 1.0)
         kernels.adam(
             seg.param, grad, state["exp_avg"], state["exp_avg_sq"],
-            state.get("max_exp_avg_sq", seg.param[:0]),
+            state.get("max_exp_avg_sq", unused(seg.param.dtype)),
             dt(step_size), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
             dt(inv_sqrt_bc2), dt(group["eps"]), dt(coupled), dt(param_decay),
             dt(grad_scale), group["amsgrad"], zero_grad)

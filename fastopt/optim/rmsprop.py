@@ -1,6 +1,7 @@
 """RMSprop, with the seed's variants (delta inside the root, Nesterov momentum)."""
 
 from .. import kernels
+from ..kernels.config import unused
 from .base import Optimizer, check_flag, check_lr, check_number
 
 
@@ -45,7 +46,7 @@ class RMSprop(Optimizer):
         return names
 
     def update(self, seg, group, grad, grad_scale, zero_grad):
-        dt, empty, state = seg.param.dtype.type, seg.param[:0], seg.state
+        dt, empty, state = seg.param.dtype.type, unused(seg.param.dtype), seg.state
         alpha = group["alpha"]
         kernels.rmsprop(
             seg.param, grad, state["square_avg"], state.get("grad_avg", empty),

@@ -1,6 +1,7 @@
 """SGD: the seed's gradient descent, stochastic and minibatch SGD, momentum, Nesterov."""
 
 from .. import kernels
+from ..kernels.config import unused
 from .base import Optimizer, check_flag, check_lr, check_number
 
 
@@ -47,7 +48,7 @@ class SGD(Optimizer):
             decay, gain = momentum, 1.0 - group["dampening"]
         else:  # first step: b = g
             decay, gain = 0.0, 1.0
-        buffer = seg.state["momentum_buffer"] if use_momentum else seg.param[:0]
+        buffer = seg.state["momentum_buffer"] if use_momentum else unused(seg.param.dtype)
         kernels.sgd(seg.param, grad, buffer, dt(group["lr"]), dt(group["weight_decay"]),
                     dt(grad_scale), dt(momentum), dt(decay), dt(gain),
                     use_momentum, group["nesterov"], zero_grad)
