@@ -9,7 +9,6 @@ runs one step of: the kernel (:func:`kernel_call`), the whole ``opt.step()``
 (:func:`torch_call`). Each call owns its buffers, so measurements do not share memory.
 """
 
-import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -47,8 +46,6 @@ class Case:
 
     * ``arrays``: the kernel's array arguments in order, by PyTorch's names; ``None`` for
       an argument this configuration leaves untouched (passed an empty array).
-    * ``scalars(hp, dt)``: the kernel's remaining arguments at step :data:`STEP`, from the
-      full hyperparameters ``hp`` and the dtype's scalar type ``dt``.
     * ``torch_impls``: the ``torch.optim`` implementations that exist for the rule on CPU.
     """
 
@@ -57,7 +54,6 @@ class Case:
     kernel: kernels.Kernel
     options: dict
     arrays: tuple
-    scalars: object
     torch_class: str
     torch_impls: tuple = ("fused", "foreach", "single")
     reference: object = field(init=False)
@@ -93,46 +89,18 @@ class Case:
         return f"{self.rule}({options})"
 
 
-def _sgd_scalars(hp, dt):
-    mu = hp["momentum"]
-    # Past the first step: b = momentum*b + (1 - dampening)*g.
-    return (dt(hp["lr"]), dt(hp["weight_decay"]), dt(1.0), dt(mu), dt(mu),
-            dt(1.0 - hp["dampening"]), mu != 0, hp["nesterov"], False)
-
-
-def _adagrad_scalars(hp, dt):
-    clr = hp["lr"] / (1 + (STEP - 1) * hp["lr_decay"])
-    return dt(clr), dt(hp["eps"]), dt(hp["weight_decay"]), dt(1.0), False
-
-
-def _rmsprop_scalars(hp, dt):
-    alpha = hp["alpha"]
-    return (dt(hp["lr"]), dt(alpha), dt(1.0 - alpha), dt(hp["eps"]),
-            dt(hp["weight_decay"]), dt(1.0), dt(hp["momentum"]), hp["centered"],
-            hp["momentum"] > 0, hp["nesterov"], hp["eps_in_sqrt"], False)
-
-
-def _adam_scalars(hp, dt, decoupled=False):
-    lr, (beta1, beta2), wd = hp["lr"], hp["betas"], hp["weight_decay"]
-    coupled, param_decay = (0.0, 1.0 - lr * wd) if decoupled else (wd, 1.0)
-    return (dt(lr / (1.0 - beta1 ** STEP)), dt(beta1), dt(1.0 - beta1), dt(beta2),
-            dt(1.0 - beta2), dt(1.0 / math.sqrt(1.0 - beta2 ** STEP)), dt(hp["eps"]),
-            dt(coupled), dt(param_decay), dt(1.0), hp["amsgrad"], False)
-
-
 CASES = {case.rule: case for case in [
     Case("sgd", fastopt.SGD, kernels.sgd, {"lr": 1e-2, "momentum": 0.9},
-         ("param", "grad", "momentum_buffer"), _sgd_scalars, "SGD"),
+         ("param", "grad", "momentum_buffer"), "SGD"),
     Case("adagrad", fastopt.Adagrad, kernels.adagrad, {"lr": 1e-2},
-         ("param", "grad", "sum"), _adagrad_scalars, "Adagrad"),
+         ("param", "grad", "sum"), "Adagrad"),
     Case("rmsprop", fastopt.RMSprop, kernels.rmsprop, {"lr": 1e-2},
-         ("param", "grad", "square_avg", None, None), _rmsprop_scalars, "RMSprop",
+         ("param", "grad", "square_avg", None, None), "RMSprop",
          torch_impls=("foreach", "single")),
     Case("adam", fastopt.Adam, kernels.adam, {"lr": 1e-3},
-         ("param", "grad", "exp_avg", "exp_avg_sq", None), _adam_scalars, "Adam"),
+         ("param", "grad", "exp_avg", "exp_avg_sq", None), "Adam"),
     Case("adamw", fastopt.AdamW, kernels.adam, {"lr": 1e-3, "weight_decay": 1e-2},
-         ("param", "grad", "exp_avg", "exp_avg_sq", None),
-         partial(_adam_scalars, decoupled=True), "AdamW"),
+         ("param", "grad", "exp_avg", "exp_avg_sq", None), "AdamW"),
 ]}
 
 RULES = tuple(CASES)
@@ -149,14 +117,18 @@ def make_arrays(shapes, dtype, seed=0):
 
 
 def kernel_args(case, size, dtype, seed=0):
-    """The kernel's full argument tuple over fresh buffers of ``size`` elements (state
-    buffers at their initial value, zero for every benchmarked configuration)."""
+    """The kernel's full argument tuple over fresh buffers of ``size`` elements, at step
+    :data:`STEP` with every state buffer allocated (the steady-state update), as the
+    optimizer itself builds it (``Optimizer.kernel_args``: one source of the scalars)."""
     (param,), (grad,) = make_arrays([(size,)], dtype, seed)
-    buffers = {"param": param, "grad": grad}
-    arrays = [buffers[name] if name in buffers else
-              kernels.unused(param.dtype) if name is None else np.zeros_like(param)
-              for name in case.arrays]
-    return (*arrays, *case.scalars(case.hyperparameters, np.dtype(dtype).type))
+    flat = fastopt.flatten([param])
+    flat.grads[0][...] = grad
+    opt = case.optimizer(flat, **case.options)
+    (seg,), group = opt._segments[0], opt.param_groups[0]
+    opt._ensure_state(seg, group)
+    seg.fresh = set()   # past the first step: momentum buffers exist
+    seg.step = STEP
+    return opt.kernel_args(seg, group, seg.own_grad, 1.0, False)
 
 
 def kernel_call(case, size, dtype, twin=None, seed=0):

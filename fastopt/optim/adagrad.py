@@ -19,6 +19,7 @@ class Adagrad(Optimizer):
 
     defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                     eps=1e-10, maximize=False)
+    kernel = kernels.adagrad
 
     def check_group(self, group):
         check_lr(group)
@@ -34,8 +35,8 @@ class Adagrad(Optimizer):
     def initial_state(self, name, group):
         return group["initial_accumulator_value"]
 
-    def update(self, seg, group, grad, grad_scale, zero_grad):
+    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
         dt = seg.param.dtype.type
         clr = group["lr"] / (1 + (seg.step - 1) * group["lr_decay"])
-        kernels.adagrad(seg.param, grad, seg.state["sum"], dt(clr), dt(group["eps"]),
-                        dt(group["weight_decay"]), dt(grad_scale), zero_grad)
+        return (seg.param, grad, seg.state["sum"], dt(clr), dt(group["eps"]),
+                dt(group["weight_decay"]), dt(grad_scale), zero_grad)

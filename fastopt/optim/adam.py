@@ -26,6 +26,7 @@ class Adam(Optimizer):
     defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                     amsgrad=False, maximize=False)
     decoupled = False
+    kernel = kernels.adam
 
     def check_group(self, group):
         check_lr(group)
@@ -46,14 +47,14 @@ class Adam(Optimizer):
             names.append("max_exp_avg_sq")
         return names
 
-    def update(self, seg, group, grad, grad_scale, zero_grad):
+    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
         dt, t, state = seg.param.dtype.type, seg.step, seg.state
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
         # Bias corrections in float64, once per step, before the cast (as optax does).
         step_size = lr / (1.0 - beta1 ** t)
         inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** t)
         coupled, param_decay = (0.0, 1.0 - lr * wd) if self.decoupled else (wd, 1.0)
-        kernels.adam(
+        return (
             seg.param, grad, state["exp_avg"], state["exp_avg_sq"],
             state.get("max_exp_avg_sq", unused(seg.param.dtype)),
             dt(step_size), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),

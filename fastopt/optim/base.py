@@ -299,6 +299,18 @@ class Optimizer:
         """The state buffers a group needs, with PyTorch's names (rule-specific)."""
         return []
 
+    #: The rule's :class:`fastopt.kernels.Kernel` (rule-specific).
+    kernel = None
+
+    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
+        """The kernel's full argument tuple for one segment at step ``seg.step``: scalars
+        precomputed in float64 and cast to the buffer's dtype (rule-specific)."""
+        raise NotImplementedError
+
+    def update(self, seg, group, grad, grad_scale, zero_grad):
+        """One kernel call over ``seg`` with gradient ``grad`` (a 1-D view)."""
+        self.kernel(*self.kernel_args(seg, group, grad, grad_scale, zero_grad))
+
     def initial_state(self, name, group):
         """Initial value of state buffer ``name`` (zeros unless a rule says otherwise)."""
         return 0.0

@@ -25,6 +25,7 @@ class RMSprop(Optimizer):
 
     defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                     centered=False, maximize=False, nesterov=False, eps_in_sqrt=False)
+    kernel = kernels.rmsprop
 
     def check_group(self, group):
         check_lr(group)
@@ -45,10 +46,10 @@ class RMSprop(Optimizer):
             names.append("grad_avg")
         return names
 
-    def update(self, seg, group, grad, grad_scale, zero_grad):
+    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
         dt, empty, state = seg.param.dtype.type, unused(seg.param.dtype), seg.state
         alpha = group["alpha"]
-        kernels.rmsprop(
+        return (
             seg.param, grad, state["square_avg"], state.get("grad_avg", empty),
             state.get("momentum_buffer", empty),
             dt(group["lr"]), dt(alpha), dt(1.0 - alpha), dt(group["eps"]),

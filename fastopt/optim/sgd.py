@@ -26,6 +26,7 @@ class SGD(Optimizer):
 
     defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                     nesterov=False, maximize=False)
+    kernel = kernels.sgd
 
     def check_group(self, group):
         check_lr(group)
@@ -40,7 +41,7 @@ class SGD(Optimizer):
     def state_names(self, group):
         return ["momentum_buffer"] if group["momentum"] != 0 else []
 
-    def update(self, seg, group, grad, grad_scale, zero_grad):
+    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
         dt = seg.param.dtype.type
         momentum = group["momentum"]
         use_momentum = momentum != 0
@@ -49,6 +50,6 @@ class SGD(Optimizer):
         else:  # first step: b = g
             decay, gain = 0.0, 1.0
         buffer = seg.state["momentum_buffer"] if use_momentum else unused(seg.param.dtype)
-        kernels.sgd(seg.param, grad, buffer, dt(group["lr"]), dt(group["weight_decay"]),
-                    dt(grad_scale), dt(momentum), dt(decay), dt(gain),
-                    use_momentum, group["nesterov"], zero_grad)
+        return (seg.param, grad, buffer, dt(group["lr"]), dt(group["weight_decay"]),
+                dt(grad_scale), dt(momentum), dt(decay), dt(gain),
+                use_momentum, group["nesterov"], zero_grad)
