@@ -33,7 +33,7 @@ def _positive(value):
 def test_bench_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     code = main(["bench", "--rules", "adam", "--sizes", "1000", "--dtypes", "float32",
-                 "--json", str(path), *QUICK])
+                 "--adapter-rules", "none", "--json", str(path), *QUICK])
     assert code == 0
     printed = capsys.readouterr().out
     assert "adam" in printed and "of triad" in printed and "model 200x" in printed
@@ -58,6 +58,22 @@ def test_bench_json(tmp_path, capsys):
             assert _positive(model_row["speedup_torch_fused"])
 
 
+def test_bench_adapter_section(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(cases, "ADAPTER_WIDTHS", {"mlp tiny": 8})
+    path = tmp_path / "adapter.json"
+    code = main(["bench", "--model-only", "--rules", "adam", "--dtypes", "float32",
+                 "--adapter-rules", "adam,sgd", "--json", str(path), *QUICK])
+    assert code == 0
+    rows = json.loads(path.read_text())["adapter"]
+    assert [(r["rule"], r["workload"], r["tensors"], r["elements"]) for r in rows] == [
+        ("adam", "mlp tiny", 50, 25 * (64 + 8)), ("sgd", "mlp tiny", 50, 25 * (64 + 8))]
+    for row in rows:
+        for key in ("adapter", "torch_fused", "torch_foreach", "speedup_torch_fused",
+                    "speedup_torch_foreach"):
+            assert _positive(row[key]), (key, row[key])
+
+
 def test_bench_threshold(tmp_path):
     path = tmp_path / "threshold.json"
     code = main(["bench", "--threshold", "--rules", "sgd,rmsprop", "--sizes", "2^10,2^12",
@@ -70,7 +86,8 @@ def test_bench_threshold(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["--rules", "nope"], ["--dtypes", "float16"],
-                                  ["--sizes", "1.5"], ["--threads", "0"], ["--repeat", "0"]])
+                                  ["--sizes", "1.5"], ["--threads", "0"], ["--repeat", "0"],
+                                  ["--adapter-rules", "nope", "--no-model"]])
 def test_bench_bad_options(argv, capsys):
     assert main(["bench", *argv]) == 2
     assert "fastopt bench: error:" in capsys.readouterr().err

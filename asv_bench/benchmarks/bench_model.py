@@ -32,3 +32,34 @@ class WholeStepTorch:
 
     def time_step(self, rule, dtype, workload, impl):
         self.step()
+
+
+class TorchAdapterStep:
+    """``fastopt.torch.<Rule>.step()`` on the 50-tensor MLP shapes (1e5..1e7 parameters);
+    compare with ``WholeStepTorchMLP`` (torch.optim fused/foreach on the same shapes).
+    Skipped without torch."""
+
+    params = [list(cases.RULES), list(cases.DTYPES), list(cases.ADAPTER_WIDTHS)]
+    param_names = ["rule", "dtype", "workload"]
+
+    def setup(self, rule, dtype, workload):
+        shapes = cases.mlp_shapes(cases.ADAPTER_WIDTHS[workload])
+        self.step = cases.adapter_call(cases.CASES[rule], shapes, dtype)
+
+    def time_step(self, rule, dtype, workload):
+        self.step()
+
+
+class WholeStepTorchMLP:
+    """torch.optim fused/foreach on the same 50-tensor MLP shapes."""
+
+    params = TorchAdapterStep.params + [["fused", "foreach"]]
+    param_names = TorchAdapterStep.param_names + ["impl"]
+
+    def setup(self, rule, dtype, workload, impl):
+        shapes = cases.mlp_shapes(cases.ADAPTER_WIDTHS[workload])
+        self.step = cases.torch_call(cases.CASES[rule], shapes, dtype, impl)
+        self.step()
+
+    def time_step(self, rule, dtype, workload, impl):
+        self.step()

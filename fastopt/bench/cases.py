@@ -30,6 +30,15 @@ STEP = 10
 STEP_SHAPES = [(1_000,)]
 MODEL_SHAPES = [(100, 99), (100,)] * 100
 
+#: The fastopt.torch comparison: an MLP-shaped model of 50 tensors (25 layers of a
+#: (w, w) weight and a (w,) bias), ~1e5, ~1e6 and ~1e7 parameters.
+ADAPTER_WIDTHS = {"mlp 1e5": 63, "mlp 1e6": 200, "mlp 1e7": 632}
+
+
+def mlp_shapes(width, layers=25):
+    return [(width, width), (width,)] * layers
+
+
 #: torch.optim implementations: name -> constructor keywords.
 TORCH_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True},
                "single": {"foreach": False}}
@@ -181,4 +190,20 @@ def torch_call(case, shapes, dtype, impl, seed=0):
         tensors.append(tensor)
     optimizer = getattr(torch.optim, case.torch_class)(
         tensors, **case.options, **TORCH_IMPLS[impl])
+    return optimizer.step
+
+
+def adapter_call(case, shapes, dtype, seed=0):
+    """``fastopt.torch.<Rule>.step`` over tensors of ``shapes`` (flattened by the adapter at
+    construction; the first step binds the gradients to the flat buffer, so the calls
+    measured take the fast path, as in a training loop)."""
+    torch = import_torch()
+    import fastopt.torch as fastopt_torch
+
+    params, grads = make_arrays(shapes, dtype, seed)
+    tensors = [torch.from_numpy(p).requires_grad_(True) for p in params]
+    optimizer = getattr(fastopt_torch, case.torch_class)(tensors, **case.options)
+    for tensor, grad in zip(tensors, grads):
+        tensor.grad = torch.from_numpy(grad)
+    optimizer.step()
     return optimizer.step

@@ -42,6 +42,9 @@ def configure(parser):
                         help="skip the torch.optim baselines")
     parser.add_argument("--no-model", action="store_true",
                         help="skip the whole-step section (1,000 elements; 200-tensor model)")
+    parser.add_argument("--adapter-rules", default="adam", metavar="RULES",
+                        help="rules for the fastopt.torch vs torch.optim section on a "
+                             "50-tensor MLP (comma-separated; 'none' skips it; default adam)")
     parser.add_argument("--model-only", action="store_true",
                         help="run only the whole-step section")
     parser.add_argument("--threshold", action="store_true",
@@ -156,8 +159,15 @@ def run(args):
     else:
         kernels = not args.model_only
         model = not args.no_model
+        adapter_rules = [] if args.adapter_rules == "none" or not use_torch else _split(
+            args.adapter_rules)
+        unknown = set(adapter_rules) - set(cases.RULES)
+        if unknown:
+            raise UsageError(f"--adapter-rules: unknown rule(s) {sorted(unknown)}; "
+                             f"choose from {', '.join(cases.RULES)}")
         total = (suites.kernel_count(rules, dtypes, sizes, threads, use_torch) if kernels
                  else 0) + (suites.model_count(rules, dtypes, threads, use_torch) if model else 0)
+        total += suites.adapter_count(adapter_rules, dtypes, threads)
         progress = suites.Progress(total)
         try:
             if kernels:
@@ -166,6 +176,9 @@ def run(args):
             if model:
                 result["model"] = suites.model_rows(rules, dtypes, threads, timing,
                                                     use_torch, progress)
+            if adapter_rules:
+                result["adapter"] = suites.adapter_rows(adapter_rules, dtypes, threads,
+                                                        timing, progress)
         finally:
             progress.close()
         if kernels:
@@ -180,6 +193,12 @@ def run(args):
             print(report.model_table(result["model"]))
             print("\nstep 1e3: one 1,000-element tensor (per-step overhead); model 200x: "
                   "200 tensors, 1e6 elements (fastopt: one flat buffer)")
+        if adapter_rules:
+            print()
+            print(report.adapter_table(result["adapter"]))
+            print("\nfastopt.torch: the whole step() of fastopt's torch.optim subclass "
+                  "(one flat buffer per group and dtype); t.*: torch.optim on the same "
+                  "50 tensors")
         if not use_torch and not args.no_torch:
             print("\ntorch is not installed: torch.optim columns are empty")
     if args.json:

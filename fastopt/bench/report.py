@@ -65,6 +65,18 @@ def model_table(rows):
     return table(MODEL_HEADERS, body, ["<", "<", "<"] + [">"] * (len(MODEL_HEADERS) - 3))
 
 
+ADAPTER_HEADERS = ["rule", "dtype", "workload", "tensors", "elements", "thr",
+                   "fastopt.torch", "t.fused", "t.foreach", "x fused", "x foreach"]
+
+
+def adapter_table(rows):
+    body = [[r["rule"], r["dtype"], r["workload"], r["tensors"], fmt_size(r["elements"]),
+             r["threads"], fmt_time(r["adapter"]), fmt_time(r["torch_fused"]),
+             fmt_time(r["torch_foreach"]), fmt_ratio(r["speedup_torch_fused"]),
+             fmt_ratio(r["speedup_torch_foreach"])] for r in rows]
+    return table(ADAPTER_HEADERS, body, ["<", "<", "<"] + [">"] * (len(ADAPTER_HEADERS) - 3))
+
+
 THRESHOLD_HEADERS = ["rule", "dtype", "thr", "size", "serial", "parallel", "par speed-up"]
 
 

@@ -162,6 +162,44 @@ def model_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
     return rows
 
 
+ADAPTER_KEYS = ("adapter", "torch_fused", "torch_foreach")
+
+
+def adapter_count(rules, dtypes, thread_counts):
+    return len(rules) * len(dtypes) * len(thread_counts) * len(cases.ADAPTER_WIDTHS) * len(
+        ADAPTER_KEYS)
+
+
+def adapter_rows(rules, dtypes, thread_counts, timing, progress=None):
+    """``fastopt.torch.<Rule>.step()`` against ``torch.optim`` fused and foreach on an
+    MLP-shaped model of 50 tensors (:data:`~.cases.ADAPTER_WIDTHS`), whole step."""
+    rows = []
+    for threads in thread_counts:
+        with measure.threads(threads):
+            for dtype in dtypes:
+                for rule in rules:
+                    case = cases.CASES[rule]
+                    for workload, width in cases.ADAPTER_WIDTHS.items():
+                        shapes = cases.mlp_shapes(width)
+                        row = {"rule": rule, "options": case.options, "dtype": dtype,
+                               "workload": workload, "tensors": len(shapes),
+                               "elements": int(sum(np.prod(s) for s in shapes)),
+                               "threads": threads}
+                        makers = {"adapter": lambda: cases.adapter_call(case, shapes, dtype)}
+                        for impl in ("fused", "foreach"):
+                            makers[f"torch_{impl}"] = (
+                                lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+                        for key in ADAPTER_KEYS:
+                            row[key] = _time(makers[key], timing)
+                            if progress:
+                                progress.step(f"{rule} {dtype} {workload} {key}")
+                        for impl in ("fused", "foreach"):
+                            row[f"speedup_torch_{impl}"] = _ratio(row[f"torch_{impl}"],
+                                                                  row["adapter"])
+                        rows.append(row)
+    return rows
+
+
 #: Sizes of the threshold mode: 2**10 .. 2**20.
 THRESHOLD_SIZES = tuple(2 ** k for k in range(10, 21))
 
