@@ -329,3 +329,14 @@ def test_step_before_any_gradient_on_flatten_is_a_zero_gradient_step(case):
         decays = options.get("weight_decay", cls.defaults.get("weight_decay", 0.0)) != 0
         if not decays:
             np.testing.assert_array_equal(flat.params[i], p)
+
+
+def test_hyperparameter_list_edited_in_place_is_revalidated():
+    params = [np.ones(3)]
+    opt = fastopt.Adam(params, betas=[0.9, 0.999])
+    opt.step([np.ones(3)])
+    before = params[0].copy()
+    opt.param_groups[0]["betas"][0] = 1.5
+    with pytest.raises(ValueError, match="beta parameter at index 0"):
+        opt.step([np.ones(3)])
+    np.testing.assert_array_equal(params[0], before)

@@ -9,6 +9,7 @@ arguments: ``fastopt.torch`` calls them on a rule instance made without ``__init
 
 import math
 import numbers
+import operator
 
 import numpy as np
 
@@ -111,16 +112,18 @@ class Optimizer:
         snapshot = [self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite]
         for group in self.param_groups:
             snapshot.append(len(group))
-            snapshot.extend(tuple(v) if isinstance(v, list) else v
-                            for k, v in group.items() if k != "params")
+            snapshot.extend(group.values())
         old = self._validated
-        if old is not None and len(old) == len(snapshot) and all(
-                a is b or (type(a) is type(b) and a == b) for a, b in zip(old, snapshot)):
-            return
+        if (old is not None and len(old[0]) == len(snapshot)
+                and all(map(operator.is_, old[0], snapshot))
+                and all(tuple(value) == frozen for value, frozen in old[1])):
+            return   # the very same objects as last time, and no list edited in place
         self._check_loop_options()
         for group in self.param_groups:
             self.check_group(group)
-        self._validated = snapshot
+        lists = [(v, tuple(v)) for group in self.param_groups
+                 for k, v in group.items() if k != "params" and isinstance(v, list)]
+        self._validated = (snapshot, lists)
 
     def add_param_group(self, group):
         """Add a param group (dict with ``"params"``; missing keys take the defaults)."""
