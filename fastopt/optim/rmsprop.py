@@ -47,11 +47,11 @@ class RMSprop(Optimizer):
         return names
 
     def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        dt, empty, state = seg.param.dtype.type, unused(seg.param.dtype), seg.state
+        dt, dtype, state = seg.param.dtype.type, seg.param.dtype, seg.state
         alpha = group["alpha"]
         return (
-            seg.param, grad, state["square_avg"], state.get("grad_avg", empty),
-            state.get("momentum_buffer", empty),
+            seg.param, grad, state["square_avg"], state.get("grad_avg", unused(dtype, 0)),
+            state.get("momentum_buffer", unused(dtype, 1)),
             dt(group["lr"]), dt(alpha), dt(1.0 - alpha), dt(group["eps"]),
             dt(group["weight_decay"]), dt(grad_scale), dt(group["momentum"]),
             group["centered"], group["momentum"] > 0, group["nesterov"],
