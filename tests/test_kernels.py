@@ -28,18 +28,20 @@ def adam_scalars(dtype, t=3, lr=0.01, b1=0.9, b2=0.999, grad_scale=1.0):
             dt(1 / np.sqrt(1 - b2 ** t)), dt(1e-8), dt(0.0), dt(1.0), dt(grad_scale)]
 
 
+amsgrad_serial = kernels.adam.variant(amsgrad=True).serial
+amsgrad_parallel = kernels.adam.variant(amsgrad=True).parallel
+
+
 @numba.njit
 def users_training_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
     """A library's own jitted code calling fastopt's kernels directly."""
     for _ in range(2):
-        kernels.adam_serial(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                            scalars[0], scalars[1], scalars[2], scalars[3], scalars[4],
-                            scalars[5], scalars[6], scalars[7], scalars[8], scalars[9],
-                            True, False)
-        kernels.adam_parallel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                              scalars[0], scalars[1], scalars[2], scalars[3], scalars[4],
-                              scalars[5], scalars[6], scalars[7], scalars[8], scalars[9],
-                              True, False)
+        amsgrad_serial(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+                       scalars[0], scalars[1], scalars[2], scalars[3], scalars[4],
+                       scalars[5], scalars[6], scalars[7], scalars[8], scalars[9])
+        amsgrad_parallel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+                         scalars[0], scalars[1], scalars[2], scalars[3], scalars[4],
+                         scalars[5], scalars[6], scalars[7], scalars[8], scalars[9])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -71,10 +73,11 @@ def test_serial_and_parallel_twins_agree_bitwise(rule, dtype):
                               True, True, True, False, False),
         "adam": lambda a: (a[0], a[1], a[2], a[3], a[4], *adam_scalars(dtype), True, False),
     }
-    serial_args = calls[rule]([b.copy() for b in base])
-    parallel_args = calls[rule]([b.copy() for b in base])
-    getattr(kernels, rule).serial(*serial_args)
-    getattr(kernels, rule).parallel(*parallel_args)
+    kernel = getattr(kernels, rule)
+    variant, serial_args = kernel.resolve(calls[rule]([b.copy() for b in base]))
+    _, parallel_args = kernel.resolve(calls[rule]([b.copy() for b in base]))
+    variant.serial(*serial_args)
+    variant.parallel(*parallel_args)
     for s, p in zip(serial_args, parallel_args):
         if isinstance(s, np.ndarray):
             np.testing.assert_array_equal(s, p)
@@ -95,13 +98,28 @@ def test_grad_scale_and_zero_grad_are_fused(dtype):
 
 def test_kernel_picks_twin_by_size(monkeypatch):
     calls = []
-    kernel = kernels.sgd
+    variant = kernels.sgd.variant(use_momentum=True)
     monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 100)
-    monkeypatch.setattr(kernel, "serial", lambda *a: calls.append("serial"))
-    monkeypatch.setattr(kernel, "parallel", lambda *a: calls.append("parallel"))
-    kernel(np.ones(99), None)
-    kernel(np.ones(100), None)
-    assert calls == ["serial", "parallel"]
+    monkeypatch.setattr(variant, "serial", lambda *a: calls.append(("serial", a[1:])))
+    monkeypatch.setattr(variant, "parallel", lambda *a: calls.append(("parallel", a[1:])))
+    kernels.sgd(np.ones(99), "rest", True, False, False)
+    kernels.sgd(np.ones(100), "rest", True, False, False)
+    assert calls == [("serial", ("rest",)), ("parallel", ("rest",))]
+
+
+def test_variants_bind_options_at_compile_time():
+    """Each option combination is its own compiled function with the option as a
+    constant: no branch on it in the loop, no access to a buffer it leaves unused."""
+    plain, amsgrad = kernels.adam.variant(), kernels.adam.variant(amsgrad=True)
+    assert plain is kernels.adam.variant(amsgrad=False, zero_grad=False)
+    assert plain is not amsgrad
+    assert amsgrad.parallel.py_func.__globals__["amsgrad"] is True
+    assert plain.parallel.py_func.__globals__["amsgrad"] is False
+    assert plain.serial.py_func.__qualname__ != amsgrad.serial.py_func.__qualname__
+    with pytest.raises(TypeError, match="no option"):
+        kernels.adam.variant(nesterov=True)
+    with pytest.raises(TypeError, match="options"):
+        kernels.adam.parallel
 
 
 def test_no_writable_cache_falls_back_with_a_warning(monkeypatch):
@@ -121,9 +139,10 @@ def test_no_writable_cache_falls_back_with_a_warning(monkeypatch):
 
     with pytest.warns(RuntimeWarning, match="NUMBA_CACHE_DIR"):
         kernel = config.Kernel(body)
+        kernel.variant()   # variants compile lazily: the first one meets the cache
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        config.Kernel(body)  # warned once per process, not per kernel
+        config.Kernel(body).variant()  # warned once per process, not per kernel
     x = np.zeros(5)
     kernel(x)
     np.testing.assert_array_equal(x, 1)

@@ -52,11 +52,12 @@ KERNELS = {"sgd": "fma", "adagrad": "sqrt", "rmsprop": "sqrt", "adam": "sqrt"}
 @pytest.mark.parametrize("rule", list(KERNELS))
 def test_float32_kernel_vectorized(rule, twin):
     case = bench_cases.CASES[rule]
-    dispatcher = getattr(case.kernel, twin)
+    variant, args = case.kernel.resolve(bench_cases.kernel_args(case, 64, "float32"))
+    dispatcher = getattr(variant, twin)
     options = {k: v for k, v in dispatcher.targetoptions.items()
                if k not in ("cache", "nopython")}
     fresh = numba.njit(**options)(dispatcher.py_func)
-    fresh(*bench_cases.kernel_args(case, 64, "float32"))
+    fresh(*args)
     (signature,) = fresh.signatures
     asm = fresh.inspect_asm(signature)
     for pattern in NEEDED[KERNELS[rule]]:

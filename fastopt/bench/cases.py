@@ -143,8 +143,9 @@ def kernel_args(case, size, dtype, seed=0):
 def kernel_call(case, size, dtype, twin=None, seed=0):
     """Run the kernel once per call. ``twin``: ``"serial"``, ``"parallel"``, or ``None``
     to let the :class:`~fastopt.kernels.Kernel` pick by size (as the optimizers do)."""
-    func = case.kernel if twin is None else getattr(case.kernel, twin)
-    return partial(func, *kernel_args(case, size, dtype, seed))
+    variant, args = case.kernel.resolve(kernel_args(case, size, dtype, seed))
+    func = variant if twin is None else getattr(variant, twin)
+    return partial(func, *args)
 
 
 def step_call(case, shapes, dtype, seed=0):

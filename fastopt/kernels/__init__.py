@@ -5,9 +5,9 @@ float32 or float64 buffers, with every scalar of the buffers' dtype. Signatures 
 are in each kernel's docstring; they are public API.
 
 * From Python: ``fastopt.kernels.adam(...)`` picks the twin by the buffer's size.
-* From your own ``@njit`` code: call the dispatchers ``fastopt.kernels.adam_parallel`` or
-  ``fastopt.kernels.adam_serial`` (also ``kernels.adam.parallel``/``.serial`` bound to a
-  global name first; Numba cannot look attributes up on the ``Kernel`` object itself).
+* From your own ``@njit`` code: bind a variant's dispatcher to a global name first, e.g.
+  ``adam_step = fastopt.kernels.adam.variant(amsgrad=False).parallel``, and call it
+  without the options (Numba cannot look attributes up on the ``Kernel`` object itself).
 """
 
 from .adagrad import adagrad
@@ -18,9 +18,5 @@ from .sgd import sgd
 
 RULE_KERNELS = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam}
 
-for _name, _kernel in RULE_KERNELS.items():
-    globals()[f"{_name}_serial"] = _kernel.serial
-    globals()[f"{_name}_parallel"] = _kernel.parallel
-
 __all__ = ["sgd", "adagrad", "rmsprop", "adam", "Kernel", "PARALLEL_THRESHOLD", "unused",
-           "RULE_KERNELS"] + [f"{n}_{t}" for n in RULE_KERNELS for t in ("serial", "parallel")]
+           "RULE_KERNELS"]

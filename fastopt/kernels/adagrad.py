@@ -6,8 +6,13 @@ from numba import prange
 from .config import kernel
 
 
-@kernel
-def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale, zero_grad):
+# Compile-time options: the body reads these module-level names, and each variant of the
+# kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
+zero_grad = False
+
+
+@kernel(flags=("zero_grad",))
+def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale):
     """Adagrad step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -21,7 +26,8 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale, zero_gra
     ``param, grad, state_sum`` 1-D C-contiguous arrays of one dtype (float32 or
     float64), same length; scalars ``clr, eps, weight_decay, grad_scale`` of that dtype
     (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
-    ``maximize``); ``zero_grad`` boolean.
+    ``maximize``). Option (compile-time; from Python, pass it last; from ``@njit`` code,
+    call ``adagrad.variant(zero_grad=...).parallel``): ``zero_grad``.
     """
     for i in prange(param.shape[0]):
         p = param[i]

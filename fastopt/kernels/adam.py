@@ -6,11 +6,15 @@ from numba import prange
 from .config import kernel
 
 
-@kernel
+# Compile-time options: the body reads these module-level names, and each variant of the
+# kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
+amsgrad = zero_grad = False
+
+
+@kernel(flags=("amsgrad", "zero_grad"))
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
          step_size, beta1, one_minus_beta1, beta2, one_minus_beta2,
-         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale,
-         amsgrad, zero_grad):
+         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale):
     """Adam / AdamW step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -37,7 +41,9 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
     * ``param_decay``: decoupled decay factor ``1 - lr*weight_decay`` (AdamW), 1 for none.
     * ``grad_scale``: multiplies the gradient first (loss-scale unscaling, clipping,
       and ``-1`` for ``maximize``).
-    * ``amsgrad, zero_grad``: booleans.
+    * Options (booleans, compile-time: from Python, pass them last in this order; from
+      ``@njit`` code, call ``adam.variant(amsgrad=..., zero_grad=...).parallel``):
+      ``amsgrad, zero_grad``.
     """
     for i in prange(param.shape[0]):
         p = param[i] * param_decay

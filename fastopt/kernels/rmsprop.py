@@ -6,10 +6,14 @@ from numba import prange
 from .config import kernel
 
 
-@kernel
+# Compile-time options: the body reads these module-level names, and each variant of the
+# kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
+centered = use_momentum = nesterov = eps_in_sqrt = zero_grad = False
+
+
+@kernel(flags=("centered", "use_momentum", "nesterov", "eps_in_sqrt", "zero_grad"))
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
-            lr, alpha, one_minus_alpha, eps, weight_decay, grad_scale, momentum,
-            centered, use_momentum, nesterov, eps_in_sqrt, zero_grad):
+            lr, alpha, one_minus_alpha, eps, weight_decay, grad_scale, momentum):
     """RMSprop step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -31,7 +35,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
     argument, such as ``param[:0]``: the loop would run scalar). Scalars ``lr, alpha,
     one_minus_alpha, eps, weight_decay, grad_scale, momentum`` of that dtype
     (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
-    ``maximize``); booleans ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad``.
+    ``maximize``). Options (booleans, compile-time: from Python, pass them last in this
+    order; from ``@njit`` code, call ``rmsprop.variant(centered=..., ...).parallel``):
+    ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad``.
     """
     for i in prange(param.shape[0]):
         p = param[i]

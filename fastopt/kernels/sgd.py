@@ -5,9 +5,14 @@ from numba import prange
 from .config import kernel
 
 
-@kernel
+# Compile-time options: the body reads these module-level names, and each variant of the
+# kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
+use_momentum = nesterov = zero_grad = False
+
+
+@kernel(flags=("use_momentum", "nesterov", "zero_grad"))
 def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
-        momentum, buffer_decay, buffer_gain, use_momentum, nesterov, zero_grad):
+        momentum, buffer_decay, buffer_gain):
     """SGD step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -28,7 +33,9 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
     argument, such as ``param[:0]``: the loop would run scalar). Scalars ``lr,
     weight_decay, grad_scale, momentum, buffer_decay, buffer_gain`` of the arrays'
     dtype; ``grad_scale`` multiplies the gradient first (loss-scale unscaling,
-    clipping, ``-1`` for ``maximize``). ``use_momentum, nesterov, zero_grad`` booleans.
+    clipping, ``-1`` for ``maximize``). Options (booleans, compile-time: from Python,
+    pass them last in this order; from ``@njit`` code, call
+    ``sgd.variant(use_momentum=..., ...).parallel``): ``use_momentum, nesterov, zero_grad``.
     """
     for i in prange(param.shape[0]):
         p = param[i]
