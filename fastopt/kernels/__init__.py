@@ -1,4 +1,4 @@
-"""The kernels: one ``@njit`` body per rule, each compiled as a serial and a parallel twin.
+"""The kernels: one ``@njit`` body per rule, compiled per option combination (serial, parallel).
 
 Each kernel updates ``param`` and its state in place, in one pass, over 1-D C-contiguous
 float32 or float64 buffers, with every scalar of the buffers' dtype. Signatures and formulas
