@@ -1,6 +1,8 @@
 """One list of every rule and option combination, driving the oracle, torch, state_dict
 and validation tests (as optax's tests keep one list of all optimizers)."""
 
+import numpy as np
+
 import fastopt
 from fastopt import reference
 
@@ -51,3 +53,24 @@ CASES = [(rule, options) for rule, combos in OPTIONS.items() for options in comb
 def case_id(case):
     rule, options = case
     return rule + "".join(f"-{k}={v}" for k, v in options.items())
+
+
+def snapshot(opt, params):
+    """Copies of ``params`` and ``opt.state_dict()`` (itself a copy), to compare later."""
+    return [p.copy() for p in params], opt.state_dict()
+
+
+def assert_unchanged(opt, params, before, groups=False):
+    """Params and state bitwise as in ``before`` (a :func:`snapshot`); with ``groups``,
+    the param groups' hyperparameters too."""
+    old_params, old = before
+    for a, b in zip(params, old_params):
+        np.testing.assert_array_equal(a, b)
+    new = opt.state_dict()
+    if groups:
+        assert new["param_groups"] == old["param_groups"]
+    assert set(new["state"]) == set(old["state"])
+    for i, entry in old["state"].items():
+        assert set(new["state"][i]) == set(entry)
+        for name, value in entry.items():
+            np.testing.assert_array_equal(new["state"][i][name], value)

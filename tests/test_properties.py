@@ -18,9 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cases import RULES
+from cases import RULES, assert_unchanged, snapshot
 from test_reference import TOL
-from test_validation import assert_unchanged, snapshot_of
 
 SIMD_SIZES = [0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65]
 sizes = st.one_of(st.sampled_from(SIMD_SIZES), st.integers(0, 300))
@@ -146,9 +145,9 @@ def test_invalid_hyperparameters_raise_the_documented_error_and_write_nothing(ba
     opt = cls(params, lr=0.01)
     grad = np.full(size, 0.5, dtype)
     opt.step([grad])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     opt.param_groups[0].update(options)
     with pytest.raises(error, match=key):
         opt.step([grad], zero_grad=True)
-    assert_unchanged(opt, params, snapshot)
+    assert_unchanged(opt, params, before)
     np.testing.assert_array_equal(grad, 0.5)

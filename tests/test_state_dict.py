@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from cases import CASES, RULES, case_id
+from cases import CASES, RULES, assert_unchanged, case_id, snapshot
 
 SHAPES = [(5, 3), (4,), ()]
 
@@ -88,22 +88,6 @@ def test_loads_torch_optim_checkpoint_and_continues_on_its_trajectory():
         np.testing.assert_allclose(a, t.detach().numpy(), rtol=1e-12, atol=1e-13)
 
 
-def _snapshot(opt, params):
-    return [p.copy() for p in params], opt.state_dict()
-
-
-def _assert_unchanged(opt, params, snapshot):
-    before_params, before = snapshot
-    for a, b in zip(params, before_params):
-        np.testing.assert_array_equal(a, b)
-    after = opt.state_dict()
-    assert after["param_groups"] == before["param_groups"]
-    assert set(after["state"]) == set(before["state"])
-    for i, entry in before["state"].items():
-        for name, value in entry.items():
-            np.testing.assert_array_equal(after["state"][i][name], value)
-
-
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["param_groups"].append(dict(d["param_groups"][0])), "param groups"),
     (lambda d: d["param_groups"][0]["params"].pop(), "params"),
@@ -122,11 +106,11 @@ def test_bad_state_dict_is_refused_and_changes_nothing(mutate, message):
     bad = opt.state_dict()
     for g in grads_for(rng, np.float64, 2):
         opt.step(g)
-    snapshot = _snapshot(opt, params)
+    before = snapshot(opt, params)
     mutate(bad)
     with pytest.raises(ValueError, match=message):
         opt.load_state_dict(bad)
-    _assert_unchanged(opt, params, snapshot)
+    assert_unchanged(opt, params, before, groups=True)
 
 
 def test_state_dict_from_another_rule_is_refused():

@@ -29,20 +29,10 @@ from torch import nn  # noqa: E402
 
 import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
+from torch_models import make_batch, make_model  # noqa: E402
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6),
        torch.float64: dict(rtol=1e-12, atol=1e-14)}
-
-
-def make_model(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
-
-
-def make_batch(dtype=torch.float32, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(16, 4, generator=generator, dtype=dtype),
-            torch.randn(16, 3, generator=generator, dtype=dtype))
 
 
 def backward(model, batch, sign=1):

@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 import fastopt.torch as ft  # noqa: E402
+from torch_models import make_batch, make_model  # noqa: E402
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6),
        torch.float64: dict(rtol=1e-12, atol=1e-14)}
@@ -24,17 +25,6 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["
 CLASSES = {"SGD": dict(lr=0.05, momentum=0.9), "Adagrad": dict(lr=0.05),
            "RMSprop": dict(lr=0.005, momentum=0.9, centered=True), "Adam": dict(lr=0.01),
            "AdamW": dict(lr=0.01, amsgrad=True)}
-
-
-def make_model(dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
-
-
-def make_batch(dtype=torch.float32, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(16, 4, generator=generator, dtype=dtype),
-            torch.randn(16, 3, generator=generator, dtype=dtype))
 
 
 def loss_of(model, batch):

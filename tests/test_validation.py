@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from cases import CASES, RULES, case_id
+from cases import CASES, RULES, assert_unchanged, case_id, snapshot
 
 BAD_HYPERPARAMETERS = [
     ("sgd", {"lr": -0.1}, ValueError, "lr"),
@@ -54,27 +54,11 @@ def test_bad_hyperparameter_set_later_is_refused_at_step(rule, options, error, n
     params = [np.ones(3), np.ones(2)]
     opt = RULES[rule][0]([{"params": params[:1]}, {"params": params[1:]}])
     opt.step([np.ones(3), np.ones(2)])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     opt.param_groups[1].update(options)
     with pytest.raises(error, match=name):
         opt.step([np.ones(3), np.ones(2)])
-    assert_unchanged(opt, params, snapshot)
-
-
-def snapshot_of(opt, params):
-    return [p.copy() for p in params], opt.state_dict()
-
-
-def assert_unchanged(opt, params, snapshot):
-    old_params, old = snapshot
-    for a, b in zip(params, old_params):
-        np.testing.assert_array_equal(a, b)
-    new = opt.state_dict()
-    assert set(new["state"]) == set(old["state"])
-    for i in old["state"]:
-        assert set(new["state"][i]) == set(old["state"][i])
-        for name, value in old["state"][i].items():
-            np.testing.assert_array_equal(new["state"][i][name], value)
+    assert_unchanged(opt, params, before)
 
 
 def readonly(array):
@@ -134,11 +118,11 @@ def test_bad_grads_change_nothing(rule, case):
     params = [np.linspace(0, 1, 3), np.linspace(1, 2, 4).reshape(2, 2)]
     opt = RULES[rule][0](params, lr=0.1, **({"momentum": 0.9} if rule == "sgd" else {}))
     opt.step([np.ones(3), np.ones((2, 2))])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     grads, zero_grad, error, message = bad_grads(params)[case]
     with pytest.raises(error, match=message):
         opt.step(grads, zero_grad=zero_grad)
-    assert_unchanged(opt, params, snapshot)
+    assert_unchanged(opt, params, before)
 
 
 def test_grad_aliasing_state_is_refused():
@@ -180,10 +164,10 @@ def test_object_arrays_are_refused_everywhere():
     params = [np.ones(2)]
     opt = fastopt.Adam(params)
     opt.step([np.ones(2)])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     with pytest.raises(TypeError, match=r"grads\[0\].*object"):
         opt.step([objects])
-    assert_unchanged(opt, params, snapshot)
+    assert_unchanged(opt, params, before)
 
 
 EMPTY_AND_SCALAR_SHAPES = [(0,), (3,), (), (2, 0), (0, 3)]
@@ -238,22 +222,22 @@ def test_grad_aliasing_another_param_is_refused(rule, zero_grad):
     params = [np.linspace(0, 1, 3), np.linspace(1, 2, 3)]
     opt = RULES[rule][0](params, lr=0.1)
     opt.step([np.ones(3), np.ones(3)])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     for grads, name in [([np.ones(3), params[0]], r"grads\[1\]"),
                         ([params[1], np.ones(3)], r"grads\[0\]")]:
         with pytest.raises(ValueError, match=name + r" shares memory with the parameters"):
             opt.step(grads, zero_grad=zero_grad)
-        assert_unchanged(opt, params, snapshot)
+        assert_unchanged(opt, params, before)
 
 
 def test_grad_aliasing_part_of_a_flat_buffer_is_refused():
     flat = fastopt.flatten([np.ones(3), np.ones(4)])
     other = [np.ones(2)]
     opt = fastopt.SGD([{"params": flat}, {"params": other}], lr=0.1)
-    snapshot = snapshot_of(opt, flat.params + other)
+    before = snapshot(opt, flat.params + other)
     with pytest.raises(ValueError, match=r"grads\[2\] shares memory with the parameters"):
         opt.step([np.ones(3), np.ones(4), flat.params[1][1:3]])
-    assert_unchanged(opt, flat.params + other, snapshot)
+    assert_unchanged(opt, flat.params + other, before)
 
 
 @pytest.mark.parametrize("rule", ["sgd", "adagrad", "rmsprop", "adam"])
@@ -262,11 +246,11 @@ def test_grad_aliasing_another_params_state_is_refused(rule):
     options = {"momentum": 0.9} if rule == "sgd" else {}
     opt = RULES[rule][0](params, lr=0.1, **options)
     opt.step([np.ones(3), np.ones(3)])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     name = next(k for k in opt.state[0] if k != "step")
     with pytest.raises(ValueError, match=r"grads\[1\] shares memory with optimizer state"):
         opt.step([np.ones(3), opt.state[0][name]])
-    assert_unchanged(opt, params, snapshot)
+    assert_unchanged(opt, params, before)
 
 
 def test_one_gradient_for_two_params_is_allowed_but_not_with_zero_grad():
@@ -275,10 +259,10 @@ def test_one_gradient_for_two_params_is_allowed_but_not_with_zero_grad():
     opt = fastopt.SGD(params, lr=0.1)
     opt.step([shared, shared])
     np.testing.assert_array_equal(params[0], params[1])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     with pytest.raises(ValueError, match=r"grads\[0\] shares memory with grads\[1\].*zero_grad"):
         opt.step([shared, shared], zero_grad=True)
-    assert_unchanged(opt, params, snapshot)
+    assert_unchanged(opt, params, before)
     np.testing.assert_array_equal(shared, 0.5)
 
 
@@ -301,11 +285,11 @@ def test_state_dict_from_another_model_is_refused(other_shapes, message, layout)
         opt.step([np.ones(s) for s in shapes])
     other = fastopt.Adam([np.ones(s) for s in other_shapes], lr=0.5)
     other.step([np.ones(s) for s in other_shapes])
-    snapshot = snapshot_of(opt, params)
+    before = snapshot(opt, params)
     groups = [dict(g) for g in opt.param_groups]
     with pytest.raises(ValueError, match=message):
         opt.load_state_dict(other.state_dict())
-    assert_unchanged(opt, params, snapshot)
+    assert_unchanged(opt, params, before)
     assert opt.param_groups[0]["lr"] == 0.1 and [dict(g) for g in opt.param_groups] == groups
 
 

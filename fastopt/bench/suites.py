@@ -104,10 +104,7 @@ def _kernel_row(case, dtype, size, threads, timing, torch, triad_time, triad_gbp
         for impl in cases.TORCH_IMPLS:
             makers[f"torch_{impl}"] = (
                 lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
-    for key, make in makers.items():
-        row[key] = _time(make, timing)
-        if progress:
-            progress.step(f"{case.rule} {dtype} {size} {key}")
+    _measure(row, makers, timing, progress, f"{case.rule} {dtype} {size}")
     for key in TORCH_KEYS:
         row.setdefault(key, None)
     _speedups(row, "step")
@@ -133,32 +130,50 @@ def model_count(rules, dtypes, thread_counts, torch=True):
         1 + (len(TORCH_KEYS) if torch else 0))
 
 
-def model_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
-    """Whole ``opt.step()`` against ``torch.optim`` on each of :data:`WORKLOADS`."""
+def _measure(row, makers, timing, progress, label):
+    """Time each ``makers`` entry (key -> function building the call) into ``row``."""
+    for key, make in makers.items():
+        row[key] = _time(make, timing)
+        if progress:
+            progress.step(f"{label} {key}")
+
+
+def _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for, progress):
+    """One row per thread count, dtype, rule and workload (name -> tensor shapes), with
+    the times of the calls ``makers_for(case, shapes, dtype)`` builds."""
     rows = []
     for threads in thread_counts:
         with measure.threads(threads):
             for dtype in dtypes:
                 for rule in rules:
                     case = cases.CASES[rule]
-                    for workload, shapes in WORKLOADS.items():
+                    for workload, shapes in workloads.items():
                         row = {"rule": rule, "options": case.options, "dtype": dtype,
                                "workload": workload, "tensors": len(shapes),
                                "elements": int(sum(np.prod(s) for s in shapes)),
                                "threads": threads}
-                        makers = {"step": lambda: cases.step_call(case, shapes, dtype)}
-                        if torch:
-                            for impl in cases.TORCH_IMPLS:
-                                makers[f"torch_{impl}"] = (
-                                    lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
-                        for key, make in makers.items():
-                            row[key] = _time(make, timing)
-                            if progress:
-                                progress.step(f"{rule} {dtype} {workload} {key}")
-                        for key in TORCH_KEYS:
-                            row.setdefault(key, None)
-                        _speedups(row, "step")
+                        _measure(row, makers_for(case, shapes, dtype), timing, progress,
+                                 f"{rule} {dtype} {workload}")
                         rows.append(row)
+    return rows
+
+
+def model_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
+    """Whole ``opt.step()`` against ``torch.optim`` on each of :data:`WORKLOADS`."""
+    def makers_for(case, shapes, dtype):
+        makers = {"step": lambda: cases.step_call(case, shapes, dtype)}
+        if torch:
+            for impl in cases.TORCH_IMPLS:
+                makers[f"torch_{impl}"] = (
+                    lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+        return makers
+
+    rows = _whole_step_rows(rules, dtypes, thread_counts, timing, WORKLOADS, makers_for,
+                            progress)
+    for row in rows:
+        for key in TORCH_KEYS:
+            row.setdefault(key, None)
+        _speedups(row, "step")
     return rows
 
 
@@ -173,30 +188,20 @@ def adapter_count(rules, dtypes, thread_counts):
 def adapter_rows(rules, dtypes, thread_counts, timing, progress=None):
     """``fastopt.torch.<Rule>.step()`` against ``torch.optim`` fused and foreach on an
     MLP-shaped model of 50 tensors (:data:`~.cases.ADAPTER_WIDTHS`), whole step."""
-    rows = []
-    for threads in thread_counts:
-        with measure.threads(threads):
-            for dtype in dtypes:
-                for rule in rules:
-                    case = cases.CASES[rule]
-                    for workload, width in cases.ADAPTER_WIDTHS.items():
-                        shapes = cases.mlp_shapes(width)
-                        row = {"rule": rule, "options": case.options, "dtype": dtype,
-                               "workload": workload, "tensors": len(shapes),
-                               "elements": int(sum(np.prod(s) for s in shapes)),
-                               "threads": threads}
-                        makers = {"adapter": lambda: cases.adapter_call(case, shapes, dtype)}
-                        for impl in ("fused", "foreach"):
-                            makers[f"torch_{impl}"] = (
-                                lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
-                        for key in ADAPTER_KEYS:
-                            row[key] = _time(makers[key], timing)
-                            if progress:
-                                progress.step(f"{rule} {dtype} {workload} {key}")
-                        for impl in ("fused", "foreach"):
-                            row[f"speedup_torch_{impl}"] = _ratio(row[f"torch_{impl}"],
-                                                                  row["adapter"])
-                        rows.append(row)
+    def makers_for(case, shapes, dtype):
+        makers = {"adapter": lambda: cases.adapter_call(case, shapes, dtype)}
+        for impl in ("fused", "foreach"):
+            makers[f"torch_{impl}"] = (
+                lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+        return makers
+
+    workloads = {name: cases.mlp_shapes(width)
+                 for name, width in cases.ADAPTER_WIDTHS.items()}
+    rows = _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for,
+                            progress)
+    for row in rows:
+        for impl in ("fused", "foreach"):
+            row[f"speedup_torch_{impl}"] = _ratio(row[f"torch_{impl}"], row["adapter"])
     return rows
 
 
