@@ -1,10 +1,12 @@
 """The optimizer base class: parameter intake, validation, state, step count, state_dict.
 
 A rule subclasses :class:`Optimizer` and supplies ``defaults``, ``check_group`` (its
-hyperparameter validation), ``state_names`` (the state buffers a group needs) and
-``update`` (scalar precomputation and the kernel call for one segment). Everything that is
-the same for every rule lives here. Those four methods read only class attributes and their
-arguments: ``fastopt.torch`` calls them on a rule instance made without ``__init__``.
+hyperparameter validation), ``state_names`` (the state buffers a group needs), ``kernel``
+and ``kernel_args`` (the scalars precomputed in float64, cast to the buffer's dtype, and
+the kernel's full argument tuple for one segment); ``update`` calls the kernel with them.
+Everything that is the same for every rule lives here. These methods read only class
+attributes and their arguments: ``fastopt.torch`` calls them on a rule instance made
+without ``__init__``, and ``fastopt.bench`` takes its kernel arguments from them.
 """
 
 import math
