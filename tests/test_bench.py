@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fastopt
 from fastopt.bench import cases, triad
 from fastopt.cli import main
 
@@ -33,7 +34,8 @@ def _positive(value):
 def test_bench_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
     code = main(["bench", "--rules", "adam", "--sizes", "1000", "--dtypes", "float32",
-                 "--adapter-rules", "none", "--json", str(path), *QUICK])
+                 "--adapter-rules", "none", "--loop-rules", "none", "--json", str(path),
+                 *QUICK])
     assert code == 0
     printed = capsys.readouterr().out
     assert "adam" in printed and "of triad" in printed and "model 200x" in printed
@@ -63,7 +65,8 @@ def test_bench_adapter_section(tmp_path, monkeypatch):
     monkeypatch.setattr(cases, "ADAPTER_WIDTHS", {"mlp tiny": 8})
     path = tmp_path / "adapter.json"
     code = main(["bench", "--model-only", "--rules", "adam", "--dtypes", "float32",
-                 "--adapter-rules", "adam,sgd", "--json", str(path), *QUICK])
+                 "--adapter-rules", "adam,sgd", "--loop-rules", "none", "--json", str(path),
+                 *QUICK])
     assert code == 0
     rows = json.loads(path.read_text())["adapter"]
     assert [(r["rule"], r["workload"], r["tensors"], r["elements"]) for r in rows] == [
@@ -72,6 +75,39 @@ def test_bench_adapter_section(tmp_path, monkeypatch):
         for key in ("adapter", "torch_fused", "torch_foreach", "speedup_torch_fused",
                     "speedup_torch_foreach"):
             assert _positive(row[key]), (key, row[key])
+
+
+def test_bench_loop_section(tmp_path, monkeypatch):
+    monkeypatch.setattr(cases, "LOOP_SIZES", (3000,))
+    path = tmp_path / "loop.json"
+    code = main(["bench", "--model-only", "--rules", "adam", "--dtypes", "float64",
+                 "--adapter-rules", "none", "--loop-rules", "rmsprop", "--json", str(path),
+                 *QUICK])
+    assert code == 0
+    (row,) = json.loads(path.read_text())["loop"]
+    assert (row["rule"], row["elements"]) == ("rmsprop", 3000)
+    for key in ("step", "clip", "zero_fused", "zero_separate", "clip_cost", "zero_saving"):
+        assert _positive(row[key]), (key, row[key])
+    assert row["torch_clip"] is None or _positive(row["torch_clip"])
+
+
+def test_loop_calls_compute_what_they_say():
+    """The clip variant clips (its step differs from the plain one on the same data)
+    and both zeroing variants leave the gradients zero with the same parameters."""
+    case = cases.CASES["adam"]
+    calls = {v: cases.loop_call(case, [(500,)], "float64", v) for v in cases.LOOP_VARIANTS}
+    for call in calls.values():
+        call()
+    plain, clipped = calls["step"].__self__, calls["clip"].__self__
+    assert clipped.clip_grad_norm == cases.LOOP_MAX_NORM and plain.clip_grad_norm is None
+    assert not np.array_equal(plain.param_groups[0]["params"][0],
+                              clipped.param_groups[0]["params"][0])
+    fused = calls["zero_fused"].func.__self__
+    assert not fused._flats[0].grads[0].any()
+    calls["zero_separate"]()
+    separate = next(cell.cell_contents for cell in calls["zero_separate"].__closure__
+                    if isinstance(cell.cell_contents, fastopt.Flat))
+    assert not separate.grads[0].any()
 
 
 def test_bench_threshold(tmp_path):
@@ -87,7 +123,8 @@ def test_bench_threshold(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--rules", "nope"], ["--dtypes", "float16"],
                                   ["--sizes", "1.5"], ["--threads", "0"], ["--repeat", "0"],
-                                  ["--adapter-rules", "nope", "--no-model"]])
+                                  ["--adapter-rules", "nope", "--no-model"],
+                                  ["--loop-rules", "nope", "--no-model"]])
 def test_bench_bad_options(argv, capsys):
     assert main(["bench", *argv]) == 2
     assert "fastopt bench: error:" in capsys.readouterr().err

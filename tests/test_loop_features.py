@@ -249,3 +249,13 @@ def test_schedule_object_as_lr_matches_setting_lr_by_hand():
         by_hand.step(step_grads)
     for a, b in zip(scheduled, manual):
         np.testing.assert_array_equal(a, b)
+
+
+def test_overflowing_but_finite_float64_gradients_count_as_finite():
+    """A float64 sum of squares can overflow with finite elements (|x| > ~1e154): the
+    reduction then checks finiteness exactly, so such a step is not skipped."""
+    huge = np.array([1e200, -3.0, 2e180])
+    squares, finite = norm_and_finite([np.ones(5), huge])
+    assert squares == np.inf and finite is True
+    huge[1] = np.nan
+    assert norm_and_finite([np.ones(5), huge])[1] is False

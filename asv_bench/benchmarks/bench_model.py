@@ -63,3 +63,33 @@ class WholeStepTorchMLP:
 
     def time_step(self, rule, dtype, workload, impl):
         self.step()
+
+
+class LoopFeatures:
+    """Clipping (a norm pass, then the update with the coefficient folded in), fused
+    zero-grad, and step + separate zeroing, against the plain step, on one flat buffer."""
+
+    params = [list(cases.RULES), list(cases.DTYPES), list(cases.LOOP_SIZES),
+              list(cases.LOOP_VARIANTS)]
+    param_names = ["rule", "dtype", "size", "variant"]
+
+    def setup(self, rule, dtype, size, variant):
+        self.step = cases.loop_call(cases.CASES[rule], [(size,)], dtype, variant)
+        self.step()
+
+    def time_step(self, rule, dtype, size, variant):
+        self.step()
+
+
+class TorchClipThenStep:
+    """torch.nn.utils.clip_grad_norm_ then torch's fused step (skipped without torch)."""
+
+    params = [list(cases.RULES), list(cases.DTYPES), list(cases.LOOP_SIZES)]
+    param_names = ["rule", "dtype", "size"]
+
+    def setup(self, rule, dtype, size):
+        self.step = cases.torch_clip_call(cases.CASES[rule], [(size,)], dtype)
+        self.step()
+
+    def time_step(self, rule, dtype, size):
+        self.step()

@@ -39,6 +39,13 @@ def mlp_shapes(width, layers=25):
     return [(width, width), (width,)] * layers
 
 
+#: The loop-feature comparison: one flat buffer of each size; gradients 0.1 * N(0, 1), so
+#: their norm (~30 at 1e5, ~300 at 1e7) is above ``LOOP_MAX_NORM`` and clipping is active.
+LOOP_SIZES = (1_000_000, 10_000_000)
+LOOP_MAX_NORM = 1.0
+LOOP_VARIANTS = ("step", "clip", "zero_fused", "zero_separate")
+
+
 #: torch.optim implementations: name -> constructor keywords.
 TORCH_IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True},
                "single": {"foreach": False}}
@@ -208,3 +215,37 @@ def adapter_call(case, shapes, dtype, seed=0):
         tensor.grad = torch.from_numpy(grad)
     optimizer.step()
     return optimizer.step
+
+
+def loop_call(case, shapes, dtype, variant, seed=0):
+    """``opt.step()`` over ``fastopt.flatten`` of ``shapes`` with a loop feature:
+    ``"step"`` plain; ``"clip"`` with ``clip_grad_norm=LOOP_MAX_NORM`` (a norm pass, then
+    the update with the coefficient folded in); ``"zero_fused"`` ``step(zero_grad=True)``;
+    ``"zero_separate"`` ``step()`` then ``flat.zero_grad()`` (a separate zeroing pass)."""
+    params, grads = make_arrays(shapes, dtype, seed)
+    flat = fastopt.flatten(params)
+    for view, grad in zip(flat.grads, grads):
+        view[...] = grad
+    extra = {"clip_grad_norm": LOOP_MAX_NORM} if variant == "clip" else {}
+    opt = case.optimizer(flat, **case.options, **extra)
+    if variant in ("step", "clip"):
+        return opt.step
+    if variant == "zero_fused":
+        return partial(opt.step, zero_grad=True)
+
+    def step_then_zero():
+        opt.step()
+        flat.zero_grad()
+    return step_then_zero
+
+
+def torch_clip_call(case, shapes, dtype, seed=0):
+    """``torch.nn.utils.clip_grad_norm_`` then ``torch.optim.<Rule>(fused=True).step``."""
+    torch = import_torch()
+    step = torch_call(case, shapes, dtype, "fused", seed)
+    tensors = step.__self__.param_groups[0]["params"]
+
+    def clip_then_step():
+        torch.nn.utils.clip_grad_norm_(tensors, LOOP_MAX_NORM)
+        step()
+    return clip_then_step

@@ -45,6 +45,9 @@ def configure(parser):
     parser.add_argument("--adapter-rules", default="adam", metavar="RULES",
                         help="rules for the fastopt.torch vs torch.optim section on a "
                              "50-tensor MLP (comma-separated; 'none' skips it; default adam)")
+    parser.add_argument("--loop-rules", default="adam", metavar="RULES",
+                        help="rules for the loop-feature section (clipping, fused zero-grad; "
+                             "one flat buffer of 1e6 and 1e7; 'none' skips it; default adam)")
     parser.add_argument("--model-only", action="store_true",
                         help="run only the whole-step section")
     parser.add_argument("--threshold", action="store_true",
@@ -161,13 +164,16 @@ def run(args):
         model = not args.no_model
         adapter_rules = [] if args.adapter_rules == "none" or not use_torch else _split(
             args.adapter_rules)
-        unknown = set(adapter_rules) - set(cases.RULES)
-        if unknown:
-            raise UsageError(f"--adapter-rules: unknown rule(s) {sorted(unknown)}; "
-                             f"choose from {', '.join(cases.RULES)}")
+        loop_rules = [] if args.loop_rules == "none" else _split(args.loop_rules)
+        for option, chosen in (("--adapter-rules", adapter_rules), ("--loop-rules", loop_rules)):
+            unknown = set(chosen) - set(cases.RULES)
+            if unknown:
+                raise UsageError(f"{option}: unknown rule(s) {sorted(unknown)}; "
+                                 f"choose from {', '.join(cases.RULES)}")
         total = (suites.kernel_count(rules, dtypes, sizes, threads, use_torch) if kernels
                  else 0) + (suites.model_count(rules, dtypes, threads, use_torch) if model else 0)
         total += suites.adapter_count(adapter_rules, dtypes, threads)
+        total += suites.loop_count(loop_rules, dtypes, threads, use_torch)
         progress = suites.Progress(total)
         try:
             if kernels:
@@ -179,6 +185,9 @@ def run(args):
             if adapter_rules:
                 result["adapter"] = suites.adapter_rows(adapter_rules, dtypes, threads,
                                                         timing, progress)
+            if loop_rules:
+                result["loop"] = suites.loop_rows(loop_rules, dtypes, threads, timing,
+                                                  use_torch, progress)
         finally:
             progress.close()
         if kernels:
@@ -199,6 +208,13 @@ def run(args):
             print("\nfastopt.torch: the whole step() of fastopt's torch.optim subclass "
                   "(one flat buffer per group and dtype); t.*: torch.optim on the same "
                   "50 tensors")
+        if loop_rules:
+            print()
+            print(report.loop_table(result["loop"]))
+            print("\nclip: clip_grad_norm=1 (a norm pass, the coefficient folded into the "
+                  "update); zero fused: step(zero_grad=True); step+zero: step() then "
+                  "zero_grad(); saving: step+zero over zero fused; t.clip+fused: "
+                  "torch clip_grad_norm_ then the fused step; x t.clip: its time over clip")
         if not use_torch and not args.no_torch:
             print("\ntorch is not installed: torch.optim columns are empty")
     if args.json:

