@@ -259,3 +259,21 @@ def test_overflowing_but_finite_float64_gradients_count_as_finite():
     assert squares == np.inf and finite is True
     huge[1] = np.nan
     assert norm_and_finite([np.ones(5), huge])[1] is False
+
+
+def test_nan_gradient_without_skip_clips_as_torch_does():
+    """torch's clip coefficient is NaN for a NaN norm, so every clipped gradient (and the
+    update) becomes NaN; fastopt's folded coefficient does the same."""
+    torch = pytest.importorskip("torch")
+    grads = [np.array([1.0, np.nan]), np.array([3.0])]
+    theirs = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for t, g in zip(theirs, grads):
+        t.grad = torch.from_numpy(g.copy())
+    torch.nn.utils.clip_grad_norm_(theirs, 1.0)
+    ours = [g.copy() for g in grads]
+    fastopt.clip_grad_norm(ours, 1.0)
+    for a, t in zip(ours, theirs):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(t.grad.numpy()))
+    params = [np.zeros(2), np.zeros(1)]
+    fastopt.SGD(params, lr=0.1, clip_grad_norm=1.0).step(grads)
+    assert np.isnan(params[1]).all()   # the finite gradient's parameter too, as in torch

@@ -20,8 +20,8 @@ two threads. Numba already prefers TBB (``NUMBA_THREADING_LAYER_PRIORITY`` start
 2. :func:`check_once`, after the first parallel kernel call: if Numba fell back (no TBB) to a
    layer that breaks a guarantee, one :class:`ThreadingLayerWarning` says which and how to
    fix it. A layer the user chose (``NUMBA_THREADING_LAYER``, or a priority list that does
-   not start with ``tbb``) is taken as a choice: no warning. Silence it with ``warnings.filterwarnings("ignore",
-   category=fastopt.kernels.layer.ThreadingLayerWarning)``.
+   not start with ``tbb``) is taken as a choice: no warning. Silence it with
+   ``warnings.filterwarnings("ignore", category=ThreadingLayerWarning)``.
 """
 
 import ctypes

@@ -1,11 +1,9 @@
 """Standalone gradient clipping by global L2 norm."""
 
-import math
-
 import numpy as np
 
 from ..flat import Flat, check_float_array
-from ..kernels.reductions import norm_and_finite
+from .loop import loop_scale
 
 
 def clip_grad_norm(grads, max_norm):
@@ -34,9 +32,7 @@ def clip_grad_norm(grads, max_norm):
     if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or not (
             max_norm > 0):
         raise ValueError(f"Invalid max_norm: {max_norm!r} (must be > 0)")
-    squares, _ = norm_and_finite(buffers)
-    norm = math.sqrt(squares)
-    coefficient = min(1.0, max_norm / (norm + 1e-6)) if math.isfinite(norm) else math.nan
+    coefficient, norm = loop_scale(buffers, max_norm, 1.0, False)
     if coefficient != 1.0:
         for buffer in buffers:
             buffer *= buffer.dtype.type(coefficient)

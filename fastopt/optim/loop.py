@@ -54,5 +54,7 @@ def loop_scale(buffers, clip_grad_norm, grad_scale, skip_if_nonfinite):
     if skip_if_nonfinite and not finite:
         return None, norm
     if clip_grad_norm is not None:
-        scale *= min(1.0, clip_grad_norm / (norm + 1e-6))
+        coefficient = clip_grad_norm / (norm + 1e-6)
+        if not coefficient >= 1.0:   # as torch's clamp(max=1): a NaN norm gives NaN
+            scale *= coefficient
     return scale, norm
