@@ -124,12 +124,7 @@ FORK_SCRIPT = """
     import fastopt
     from fastopt.kernels import layer
 
-    def adam_step(seed):
-        rng = np.random.default_rng(seed)
-        flat = fastopt.flatten([rng.standard_normal(200_003)])
-        flat.grads[0][...] = rng.standard_normal(200_003)
-        fastopt.Adam(flat, lr=0.01).step()
-        return flat.params[0]
+    from fork_helpers import adam_step
 
     expected = adam_step(1)           # the parent runs a parallel kernel before forking
     pid = os.fork()
@@ -164,12 +159,7 @@ MP_SCRIPT = """
     import numpy as np
     import fastopt
 
-    def adam_step(seed):
-        rng = np.random.default_rng(seed)
-        flat = fastopt.flatten([rng.standard_normal(200_003)])
-        flat.grads[0][...] = rng.standard_normal(200_003)
-        fastopt.Adam(flat, lr=0.01).step()
-        return flat.params[0]
+    from fork_helpers import adam_step
 
     if __name__ == "__main__":
         expected = adam_step(2)

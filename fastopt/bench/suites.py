@@ -101,9 +101,7 @@ def _kernel_row(case, dtype, size, threads, timing, torch, triad_time, triad_gbp
         "numpy": lambda: cases.reference_call(case, size, dtype),
     }
     if torch:
-        for impl in cases.TORCH_IMPLS:
-            makers[f"torch_{impl}"] = (
-                lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+        makers.update(_torch_makers(case, shapes, dtype, cases.TORCH_IMPLS))
     _measure(row, makers, timing, progress, f"{case.rule} {dtype} {size}")
     for key in TORCH_KEYS:
         row.setdefault(key, None)
@@ -138,6 +136,12 @@ def _measure(row, makers, timing, progress, label):
             progress.step(f"{label} {key}")
 
 
+def _torch_makers(case, shapes, dtype, impls):
+    """Functions building ``torch.optim`` steps of each implementation in ``impls``."""
+    return {f"torch_{impl}": (lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+            for impl in impls}
+
+
 def _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for, progress):
     """One row per thread count, dtype, rule and workload (name -> tensor shapes), with
     the times of the calls ``makers_for(case, shapes, dtype)`` builds."""
@@ -163,9 +167,7 @@ def model_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
     def makers_for(case, shapes, dtype):
         makers = {"step": lambda: cases.step_call(case, shapes, dtype)}
         if torch:
-            for impl in cases.TORCH_IMPLS:
-                makers[f"torch_{impl}"] = (
-                    lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+            makers.update(_torch_makers(case, shapes, dtype, cases.TORCH_IMPLS))
         return makers
 
     rows = _whole_step_rows(rules, dtypes, thread_counts, timing, WORKLOADS, makers_for,
@@ -190,9 +192,7 @@ def adapter_rows(rules, dtypes, thread_counts, timing, progress=None):
     MLP-shaped model of 50 tensors (:data:`~.cases.ADAPTER_WIDTHS`), whole step."""
     def makers_for(case, shapes, dtype):
         makers = {"adapter": lambda: cases.adapter_call(case, shapes, dtype)}
-        for impl in ("fused", "foreach"):
-            makers[f"torch_{impl}"] = (
-                lambda impl=impl: cases.torch_call(case, shapes, dtype, impl))
+        makers.update(_torch_makers(case, shapes, dtype, ("fused", "foreach")))
         return makers
 
     workloads = {name: cases.mlp_shapes(width)
