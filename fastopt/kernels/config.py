@@ -158,7 +158,12 @@ class Kernel:
         return self._variant(tuple(map(bool, args[-count:]))), args[:-count]
 
     def __call__(self, *args):
-        variant, args = self.resolve(args)
+        count = len(self.flags)
+        if count:   # the hot path of every step: one dict lookup (np.bool_ hashes as bool)
+            variant = self._variants.get(args[-count:]) or self.resolve(args)[0]
+            args = args[:-count]
+        else:
+            variant = self._variant(())
         variant(*args)
 
     @property
