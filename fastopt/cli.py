@@ -19,7 +19,9 @@ class UsageError(Exception):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="fastopt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="fastopt", description="fastopt: optimizer update rules compiled with Numba. "
+        "'fastopt demo' is the main job; 'fastopt bench' measures the kernels.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = (sys.argv[1:] if argv is None else list(argv))[:1]
     for name, (module, help_text) in SUBCOMMANDS.items():
