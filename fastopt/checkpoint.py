@@ -42,6 +42,8 @@ import tempfile
 
 import numpy as np
 
+from .flat import as_numpy
+
 FORMAT = "fastopt.checkpoint"
 FORMAT_VERSION = "1"
 _KNOWN_VERSIONS = {"1"}
@@ -63,18 +65,13 @@ def _safetensors_numpy():
     return safetensors.numpy
 
 
-def _numpy(value):
-    """A NumPy array for a NumPy array or a torch tensor; other values unchanged."""
-    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
-
-
 def _is_torch(optimizer):
     return any(hasattr(p, "detach") for g in optimizer.param_groups for p in g["params"])
 
 
 def _json_default(value):
     """JSON for NumPy scalars and one-element arrays/tensors (torch allows a tensor lr)."""
-    value = _numpy(value)
+    value = as_numpy(value)
     if isinstance(value, (np.generic, np.ndarray)) and value.size == 1:
         return value.item()
     raise TypeError(f"cannot store {type(value).__name__} {value!r} in a checkpoint "
@@ -117,7 +114,7 @@ def save(optimizer, path, *, params=False):
             if not isinstance(name, str) or "/" in name or not name:
                 raise TypeError(f"fastopt.save: state[{index}] has key {name!r}; state "
                                 "names must be non-empty strings without '/'")
-            array = _numpy(value)
+            array = as_numpy(value)
             if name == "step":
                 steps[key] = _step_number(array, index)
                 if isinstance(array, np.ndarray):  # torch's 0-d tensor: keep its dtype
@@ -130,7 +127,7 @@ def save(optimizer, path, *, params=False):
         live = [p for group in optimizer.param_groups for p in group["params"]]
         ids = [i for group in groups for i in group["params"]]
         for index, param in zip(ids, live):
-            tensors[f"params/{_index_key(index)}"] = _contiguous(_numpy(param))
+            tensors[f"params/{_index_key(index)}"] = _contiguous(as_numpy(param))
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -345,7 +342,7 @@ def _build(optimizer, tensors, metadata, path):
     position = {index: i for i, index in enumerate(ids)}
     if len(position) != len(ids):
         raise _corrupt(path, "a parameter index appears in two param groups")
-    arrays = [_numpy(p) for p in live]
+    arrays = [as_numpy(p) for p in live]
 
     def param_for(index, what):
         if index not in position:

@@ -11,6 +11,11 @@ import numpy as np
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+def as_numpy(value):
+    """A NumPy view of a NumPy array or a CPU torch tensor (without importing torch)."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+
+
 def check_float_array(array, name):
     """Raise ``TypeError`` unless ``array`` is a NumPy float32/float64 array."""
     if not isinstance(array, np.ndarray):

@@ -15,7 +15,7 @@ import operator
 
 import numpy as np
 
-from ..flat import Flat, check_float_array
+from ..flat import Flat, as_numpy, check_float_array
 from .loop import check_loop_options, loop_scale
 from .segments import build_segments, check_param
 
@@ -426,7 +426,7 @@ class Optimizer:
                 if name not in entry or entry[name] is None:
                     raise ValueError(f"state_dict state[{member[0]}] lacks {name!r} "
                                      "(saved by another rule or with other options?)")
-                array = np.asarray(_numpy(entry[name]))
+                array = np.asarray(as_numpy(entry[name]))
                 if array.shape != tuple(member[3]):
                     raise ValueError(f"state_dict state[{member[0]}][{name!r}] has shape "
                                      f"{array.shape}, params[{member[0]}] has {member[3]}")
@@ -446,11 +446,6 @@ def _span(array):
     return start, start + array.nbytes
 
 
-def _numpy(value):
-    """A NumPy view of a NumPy array or a CPU torch tensor (without importing torch)."""
-    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
-
-
 def _scalar(value):
-    value = _numpy(value)
+    value = as_numpy(value)
     return value.item() if hasattr(value, "item") else value
