@@ -142,23 +142,27 @@ def _torch_makers(case, shapes, dtype, impls):
             for impl in impls}
 
 
-def _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for, progress):
-    """One row per thread count, dtype, rule and workload (name -> tensor shapes), with
-    the times of the calls ``makers_for(case, shapes, dtype)`` builds."""
-    rows = []
+def _each_case(rules, dtypes, thread_counts):
+    """``(threads, dtype, case)`` for every combination, each run with that many threads."""
     for threads in thread_counts:
         with measure.threads(threads):
             for dtype in dtypes:
                 for rule in rules:
-                    case = cases.CASES[rule]
-                    for workload, shapes in workloads.items():
-                        row = {"rule": rule, "options": case.options, "dtype": dtype,
-                               "workload": workload, "tensors": len(shapes),
-                               "elements": int(sum(np.prod(s) for s in shapes)),
-                               "threads": threads}
-                        _measure(row, makers_for(case, shapes, dtype), timing, progress,
-                                 f"{rule} {dtype} {workload}")
-                        rows.append(row)
+                    yield threads, dtype, cases.CASES[rule]
+
+
+def _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for, progress):
+    """One row per thread count, dtype, rule and workload (name -> tensor shapes), with
+    the times of the calls ``makers_for(case, shapes, dtype)`` builds."""
+    rows = []
+    for threads, dtype, case in _each_case(rules, dtypes, thread_counts):
+        for workload, shapes in workloads.items():
+            row = {"rule": case.rule, "options": case.options, "dtype": dtype,
+                   "workload": workload, "tensors": len(shapes),
+                   "elements": int(sum(np.prod(s) for s in shapes)), "threads": threads}
+            _measure(row, makers_for(case, shapes, dtype), timing, progress,
+                     f"{case.rule} {dtype} {workload}")
+            rows.append(row)
     return rows
 
 
@@ -249,20 +253,14 @@ def threshold_count(rules, dtypes, sizes, thread_counts):
 def threshold_rows(rules, dtypes, sizes, thread_counts, timing, progress=None):
     """Serial vs parallel twin of each kernel, per size."""
     rows = []
-    for threads in thread_counts:
-        with measure.threads(threads):
-            for dtype in dtypes:
-                for rule in rules:
-                    case = cases.CASES[rule]
-                    for size in sizes:
-                        row = {"rule": rule, "dtype": dtype, "size": size, "threads": threads}
-                        for twin in ("serial", "parallel"):
-                            row[twin] = measure.time_call(
-                                cases.kernel_call(case, size, dtype, twin=twin), **timing)
-                            if progress:
-                                progress.step(f"{rule} {dtype} {size} {twin}")
-                        row["parallel_speedup"] = row["serial"] / row["parallel"]
-                        rows.append(row)
+    for threads, dtype, case in _each_case(rules, dtypes, thread_counts):
+        for size in sizes:
+            row = {"rule": case.rule, "dtype": dtype, "size": size, "threads": threads}
+            makers = {twin: (lambda twin=twin: cases.kernel_call(case, size, dtype, twin=twin))
+                      for twin in ("serial", "parallel")}
+            _measure(row, makers, timing, progress, f"{case.rule} {dtype} {size}")
+            row["parallel_speedup"] = row["serial"] / row["parallel"]
+            rows.append(row)
     return rows
 
 
