@@ -24,12 +24,16 @@ def check_float_array(array, name):
         raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
 
 
+def offsets(sizes):
+    """Start offsets of consecutive pieces of ``sizes`` elements, and the total at the end."""
+    return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+
+
 class FlatBuffer:
     """One dtype's flat ``param`` and ``grad`` buffers, and the offsets of each array."""
 
     def __init__(self, dtype, shapes):
-        sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+        self.offsets = offsets([int(np.prod(shape, dtype=np.int64)) for shape in shapes])
         self.param = np.zeros(self.offsets[-1], dtype=dtype)
         self.grad = np.zeros(self.offsets[-1], dtype=dtype)
         self.shapes = [tuple(shape) for shape in shapes]

@@ -11,9 +11,9 @@ A step over a bucket is one kernel call when every parameter has a gradient and 
 step count (the usual case); otherwise one call per contiguous run of parameters that do.
 """
 
-import numpy as np
 import torch
 
+from ..flat import offsets
 from ..optim.segments import Segment
 
 SUPPORTED = (torch.float32, torch.float64)
@@ -46,8 +46,7 @@ class Bucket:
 
     def __init__(self, params, indices):
         self.params, self.indices = list(params), list(indices)
-        sizes = [p.numel() for p in self.params]
-        self.offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+        self.offsets = offsets([p.numel() for p in self.params])
         dtype, total = self.params[0].dtype, self.offsets[-1]
         self.param = torch.empty(total, dtype=dtype)
         self.grad = torch.zeros(total, dtype=dtype)
@@ -55,8 +54,7 @@ class Bucket:
             for p, a, b in zip(self.params, self.offsets, self.offsets[1:]):
                 self.param[a:b].copy_(p.detach().reshape(-1))
                 p.data = self.param[a:b].view_as(p)
-        self.grad_views = [self.grad[a:b].view_as(p)
-                           for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+        self.grad_views = self._views(self.grad)
         self.param_addresses = [p.data_ptr() for p in self.params]
         self.grad_addresses = [g.data_ptr() for g in self.grad_views]
         self.np_param, self.np_grad = self.param.numpy(), self.grad.numpy()
@@ -68,6 +66,11 @@ class Bucket:
         self.state_views = {}  # name -> per-param shaped views
         self.known = [None] * len(self.params)  # (entry, items) last registered per param
 
+    def _views(self, flat):
+        """Per-param views of a flat tensor, shaped like the params."""
+        return [flat[a:b].view_as(p)
+                for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+
     # --- state buffers and torch.optim's per-param entries ------------------------
 
     def state_buffer(self, name):
@@ -75,8 +78,7 @@ class Bucket:
         if name not in self.state:
             flat = torch.zeros_like(self.param)
             self.state[name], self.np_state[name] = flat, flat.numpy()
-            self.state_views[name] = [flat[a:b].view_as(p) for p, a, b in
-                                      zip(self.params, self.offsets, self.offsets[1:])]
+            self.state_views[name] = self._views(flat)
         return self.state[name]
 
     def register(self, i, entry, names, has_step):
