@@ -8,6 +8,8 @@ import math
 import statistics
 import time
 
+from ..threads import num_threads
+
 #: Defaults of ``fastopt bench``: 5 repeats, each looping for at least 50 ms.
 REPEAT = 5
 MIN_TIME = 0.05
@@ -57,19 +59,16 @@ def threads(count):
     restore both. ``None`` leaves the thread counts as they are."""
     import sys
 
-    import numba
     if count is None:
         yield
         return
     torch = sys.modules.get("torch")
-    saved_numba = numba.get_num_threads()
     saved_torch = torch.get_num_threads() if torch is not None else None
-    numba.set_num_threads(count)
     if torch is not None:
         torch.set_num_threads(count)
     try:
-        yield
+        with num_threads(count):
+            yield
     finally:
-        numba.set_num_threads(saved_numba)
         if torch is not None:
             torch.set_num_threads(saved_torch)

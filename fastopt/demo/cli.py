@@ -1,5 +1,6 @@
 """``fastopt demo``: options, checks, and the run (see :mod:`fastopt.demo`)."""
 
+import contextlib
 import os
 import sys
 import time
@@ -7,6 +8,7 @@ import time
 import numpy as np
 
 from ..cli import UsageError
+from ..threads import num_threads
 from .rules import RULES
 
 LAYERS = (64, 64, 10)
@@ -61,10 +63,7 @@ def run(args):
     from . import data as data_module, model, report, train
 
     dtype = np.dtype(args.dtype)
-    previous_threads = numba.get_num_threads()
-    try:
-        if threads is not None:
-            numba.set_num_threads(threads)
+    with num_threads(threads) if threads is not None else contextlib.nullcontext():
         digits = data_module.load_digits(args.seed, dtype)
         weights = model.initial_weights(LAYERS, dtype, args.seed)
         started = time.perf_counter()
@@ -80,8 +79,6 @@ def run(args):
                                            args.batch_size, args.seed, on_epoch))
         elapsed = time.perf_counter() - started
         used_threads = numba.get_num_threads()
-    finally:
-        numba.set_num_threads(previous_threads)
 
     title = (f"digits, MLP {'-'.join(map(str, LAYERS))}, {args.dtype}, "
              f"batch {args.batch_size}, seed {args.seed}")
