@@ -131,6 +131,8 @@ def test_matches_torch_optim_every_step(config, dtype):
 
 
 def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
+    """zero_grad(set_to_none=False) binds the grads to the flat gradient buffer: backward
+    accumulates there and each step is one kernel call per group."""
     model = make_model()
     before = [p.detach().clone() for p in model.parameters()]
     opt = ft.Adam(model.parameters(), lr=0.01)
@@ -149,17 +151,72 @@ def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
 
     fastopt.optim.Adam.update = counting_update
     try:
-        for _ in range(3):
-            opt.zero_grad()
+        for i in range(3):
+            opt.zero_grad(set_to_none=False)
             backward(model, batch)
             opt.step()
             for p, view in zip(model.parameters(), bucket.grad_views):
-                assert p.grad.data_ptr() == view.data_ptr()  # autograd wrote into the view
+                # autograd wrote into the view once zero_grad had bound it (steps 2, 3)
+                assert (p.grad.data_ptr() == view.data_ptr()) == (i > 0)
     finally:
         fastopt.optim.Adam.update = original_update
-    assert calls == [bucket.param.numel()] * 3
+    # The first step reads autograd's fresh gradients in place (one call per param); after
+    # zero_grad(set_to_none=False) bound them to the flat buffer, one call per step.
+    sizes = [p.numel() for p in model.parameters()]
+    assert calls == sizes + [bucket.param.numel()] * 2
     for p, exp_avg in zip(model.parameters(), bucket.state_views["exp_avg"]):
         assert opt.state[p]["exp_avg"] is exp_avg
+
+
+def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place():
+    """zero_grad() is torch's (set_to_none=True); step then reads each gradient where
+    autograd allocated it (no copy into the flat gradient buffer, p.grad not rebound),
+    one kernel call per param, and matches torch.optim.Adam."""
+    model, reference = make_model(), make_model()
+    opt = ft.Adam(model.parameters(), lr=0.01)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
+    (bucket,) = opt._buckets[0]
+    batch = make_batch()
+    calls = []
+    original_update = fastopt.optim.Adam.update
+
+    def counting_update(self, seg, *args):
+        calls.append(seg.param.size)
+        return original_update(self, seg, *args)
+
+    fastopt.optim.Adam.update = counting_update
+    try:
+        for _ in range(3):
+            opt.zero_grad()
+            ref_opt.zero_grad()
+            assert all(p.grad is None for p in model.parameters())
+            backward(model, batch)
+            backward(reference, batch)
+            grads = [p.grad for p in model.parameters()]
+            opt.step()
+            ref_opt.step()
+            assert [p.grad for p in model.parameters()] == grads  # not rebound
+            assert all(g.data_ptr() != v.data_ptr() for g, v in zip(grads, bucket.grad_views))
+    finally:
+        fastopt.optim.Adam.update = original_update
+    assert calls == [p.numel() for p in model.parameters()] * 3
+    assert not bucket.grad.any()        # nothing was gathered into the flat gradient buffer
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=1e-6)
+
+
+def test_gradient_set_to_a_view_of_the_flat_buffers_is_copied_before_the_kernel():
+    """A gradient that lies in the optimizer's own flat param memory (set by hand) is
+    copied first, so the kernel never reads what it writes: same result as a copy."""
+    model, reference = make_model(), make_model()
+    opt, ref_opt = ft.SGD(model.parameters(), lr=0.1), torch.optim.SGD(reference.parameters(), lr=0.1)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        p.grad = p.detach()[...]            # the param's own memory, a view of the flat buffer
+        q.grad = q.detach().clone()
+    opt.step()
+    ref_opt.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -340,7 +397,30 @@ def test_params_without_grad_in_a_step_are_skipped(name):
             assert_close_scaled(ours[index][key], value)
 
 
-def test_default_zero_grad_is_torch_set_to_none_false():
+@pytest.mark.parametrize("rule", ["Adam", "AdamW", "RMSprop", "SGD"])
+def test_default_zero_grad_is_torchs_a_layer_unused_on_alternate_steps_stays_put(rule):
+    """torch's default zero_grad() sets grads to None, so a head unused in a step is not
+    moved by its momentum or moments; fastopt's default is the same (was set_to_none=False:
+    Adam/AdamW/RMSprop kept moving the unused head, 8-153% apart after 6 steps)."""
+    options = {"Adam": dict(lr=0.01, weight_decay=0.1), "AdamW": dict(lr=0.01),
+               "RMSprop": dict(lr=0.01, momentum=0.9), "SGD": dict(lr=0.1, momentum=0.9)}[rule]
+    reference = TwoHeads()
+    candidate = copy.deepcopy(reference)
+    models = (reference, candidate)
+    opts = (getattr(torch.optim, rule)(reference.parameters(), foreach=False, **options),
+            getattr(ft, rule)(candidate.parameters(), **options))
+    batch = make_batch()
+
+    def iteration(side, step):
+        opts[side].zero_grad()
+        assert all(p.grad is None for p in models[side].parameters())
+        models[side].loss(batch, _heads_for(step)).backward()
+        opts[side].step()
+
+    train_both(reference, candidate, 12, iteration)
+
+
+def test_zero_grad_set_to_none_false_matches_torchs_and_binds_the_flat_buffer():
     reference = TwoHeads()
     candidate = copy.deepcopy(reference)
     models = (reference, candidate)
@@ -350,10 +430,7 @@ def test_default_zero_grad_is_torch_set_to_none_false():
     batch = make_batch()
 
     def iteration(side, step):
-        if side == 0:
-            opts[0].zero_grad(set_to_none=False)
-        else:
-            opts[1].zero_grad()
+        opts[side].zero_grad(set_to_none=False)
         models[side].loss(batch, _heads_for(step)).backward()
         opts[side].step()
 
@@ -363,7 +440,7 @@ def test_default_zero_grad_is_torch_set_to_none_false():
 
 
 @pytest.mark.parametrize("how", ["optimizer", "module"])
-def test_gradients_set_to_none_take_the_gather_path(how):
+def test_gradients_set_to_none_are_read_where_autograd_put_them(how):
     def zero_grad(model, opt, step):
         if how == "module":
             model.zero_grad()  # set_to_none=True: autograd allocates new grads
@@ -373,9 +450,11 @@ def test_gradients_set_to_none_take_the_gather_path(how):
     (_, _), (candidate, fast_opt) = side_by_side(
         torch.optim.RMSprop, ft.RMSprop, dict(lr=0.005, momentum=0.5), steps=10,
         zero_grad=zero_grad)
-    # After step, the gathered grads are bound to the flat buffer again.
-    for p, view in zip(candidate.parameters(), fast_opt._buckets[0][0].grad_views):
-        assert p.grad.data_ptr() == view.data_ptr()
+    # The step read autograd's gradients in place: not gathered, not rebound.
+    bucket = fast_opt._buckets[0][0]
+    for p, view in zip(candidate.parameters(), bucket.grad_views):
+        assert p.grad is not None and p.grad.data_ptr() != view.data_ptr()
+    assert not bucket.grad.any()
 
 
 def test_hand_set_gradients_are_gathered():

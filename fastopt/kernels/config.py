@@ -25,6 +25,7 @@ delete ``fastopt/kernels/__pycache__/*.nbi`` (or the ``NUMBA_CACHE_DIR`` copies)
 """
 
 import os
+import threading
 import types
 import warnings
 
@@ -43,6 +44,16 @@ ERROR_MODEL = "numpy"
 PARALLEL_THRESHOLD = int(os.environ.get("FASTOPT_PARALLEL_THRESHOLD", 1 << 16))
 
 _cache_ok = None
+
+#: Per thread: whether kernels called from Python run their serial twin whatever their
+#: size (set by a step whose :class:`fastopt.threads.StepTwins` chose serial).
+_serial = threading.local()
+
+
+def set_serial(serial):
+    """Make the calling thread's Python-side kernel calls run the serial twin (``True``)
+    or choose by size (``False``, the default). Used by optimizer steps only."""
+    _serial.on = serial
 
 
 def _jit(func, parallel):
@@ -104,8 +115,9 @@ class Variant:
         self.serial = _jit(_renamed(function, "_serial"), parallel=False)
 
     def __call__(self, param, *args):
-        """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``)."""
-        if param.shape[0] >= PARALLEL_THRESHOLD:
+        """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``), or the
+        serial one inside a step that chose it (:mod:`fastopt.threads`)."""
+        if param.shape[0] >= PARALLEL_THRESHOLD and not getattr(_serial, "on", False):
             self.parallel(param, *args)
             if not layer._checked:
                 layer.check_once()

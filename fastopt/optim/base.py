@@ -16,6 +16,7 @@ import operator
 import numpy as np
 
 from ..flat import Flat, as_numpy, check_float_array
+from ..threads import StepTwins
 from .loop import check_loop_options, loop_scale
 from .segments import build_segments, check_param
 
@@ -80,6 +81,7 @@ class Optimizer:
         self.defaults = {**type(self).defaults, **hyperparameters}
         self.param_groups, self._segments, self._flats = [], [], []
         self._params, self._last_grads, self._validated = [], None, None
+        self._twins, self._largest = StepTwins(type(self).__name__), 0
         #: Loop options, optimizer-wide (attributes: change them between steps freely).
         self.clip_grad_norm = clip_grad_norm
         self.grad_scale = grad_scale
@@ -158,6 +160,7 @@ class Optimizer:
             for seg in segments:
                 seg.own_grad = flat.grad_view_of(seg.param)
         self._segments.append(segments)
+        self._largest = max([self._largest] + [seg.param.size for seg in segments])
         self._validated = None
 
     @staticmethod
@@ -259,6 +262,14 @@ class Optimizer:
         gradient, nothing is written (params, state, step counts and gradients stay
         bitwise as they were) and ``last_step_skipped`` is True.
         """
+        twins = self._twins
+        twins.enter(self._largest)   # refuses a concurrent step; picks the twin
+        try:
+            self._step(grads, zero_grad)
+        finally:
+            twins.leave()
+
+    def _step(self, grads, zero_grad):
         work = [(group, seg) for group, segments in zip(self.param_groups, self._segments)
                 for seg in segments]
         if grads is None and all(seg.own_grad is not None for _, seg in work):

@@ -7,8 +7,10 @@ as FSDP's and DeepSpeed's flat parameters do. The bucket also owns a flat gradie
 per state buffer (``exp_avg``, ...), and one step count per parameter. The optimizer's
 ``state[p]`` entries hold views of these, in ``torch.optim``'s layout.
 
-A step over a bucket is one kernel call when every parameter has a gradient and the same
-step count (the usual case); otherwise one call per contiguous run of parameters that do.
+A step over a bucket is one kernel call when every parameter's gradient is its view of the
+flat gradient buffer and all have the same step count; a gradient autograd allocated itself
+(after ``zero_grad()``, which sets grads to ``None`` as torch's does) is read where it lies,
+with one kernel call for that parameter over its slice of the flat buffers: no gather copy.
 """
 
 import torch
@@ -124,9 +126,13 @@ class Bucket:
     # --- one step ------------------------------------------------------------------
 
     def plan(self, names, state, has_step, owner):
-        """Check and gather gradients; return the runs ``(first, stop, step, fresh)`` of
-        consecutive params that have a gradient, the same step count and the same missing
-        state names. Writes only gradients (and ``p.grad`` bindings), never params/state."""
+        """Check the gradients; return the runs ``[first, stop, step, fresh, grad]``: the
+        params ``first..stop-1`` that have a gradient, the same step count and the same
+        missing state names. ``grad`` is ``None`` when their gradients are the views of
+        the flat gradient buffer (one kernel call over the run), or else, for a run of one
+        param, its gradient read where autograd put it (a 1-D NumPy view: no gather copy;
+        a non-contiguous one is copied into the flat buffer by :meth:`grads` at step
+        time). Writes nothing."""
         runs, open_run = [], False
         for i, p in enumerate(self.params):
             grad = p.grad
@@ -139,42 +145,67 @@ class Bucket:
                     "flat buffer (its .data was replaced, e.g. by module.to(), "
                     "load_state_dict(assign=True), share_memory() or another fastopt "
                     "optimizer); create the optimizer after such changes")
-            view = self.grad_views[i]
-            if grad is not view:
+            foreign = None
+            if grad is not self.grad_views[i]:
                 check_tensor(grad, f"the gradient of params[{self.indices[i]}]", owner)
                 if grad.dtype != p.dtype or grad.shape != p.shape:
                     raise TypeError(f"{owner}: the gradient of params[{self.indices[i]}] is "
                                     f"{grad.dtype} {tuple(grad.shape)}, the param is "
                                     f"{p.dtype} {tuple(p.shape)}")
                 if grad.data_ptr() != self.grad_addresses[i] or not grad.is_contiguous():
-                    # Slow path: a gradient autograd (or the user) allocated elsewhere.
-                    view.copy_(grad.detach())
-                    p.grad = view
+                    foreign = grad   # autograd's (or the user's) own tensor
             entry = state.get(p)
             if not self.is_known(i, entry):
                 self.adopt(i, entry, has_step, owner)
             step = int(self.np_steps[i]) if has_step else 0
             fresh = tuple(n for n in names if not entry or n not in entry)
-            if open_run and runs[-1][2] == step and runs[-1][3] == fresh:
-                runs[-1][1] = i + 1
+            last = runs[-1] if open_run else None
+            if (foreign is None and last is not None and last[4] is None
+                    and last[2] == step and last[3] == fresh):
+                last[1] = i + 1
             else:
-                runs.append([i, i + 1, step, fresh])
+                runs.append([i, i + 1, step, fresh, foreign])
                 open_run = True
         return runs
 
-    def run(self, runs, rule, group, names, grad_scale, state, has_step):
+    def grads(self, runs):
+        """The 1-D NumPy gradient of each run, in order: a view of the flat gradient
+        buffer, or of the tensor autograd allocated (zero-copy, read in place). A
+        non-contiguous gradient is copied into its slot of the flat buffer (the one case
+        that costs a copy). Call once per step, after every check passed."""
+        out = []
+        for first, stop, _, _, foreign in runs:
+            a, b = self.offsets[first], self.offsets[stop]
+            if foreign is None:
+                out.append(self.np_grad[a:b])
+            elif foreign.is_contiguous() and not self._owns(foreign):
+                out.append(foreign.detach().numpy().reshape(-1))
+            else:
+                self.grad_views[first].copy_(foreign.detach())
+                out.append(self.np_grad[a:b])
+        return out
+
+    def _owns(self, tensor):
+        """Whether ``tensor`` lies in this bucket's flat param or state memory (a gradient
+        set by hand to such a tensor is copied first, so no kernel reads what it writes)."""
+        storage = tensor.untyped_storage().data_ptr()
+        return any(storage == flat.untyped_storage().data_ptr()
+                   for flat in (self.param, *self.state.values()))
+
+    def run(self, runs, grads, rule, group, names, grad_scale, state, has_step):
         """Apply ``rule.update`` (fastopt's scalar precomputation and kernel call) to each
-        run, on 1-D NumPy views of the flat buffers; advance steps; register state."""
+        run, on 1-D NumPy views of the flat buffers and the run's gradient (``grads``,
+        from :meth:`grads`); advance steps; register state."""
         for name in names:
             self.state_buffer(name)
-        for first, stop, step, fresh in runs:
+        for (first, stop, step, fresh, _), grad in zip(runs, grads):
             a, b = self.offsets[first], self.offsets[stop]
             for name in fresh:
                 self.np_state[name][a:b] = rule.initial_state(name, group)
             seg = Segment(self.np_param[a:b], [])
             seg.state = {name: self.np_state[name][a:b] for name in names}
             seg.step, seg.fresh = step + 1, set(fresh)
-            rule.update(seg, group, self.np_grad[a:b], grad_scale, False)
+            rule.update(seg, group, grad, grad_scale, False)
             if has_step:
                 self.np_steps[first:stop] += 1
             if fresh or (has_step and step == 0):

@@ -12,6 +12,7 @@ import numbers
 import torch
 
 from ..optim.loop import check_loop_options, loop_scale
+from ..threads import StepTwins
 from .buckets import Bucket, check_tensor
 
 
@@ -60,6 +61,7 @@ class Optimizer(torch.optim.Optimizer):
                  skip_if_nonfinite=False):
         check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite)
         self._buckets = []  # one list of Buckets per param group
+        self._twins, self._largest = StepTwins(self._owner), 0
         #: Loop options, optimizer-wide, as fastopt.optim's (change them between steps).
         self.clip_grad_norm = clip_grad_norm
         self._loss_scale = grad_scale      # the float option behind the grad_scale property
@@ -146,6 +148,7 @@ class Optimizer(torch.optim.Optimizer):
                 for i, p in enumerate(bucket.params):
                     bucket.register(i, self.state[p], names, self.has_step)
         self._buckets.append(buckets)
+        self._largest = max([self._largest] + [b.param.numel() for b in buckets])
 
     def __getstate__(self):
         raise TypeError(f"{self._owner} cannot be pickled or deep-copied (its params live in "
@@ -162,12 +165,12 @@ class Optimizer(torch.optim.Optimizer):
     def step(self, closure=None):
         """One update of every parameter that has a gradient (``p.grad is not None``).
 
-        Per group and dtype, one kernel call on the flat buffers when every parameter has
-        a gradient and the same step count; one call per contiguous run of such params
-        otherwise. Gradients not bound to the flat gradient buffer (allocated by autograd
-        after ``zero_grad(set_to_none=True)``, or set by hand) are first copied into it
-        and then bound to it. Everything is checked before any parameter or state is
-        written. Returns ``closure()``'s loss when a closure is given.
+        Per group and dtype, one kernel call on the flat buffers for each contiguous run
+        of params whose gradients are their views of the flat gradient buffer (after
+        ``zero_grad(set_to_none=False)``) with the same step count; one call per param
+        whose gradient autograd allocated (after ``zero_grad()``, torch's default), read
+        in place. Everything is checked before any parameter or state is written.
+        Returns ``closure()``'s loss when a closure is given.
 
         Loop options as :meth:`fastopt.optim.Optimizer.step`: the rule sees
         ``grad / grad_scale * clip`` (one factor in the kernel call); with
@@ -176,6 +179,14 @@ class Optimizer(torch.optim.Optimizer):
         skipped (``skip_if_nonfinite`` and an Inf/NaN, or GradScaler's ``found_inf``
         non-zero) writes no param, state or step count; ``last_step_skipped`` says so.
         """
+        twins = self._twins
+        twins.enter(self._largest)   # refuses a concurrent step; picks the twin
+        try:
+            return self._step(closure)
+        finally:
+            twins.leave()
+
+    def _step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -196,32 +207,32 @@ class Optimizer(torch.optim.Optimizer):
         if found_inf:
             self.last_step_skipped, self.last_grad_norm = True, None
             return loss
+        grads = [bucket.grads(runs) for bucket, runs, *_ in plans]
         scale, self.last_grad_norm = loop_scale(
-            lambda: [bucket.np_grad[bucket.offsets[first]:bucket.offsets[stop]]
-                     for bucket, runs, *_ in plans for first, stop, *_ in runs],
-            clip, grad_scale, skip)
+            [grad for run_grads in grads for grad in run_grads], clip, grad_scale, skip)
         self.last_step_skipped = scale is None
         if scale is None:
             return loss
-        for bucket, runs, rule, plain, names in plans:
+        for (bucket, runs, rule, plain, names), run_grads in zip(plans, grads):
             sign = -scale if plain.get("maximize", False) else scale
-            bucket.run(runs, rule, plain, names, sign, self.state, self.has_step)
+            bucket.run(runs, run_grads, rule, plain, names, sign, self.state, self.has_step)
         return loss
 
-    def zero_grad(self, set_to_none: bool = False):
-        """Reset gradients, keeping them bound to the flat gradient buffer by default.
+    def zero_grad(self, set_to_none: bool = True):
+        """Reset gradients, as ``torch.optim.Optimizer.zero_grad``.
 
-        * ``zero_grad()`` / ``zero_grad(set_to_none=False)``: zero the flat gradient
-          buffer (one ``memset`` per group and dtype) and keep every existing ``p.grad``
-          bound to its view of it, so the next backward accumulates in place and the next
-          ``step`` is one kernel call. This is torch's ``set_to_none=False`` behaviour:
-          a param whose ``.grad`` is ``None`` stays ``None``; a param that had a gradient
-          and gets none from the next backward is stepped with a zero gradient.
-          **torch.optim's default is** ``set_to_none=True``.
-        * ``zero_grad(set_to_none=True)``: torch's semantics exactly: every ``p.grad``
-          becomes ``None``; params that get no gradient from the next backward are skipped
-          by ``step``. The next ``step`` copies the freshly allocated gradients into the
-          flat buffer once (and binds them to it).
+        * ``zero_grad()`` / ``zero_grad(set_to_none=True)`` (torch's default): every
+          ``p.grad`` becomes ``None``, so a param that gets no gradient from the next
+          backward is not updated by ``step`` (its momentum and moments do not move it).
+          Autograd then allocates each gradient and ``step`` reads it where it lies, one
+          kernel call per such param over its slice of the flat buffers: no gather copy,
+          and backward writes each gradient once instead of adding it to a zeroed buffer.
+        * ``zero_grad(set_to_none=False)``: zero the flat gradient buffer (one ``memset``
+          per group and dtype) and bind every existing ``p.grad`` to its view of it, so
+          the next backward accumulates in place and ``step`` is one kernel call per
+          group and dtype. A param whose ``.grad`` is ``None`` stays ``None`` and is
+          skipped; a param that had a gradient and gets none from the next backward is
+          stepped with a zero gradient, as torch does with ``set_to_none=False``.
         """
         for buckets in self._buckets:
             for bucket in buckets:
