@@ -433,7 +433,9 @@ def test_flipped_header_bytes_are_a_value_error(data, saved_file, tmp_path):
 def test_flipped_data_byte_is_a_value_error(saved_file, tmp_path):
     opt, params = fresh_target()
     path = tmp_path / "flipped.safetensors"
-    for at in (len(saved_file) - 1, len(saved_file) - 40, len(saved_file) // 2 + 20):
+    data_start = 8 + int.from_bytes(saved_file[:8], "little")
+    for at in (len(saved_file) - 1, len(saved_file) - 40,
+               (data_start + len(saved_file)) // 2, data_start):
         damaged = bytearray(saved_file)
         damaged[at] ^= 0x01
         path.write_bytes(bytes(damaged))
