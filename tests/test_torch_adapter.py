@@ -296,6 +296,96 @@ def test_load_state_dict_checks_shapes():
         opt.load_state_dict(other.state_dict())
 
 
+def _set_group(key, value):
+    return lambda d: d["param_groups"][0].__setitem__(key, value)
+
+
+def _set_state(index, key, value):
+    return lambda d: d["state"][index].__setitem__(key, value(d["state"][index]))
+
+
+BAD_TORCH_LOADS = {
+    "lr-nan": (_set_group("lr", float("nan")), ValueError, "lr"),
+    "lr-negative": (_set_group("lr", -0.1), ValueError, "lr"),
+    "lr-huge-int": (_set_group("lr", 10 ** 400), ValueError, "lr"),
+    "lr-string": (_set_group("lr", "0.1"), TypeError, "lr"),
+    "beta1-one": (_set_group("betas", (1.0, 0.999)), ValueError, "beta"),
+    "beta2-negative": (_set_group("betas", (0.9, -0.5)), ValueError, "beta"),
+    "eps-negative": (_set_group("eps", -1e-8), ValueError, "eps"),
+    "amsgrad-string": (_set_group("amsgrad", "yes"), TypeError, "amsgrad"),
+    "differentiable": (_set_group("differentiable", True), ValueError, "differentiable"),
+    "step-negative": (_set_state(1, "step", lambda e: torch.tensor(-1.0)), ValueError,
+                      "step"),
+    "step-nan": (_set_state(1, "step", lambda e: torch.tensor(float("nan"))), ValueError,
+                 "step"),
+    "step-inf": (_set_state(1, "step", lambda e: float("inf")), ValueError, "step"),
+    "step-fraction": (_set_state(1, "step", lambda e: 2.5), ValueError, "step"),
+    "step-huge-int": (_set_state(1, "step", lambda e: 10 ** 400), ValueError, "step"),
+    "step-bool": (_set_state(1, "step", lambda e: torch.tensor(True)), ValueError, "step"),
+    "state-sparse": (_set_state(1, "exp_avg", lambda e: e["exp_avg"].to_sparse()),
+                     TypeError, "sparse"),
+    "state-complex": (_set_state(3, "exp_avg_sq",
+                                 lambda e: e["exp_avg_sq"].to(torch.complex64)),
+                      TypeError, "complex"),
+    "state-bool": (_set_state(3, "exp_avg", lambda e: e["exp_avg"] > 0), TypeError, "bool"),
+    "state-number": (_set_state(3, "exp_avg", lambda e: 0.5), TypeError, "exp_avg"),
+    "state-not-a-dict": (lambda d: d["state"].__setitem__(2, [1, 2]), ValueError, "dict"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TORCH_LOADS)
+def test_bad_load_is_refused_before_torch_replaces_anything(case):
+    """Each bad value raises from load_state_dict with groups, state and flat buffers as
+    they were; training then continues bitwise like a twin that never saw the load
+    (before, some were accepted and failed at the next step, after updating params)."""
+    mutate, error, match = BAD_TORCH_LOADS[case]
+    batch = make_batch()
+    model, twin = make_model(), make_model()
+    opt, twin_opt = ft.Adam(model.parameters(), lr=0.01), ft.Adam(twin.parameters(), lr=0.01)
+
+    def train(steps):
+        for m, o in ((model, opt), (twin, twin_opt)):
+            for _ in range(steps):
+                o.zero_grad()
+                backward(m, batch)
+                o.step()
+
+    train(3)
+    bad = opt.state_dict()
+    mutate(bad)
+    with pytest.raises(error, match=match):
+        opt.load_state_dict(bad)
+    for group, twin_group in zip(opt.param_groups, twin_opt.param_groups):
+        assert {k: v for k, v in group.items() if k != "params"} == {
+            k: v for k, v in twin_group.items() if k != "params"}
+    train(2)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    ours, theirs = opt.state_dict()["state"], twin_opt.state_dict()["state"]
+    for index, entry in theirs.items():
+        for key, value in entry.items():
+            assert torch.equal(ours[index][key], value)
+
+
+def test_adamw_refuses_an_adam_state_dict_and_adam_takes_the_flag_as_torch():
+    """fastopt.torch.AdamW refuses decoupled_weight_decay=False (torch.optim.AdamW would
+    silently continue the Adam run with decoupled decay). fastopt.torch.Adam, like
+    torch.optim.Adam, takes the flag as a hyperparameter: the loaded value wins."""
+    model = make_model()
+    adam = torch.optim.Adam(model.parameters(), weight_decay=0.1)
+    backward(model, make_batch())
+    adam.step()
+    opt = ft.AdamW(make_model().parameters(), weight_decay=0.1)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match="decoupled_weight_decay=False, but AdamW"):
+        opt.load_state_dict(adam.state_dict())
+    assert opt.state_dict() == before   # no state yet, groups as they were
+    adamw = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+    plain = ft.Adam(make_model().parameters())
+    plain.load_state_dict(adamw.state_dict())
+    assert plain.param_groups[0]["decoupled_weight_decay"] is True
+
+
 # --- torch's idioms -------------------------------------------------------------------
 
 def train_both(reference, candidate, steps, iteration, dtype=torch.float32):

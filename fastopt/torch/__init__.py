@@ -42,7 +42,14 @@ if torch's default dtype is float64; SGD keeps no step). ``state[p]`` entries ar
 the flat state buffers; ``state_dict()`` returns copies. ``load_state_dict`` accepts
 torch.optim's checkpoints (and torch.optim accepts ours) and copies the state into the flat
 buffers; state set directly in ``state[p]`` (as ``ZeroRedundancyOptimizer`` does) is
-adopted the same way at the next step.
+adopted the same way at the next step. Before torch replaces anything, ``load_state_dict``
+validates the groups as they will be installed (as at construction: NaN or negative
+``lr``, betas outside [0, 1), ...), every ``step`` (a whole number in [0, 2**53]) and
+every state tensor (dense, CPU, real, the param's shape); a refused load raises and
+changes nothing. ``AdamW`` refuses ``decoupled_weight_decay=False`` (torch.optim.AdamW
+silently makes an Adam state dict decoupled); ``Adam`` takes the flag as torch's ``Adam``
+does, as a hyperparameter. Validation sees the state dict as passed: a
+``register_load_state_dict_pre_hook`` that changes it is not checked again.
 
 **Loop options**, as :class:`fastopt.optim.Optimizer`'s: every class takes keyword-only
 ``clip_grad_norm=None`` (global L2 norm clipping, ``torch.nn.utils.clip_grad_norm_``'s

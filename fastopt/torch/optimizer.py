@@ -7,22 +7,13 @@ source of truth): for each group this class calls the rule's ``check_group``,
 """
 
 import math
-import numbers
 
 import torch
 
+from ..incoming import plain_value, state_array, step_count
 from ..optim.loop import check_loop_options, loop_scale
 from ..threads import StepTwins
 from .buckets import Bucket, check_tensor
-
-
-def _plain(value):
-    """Python numbers for one-element tensors (torch allows a tensor ``lr``, ``betas``)."""
-    if torch.is_tensor(value) and value.numel() == 1:
-        return value.item()
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return value
 
 
 def _amp_value(value, name, owner):
@@ -107,8 +98,10 @@ class Optimizer(torch.optim.Optimizer):
         return rule.__new__(rule)
 
     def _hyperparameters(self, group):
-        """The group's hyperparameters as plain numbers, validated by the rule."""
-        plain = {k: _plain(v) for k, v in group.items() if k != "params"}
+        """The group's hyperparameters as plain numbers, validated by the rule (its
+        ``check_group`` and ``rule_keys``: AdamW refuses ``decoupled_weight_decay``
+        False)."""
+        plain = {k: plain_value(v, k) for k, v in group.items() if k != "params"}
         for key in ("differentiable", "capturable"):
             if plain.get(key):
                 raise ValueError(f"{self._owner} does not support {key}=True (its kernels "
@@ -118,6 +111,7 @@ class Optimizer(torch.optim.Optimizer):
                             "for a schedule use torch.optim.lr_scheduler")
         rule = self._rule_for(plain)
         rule.check_group(plain)
+        rule.check_rule_keys(plain, f"{self._owner}: a param group")
         return rule, plain
 
     # --- groups ---------------------------------------------------------------------
@@ -253,32 +247,62 @@ class Optimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         """Load a ``state_dict`` (this class's or torch.optim's), then copy the state into
-        the flat buffers. Shapes are checked before anything is loaded."""
-        self._check_state_shapes(state_dict)
+        the flat buffers. Everything is checked first (:meth:`_check_loadable`): a refused
+        load raises ``ValueError`` (``TypeError`` for a value of the wrong type) and changes
+        nothing: groups, state, step counts and flat buffers stay as they were."""
+        self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
         for buckets in self._buckets:
             for bucket in buckets:
                 for i, p in enumerate(bucket.params):
                     bucket.adopt(i, self.state.get(p), self.has_step, self._owner)
 
-    def _check_state_shapes(self, state_dict):
-        saved_groups = state_dict.get("param_groups", [])
+    def _check_loadable(self, state_dict):
+        """Check ``state_dict`` as torch's ``load_state_dict`` will install it: each saved
+        group completed with this class's defaults (as ``__setstate__`` completes it) and
+        validated as at construction (:meth:`_hyperparameters`); every ``step`` a whole
+        number in [0, 2**53]; every state tensor dense, CPU, of a real dtype and shaped like
+        its param (:mod:`fastopt.incoming`). Mismatched group or param counts are left to
+        torch's own checks, which raise before anything is replaced."""
+        owner = f"{self._owner}.load_state_dict"
+        given = state_dict if isinstance(state_dict, dict) else {}
+        saved_groups, state = given.get("param_groups"), given.get("state")
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(state, dict) or \
+                not all(isinstance(s, dict) and isinstance(s.get("params"), (list, tuple))
+                        for s in saved_groups):
+            raise ValueError(f"{owner}: state_dict must be a dict with a 'state' dict and a "
+                             "'param_groups' list of dicts with 'params' lists")
         if len(saved_groups) != len(self.param_groups) or any(
                 len(s["params"]) != len(g["params"])
                 for s, g in zip(saved_groups, self.param_groups)):
             return  # torch.optim's load_state_dict raises, saying what differs
-        ids = [i for s in saved_groups for i in s["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for position, (index, p) in enumerate(zip(ids, params)):
-            for key, value in (state_dict["state"].get(index) or {}).items():
-                if key == "step":
-                    ok = isinstance(value, numbers.Real) or (
-                        torch.is_tensor(value) and value.numel() == 1)
-                    shape = "a number" if ok else tuple(getattr(value, "shape", ()))
-                else:
-                    ok = not torch.is_tensor(value) or value.shape == p.shape
-                    shape = tuple(getattr(value, "shape", ()))
-                if not ok:
-                    raise ValueError(
-                        f"{self._owner}.load_state_dict: state[{index}][{key!r}] has shape "
-                        f"{shape}, params[{position}] has {tuple(p.shape)}")
+        position = 0
+        for saved, group in zip(saved_groups, self.param_groups):
+            merged = {**self.defaults, **{k: v for k, v in saved.items()
+                                          if k not in ("params", "param_names")}}
+            rule, plain = self._hyperparameters(merged)
+            names = rule.state_names(plain)
+            for index, p in zip(saved["params"], group["params"]):
+                self._check_entry(state.get(index), index, position, p, names, owner)
+                position += 1
+
+    @staticmethod
+    def _check_entry(entry, index, position, param, names, owner):
+        """One saved ``state[index]`` entry against params[position] (see
+        :meth:`_check_loadable`); an absent or empty entry is no state."""
+        if entry is None:
+            return
+        if not isinstance(entry, dict):
+            raise ValueError(f"{owner}: state[{index}] must be a dict, got "
+                             f"{type(entry).__name__}")
+        for key, value in entry.items():
+            what = f"{owner}: state[{index}][{key!r}]"
+            if key == "step":
+                step_count(value, what, 0)
+            elif torch.is_tensor(value):
+                shape = state_array(value, what).shape
+                if shape != tuple(param.shape):
+                    raise ValueError(f"{what} has shape {shape}, params[{position}] has "
+                                     f"{tuple(param.shape)}")
+            elif value is not None and key in names:
+                raise TypeError(f"{what} must be a tensor, got {type(value).__name__}")
