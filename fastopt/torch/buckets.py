@@ -13,6 +13,7 @@ flat gradient buffer and all have the same step count; a gradient autograd alloc
 with one kernel call for that parameter over its slice of the flat buffers: no gather copy.
 """
 
+import numpy as np
 import torch
 
 from ..flat import offsets
@@ -60,6 +61,7 @@ class Bucket:
         self.param_addresses = [p.data_ptr() for p in self.params]
         self.grad_addresses = [g.data_ptr() for g in self.grad_views]
         self.np_param, self.np_grad = self.param.numpy(), self.grad.numpy()
+        self.np_shapes = [tuple(p.shape) for p in self.params]
         self.steps = torch.zeros(len(self.params), dtype=scalar_dtype())
         self.np_steps = self.steps.numpy()
         self.step_views = [self.steps[i] for i in range(len(self.params))]  # 0-d views
@@ -147,13 +149,7 @@ class Bucket:
                     "optimizer); create the optimizer after such changes")
             foreign = None
             if grad is not self.grad_views[i]:
-                check_tensor(grad, f"the gradient of params[{self.indices[i]}]", owner)
-                if grad.dtype != p.dtype or grad.shape != p.shape:
-                    raise TypeError(f"{owner}: the gradient of params[{self.indices[i]}] is "
-                                    f"{grad.dtype} {tuple(grad.shape)}, the param is "
-                                    f"{p.dtype} {tuple(p.shape)}")
-                if grad.data_ptr() != self.grad_addresses[i] or not grad.is_contiguous():
-                    foreign = grad   # autograd's (or the user's) own tensor
+                foreign = self._foreign(i, grad, owner)
             entry = state.get(p)
             if not self.is_known(i, entry):
                 self.adopt(i, entry, has_step, owner)
@@ -168,29 +164,50 @@ class Bucket:
                 open_run = True
         return runs
 
+    def _foreign(self, i, grad, owner):
+        """The NumPy view of a gradient that is not param ``i``'s view of the flat
+        gradient buffer (checked: a dense CPU tensor of the param's dtype and shape), or
+        ``None`` when it is that view's memory after all (another tensor object over it)."""
+        try:
+            array = grad.detach().numpy()
+        except (TypeError, RuntimeError):   # sparse, not on the CPU, an unsupported dtype
+            check_tensor(grad, f"the gradient of params[{self.indices[i]}]", owner)
+            raise
+        if array.dtype != self.np_param.dtype or array.shape != self.np_shapes[i]:
+            raise TypeError(f"{owner}: the gradient of params[{self.indices[i]}] is "
+                            f"{grad.dtype} {tuple(grad.shape)}, the param is "
+                            f"{self.params[i].dtype} {self.np_shapes[i]}")
+        if grad.data_ptr() == self.grad_addresses[i] and array.flags.c_contiguous:
+            return None
+        return array
+
     def grads(self, runs):
         """The 1-D NumPy gradient of each run, in order: a view of the flat gradient
-        buffer, or of the tensor autograd allocated (zero-copy, read in place). A
-        non-contiguous gradient is copied into its slot of the flat buffer (the one case
-        that costs a copy). Call once per step, after every check passed."""
+        buffer, or of the array autograd allocated (zero-copy, read in place). A
+        non-contiguous gradient, or one lying in the bucket's own param or state memory
+        (set by hand; copied so no kernel reads what it writes), is copied into its slot
+        of the flat gradient buffer first. Call once per step, after every check passed."""
         out = []
         for first, stop, _, _, foreign in runs:
             a, b = self.offsets[first], self.offsets[stop]
             if foreign is None:
                 out.append(self.np_grad[a:b])
-            elif foreign.is_contiguous() and not self._owns(foreign):
-                out.append(foreign.detach().numpy().reshape(-1))
+            elif foreign.flags.c_contiguous and not self._owns(foreign):
+                out.append(foreign.reshape(-1))
             else:
-                self.grad_views[first].copy_(foreign.detach())
+                self.np_grad[a:b].reshape(foreign.shape)[...] = foreign
                 out.append(self.np_grad[a:b])
         return out
 
-    def _owns(self, tensor):
-        """Whether ``tensor`` lies in this bucket's flat param or state memory (a gradient
-        set by hand to such a tensor is copied first, so no kernel reads what it writes)."""
-        storage = tensor.untyped_storage().data_ptr()
-        return any(storage == flat.untyped_storage().data_ptr()
-                   for flat in (self.param, *self.state.values()))
+    def _owns(self, array):
+        """Whether ``array``'s memory overlaps this bucket's flat param or state memory."""
+        start = array.__array_interface__["data"][0]
+        end = start + array.nbytes
+        for flat in (self.param, *self.state.values()):
+            first = flat.data_ptr()
+            if start < first + flat.nbytes and first < end:
+                return True
+        return False
 
     def run(self, runs, grads, rule, group, names, grad_scale, state, has_step):
         """Apply ``rule.update`` (fastopt's scalar precomputation and kernel call) to each
