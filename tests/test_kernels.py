@@ -33,13 +33,14 @@ amsgrad_parallel = kernels.adam.variant(amsgrad=True).parallel
 
 
 @numba.njit
-def users_training_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
+def users_training_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars,
+                        no_copy):
     """A library's own jitted code calling fastopt's kernels directly."""
     for _ in range(2):
-        amsgrad_serial(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+        amsgrad_serial(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, no_copy,
                        scalars[0], scalars[1], scalars[2], scalars[3], scalars[4],
                        scalars[5], scalars[6], scalars[7], scalars[8], scalars[9])
-        amsgrad_parallel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+        amsgrad_parallel(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, no_copy,
                          scalars[0], scalars[1], scalars[2], scalars[3], scalars[4],
                          scalars[5], scalars[6], scalars[7], scalars[8], scalars[9])
 
@@ -50,8 +51,8 @@ def test_kernels_callable_from_user_njit_code(dtype):
     scalars = np.array(adam_scalars(dtype), dtype=dtype)
     expected = [a.copy() for a in arrays]
     for _ in range(4):
-        kernels.adam(*expected, *scalars, True, False)
-    users_training_step(*arrays, scalars)
+        kernels.adam(*expected, kernels.unused(np.uint16), *scalars, True, False, False)
+    users_training_step(*arrays, scalars, kernels.unused(np.uint16))
     for got, want in zip(arrays, expected):
         np.testing.assert_array_equal(got, want)
 
@@ -71,7 +72,8 @@ def test_serial_and_parallel_twins_agree_bitwise(rule, dtype):
         "rmsprop": lambda a: (a[0], a[1], a[3], a[2] * 0.01, a[4], dt(0.01), dt(0.99),
                               dt(0.01), dt(1e-8), dt(0.0), dt(1.0), dt(0.9),
                               True, True, True, False, False),
-        "adam": lambda a: (a[0], a[1], a[2], a[3], a[4], *adam_scalars(dtype), True, False),
+        "adam": lambda a: (a[0], a[1], a[2], a[3], a[4], kernels.unused(np.uint16),
+                           *adam_scalars(dtype), True, False, False),
     }
     kernel = getattr(kernels, rule)
     variant, serial_args = kernel.resolve(calls[rule]([b.copy() for b in base]))
@@ -90,8 +92,8 @@ def test_grad_scale_and_zero_grad_are_fused(dtype):
     p, g, m, v, _ = adam_args(dtype, n=1001)
     m[:], v[:] = 0, 0
     want, _ = reference.adam(p, g, {}, lr=0.01, grad_scale=0.25)
-    kernels.adam(p, g, m, v, kernels.unused(dtype),
-                 *adam_scalars(dtype, t=1, grad_scale=0.25), False, True)
+    kernels.adam(p, g, m, v, kernels.unused(dtype), kernels.unused(np.uint16),
+                 *adam_scalars(dtype, t=1, grad_scale=0.25), False, True, False)
     np.testing.assert_allclose(p, want, rtol=1e-6 if dtype == np.float32 else 1e-14)
     assert not g.any()
 

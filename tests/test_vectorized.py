@@ -48,22 +48,53 @@ NEEDED = {
 KERNELS = {"sgd": "fma", "adagrad": "sqrt", "rmsprop": "sqrt", "adam": "sqrt"}
 
 
-@pytest.mark.parametrize("twin", ["serial", "parallel"])
-@pytest.mark.parametrize("rule", list(KERNELS))
-def test_float32_kernel_vectorized(rule, twin):
-    case = bench_cases.CASES[rule]
-    variant, args = case.kernel.resolve(bench_cases.kernel_args(case, 64, "float32"))
+def _assembly(variant, twin, args):
+    """The assembly of ``variant``'s ``twin``, compiled afresh (uncached) for ``args``."""
     dispatcher = getattr(variant, twin)
     options = {k: v for k, v in dispatcher.targetoptions.items()
                if k not in ("cache", "nopython")}
     fresh = numba.njit(**options)(dispatcher.py_func)
     fresh(*args)
     (signature,) = fresh.signatures
-    asm = fresh.inspect_asm(signature)
-    for pattern in NEEDED[KERNELS[rule]]:
-        assert re.search(pattern, asm), f"{rule} ({twin}): no {pattern!r} in the assembly"
+    return fresh.inspect_asm(signature)
+
+
+def _assert_vectorized(asm, needed, what):
+    for pattern in needed:
+        assert re.search(pattern, asm), f"{what}: no {pattern!r} in the assembly"
     widened = re.findall(r"\bv?cvt(ps2pd|ss2sd)\b[^\n]*", asm)
-    assert not widened, f"{rule} ({twin}) widens float32 to float64: {widened[:3]}"
+    assert not widened, f"{what} widens float32 to float64: {widened[:3]}"
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("rule", list(KERNELS))
+def test_float32_kernel_vectorized(rule, twin):
+    case = bench_cases.CASES[rule]
+    variant, args = case.kernel.resolve(bench_cases.kernel_args(case, 64, "float32"))
+    _assert_vectorized(_assembly(variant, twin, args), NEEDED[KERNELS[rule]],
+                       f"{rule} ({twin})")
+
+
+#: What the half-precision loads and stores compile to, vectorized: bf16 widens by a
+#: packed 16-bit left shift and narrows by a packed right shift of the rounded bits;
+#: float16 converts with F16C's packed ``vcvtph2ps`` / ``vcvtps2ph``.
+HALF_NEEDED = {
+    "bfloat16": [rf"\bvpslld\b{PACKED}", rf"\bvpsrld\b{PACKED}"],
+    "float16": [rf"\bvcvtph2ps\b{PACKED}", rf"\bvcvtps2ph\b{PACKED}"],
+}
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("fmt", list(HALF_NEEDED))
+@pytest.mark.parametrize("rule", [r for r in KERNELS if r in bench_cases.MIXED_RULES])
+def test_mixed_kernel_vectorized(rule, fmt, twin):
+    """The fp32-master variant with a half gradient and a half copy vectorizes like the
+    float32 kernel: packed arithmetic, packed conversions, no float64."""
+    case = bench_cases.CASES[rule]
+    variant, args = case.kernel.resolve(bench_cases.mixed_kernel_args(case, 64, fmt, fmt))
+    assert variant.flags["write_copy"]
+    _assert_vectorized(_assembly(variant, twin, args),
+                       NEEDED[KERNELS[rule]] + HALF_NEEDED[fmt], f"{rule} {fmt} ({twin})")
 
 
 def _array_address_ranges(args):

@@ -9,13 +9,14 @@ runs one step of: the kernel (:func:`kernel_call`), the whole ``opt.step()``
 (:func:`torch_call`). Each call owns its buffers, so measurements do not share memory.
 """
 
+import inspect
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 
 import fastopt
-from fastopt import kernels, reference
+from fastopt import kernels, precision, reference
 
 #: Default sizes and dtypes of the benchmarks (``fastopt bench`` and asv).
 SIZES = (1_000, 100_000, 1_000_000, 10_000_000)
@@ -114,9 +115,9 @@ CASES = {case.rule: case for case in [
          ("param", "grad", "square_avg", None, None), "RMSprop",
          torch_impls=("foreach", "single")),
     Case("adam", fastopt.Adam, kernels.adam, {"lr": 1e-3},
-         ("param", "grad", "exp_avg", "exp_avg_sq", None), "Adam"),
+         ("param", "grad", "exp_avg", "exp_avg_sq", None, None), "Adam"),
     Case("adamw", fastopt.AdamW, kernels.adam, {"lr": 1e-3, "weight_decay": 1e-2},
-         ("param", "grad", "exp_avg", "exp_avg_sq", None), "AdamW"),
+         ("param", "grad", "exp_avg", "exp_avg_sq", None, None), "AdamW"),
 ]}
 
 RULES = tuple(CASES)
@@ -145,6 +146,32 @@ def kernel_args(case, size, dtype, seed=0):
     seg.fresh = set()   # past the first step: momentum buffers exist
     seg.step = STEP
     return opt.kernel_args(seg, group, seg.own_grad, 1.0, False)
+
+
+#: Rules whose kernel reads half-precision gradients and writes a half copy.
+MIXED_RULES = tuple(rule for rule, case in CASES.items() if "write_copy" in case.kernel.flags)
+
+
+def mixed_kernel_args(case, size, grad_format, copy_format, seed=0):
+    """:func:`kernel_args` over a float32 master and state, with the gradient in
+    ``grad_format`` (``"float32"``, ``"bfloat16"``, ``"float16"``, as the kernels' view)
+    and, unless ``copy_format`` is ``None``, a half copy written in the same pass."""
+    args = list(kernel_args(case, size, "float32", seed))
+    names = list(inspect.signature(case.kernel.body).parameters)
+    grad_at = names.index("grad")
+    args[grad_at] = precision.encode(args[grad_at], grad_format)
+    if copy_format is not None:
+        args[names.index("param_copy")] = np.zeros(size, precision.KERNEL_DTYPES[copy_format])
+        flags = case.kernel.flags
+        args[len(args) - len(flags) + flags.index("write_copy")] = True
+    return tuple(args)
+
+
+def mixed_bytes_per_element(case, grad_format, copy_format):
+    """Bytes the mixed kernel moves per element: the float32 kernel's, with the gradient
+    read in its own format and the copy written (bf16 grad and copy, Adam: 28 B)."""
+    half = {None: 0, "float32": 4, "bfloat16": 2, "float16": 2}
+    return case.bytes_per_element("float32") - 4 + half[grad_format] + half[copy_format]
 
 
 def kernel_call(case, size, dtype, twin=None, seed=0):

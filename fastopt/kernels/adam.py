@@ -4,15 +4,16 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
+from .halves import narrow_to, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
 # kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
-amsgrad = zero_grad = False
+amsgrad = zero_grad = write_copy = False
 
 
-@kernel(flags=("amsgrad", "zero_grad"))
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
+@kernel(flags=("amsgrad", "zero_grad", "write_copy"))
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
          step_size, beta1, one_minus_beta1, beta2, one_minus_beta2,
          inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale):
     """Adam / AdamW step over flat buffers, in place, in one pass.
@@ -20,21 +21,27 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
     For each element ``i``::
 
         p  = param[i] * param_decay                # AdamW: param_decay = 1 - lr*wd
-        g  = grad[i] * grad_scale + weight_decay * p    # Adam's coupled (L2) decay
+        g  = widen(grad[i]) * grad_scale + weight_decay * p   # Adam's coupled (L2) decay
         m  = beta1 * m + (1 - beta1) * g
         v  = beta2 * v + (1 - beta2) * g * g
         vmax = max(vmax, v)                        # only if amsgrad
         param[i] = p - step_size * m / (sqrt(v or vmax) * inv_sqrt_bias_correction2 + eps)
+        param_copy[i] = half(param[i])             # only if write_copy
         grad[i] = 0                                # only if zero_grad
 
-    Arguments (all arrays 1-D, C-contiguous, one dtype, float32 or float64; every
-    scalar of that same dtype, precomputed by the caller, so a float32 kernel never
-    promotes to float64):
+    Arguments (all arrays 1-D, C-contiguous, one dtype, float32 or float64, except
+    ``grad`` and ``param_copy``; every scalar of the state's dtype, precomputed by the
+    caller, so a float32 kernel never promotes to float64):
 
     * ``param, grad, exp_avg, exp_avg_sq``: same length. ``max_exp_avg_sq``: same
       length when ``amsgrad``, else ``kernels.unused(dtype)`` (untouched). Never pass a
       dummy that shares memory with another argument (``param[:0]``): LLVM's run-time
       overlap check then fails and the scalar loop runs.
+    * ``grad`` may also hold half-precision bits over a float32 ``param``: bfloat16 as
+      ``uint16``, float16 as ``int16`` (:mod:`fastopt.kernels.halves`), widened exactly.
+    * ``param_copy``: when ``write_copy``, the same length, receiving the updated float32
+      ``param`` rounded to nearest even (``uint16``: bfloat16 bits, ``int16``: float16
+      bits, as torch's ``.to()``); else ``kernels.unused(np.uint16)`` (untouched).
     * ``step_size = lr / (1 - beta1**t)``; ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``.
     * ``one_minus_beta1 = 1 - beta1``, ``one_minus_beta2 = 1 - beta2``.
     * ``weight_decay``: coupled L2 decay (Adam), 0 for none or for AdamW.
@@ -43,11 +50,11 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
       and ``-1`` for ``maximize``).
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``adam.variant(amsgrad=..., zero_grad=...).parallel``):
-      ``amsgrad, zero_grad``.
+      ``amsgrad, zero_grad, write_copy``.
     """
     for i in prange(param.shape[0]):
         p = param[i] * param_decay
-        g = grad[i] * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale + weight_decay * p
         if zero_grad:
             grad[i] = 0
         m = beta1 * exp_avg[i] + one_minus_beta1 * g
@@ -57,4 +64,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
         if amsgrad:
             v = max(max_exp_avg_sq[i], v)
             max_exp_avg_sq[i] = v
-        param[i] = p - step_size * m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)
+        q = p - step_size * m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)
+        param[i] = q
+        if write_copy:
+            param_copy[i] = narrow_to(param_copy, q)

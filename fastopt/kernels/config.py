@@ -252,7 +252,8 @@ class Kernel:
 
 def unused(dtype, slot=0):
     """An empty array of ``dtype`` to pass for a state buffer an option leaves unused;
-    a kernel with two unused buffers passes ``slot=0`` and ``slot=1``.
+    a kernel with two unused buffers passes ``slot=0`` and ``slot=1``. ``uint16`` and
+    ``int16`` stand for an unused half-precision copy (:mod:`fastopt.kernels.halves`).
 
     It must not share memory with the other arguments, nor with another unused buffer of
     the same call: LLVM guards the vectorized loop with a run-time overlap check over the
@@ -265,7 +266,7 @@ def unused(dtype, slot=0):
 
 
 _UNUSED = {(np.dtype(t), slot): np.empty(0, dtype=t)
-           for t in (np.float32, np.float64) for slot in (0, 1)}
+           for t in (np.float32, np.float64, np.uint16, np.int16) for slot in (0, 1)}
 
 
 def kernel(body=None, *, flags=()):

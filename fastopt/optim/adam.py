@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 from .. import kernels
 from ..kernels.config import unused
 from .base import Optimizer, check_flag, check_lr, check_number
@@ -52,18 +54,34 @@ class Adam(Optimizer):
         return names
 
     def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        dt, t, state = seg.param.dtype.type, seg.step, seg.state
-        lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
-        # Bias corrections in float64, once per step, before the cast (as optax does).
-        step_size = lr / (1.0 - beta1 ** t)
-        inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** t)
-        coupled, param_decay = (0.0, 1.0 - lr * wd) if self.decoupled else (wd, 1.0)
+        state = seg.state
         return (
             seg.param, grad, state["exp_avg"], state["exp_avg_sq"],
-            state.get("max_exp_avg_sq", unused(seg.param.dtype)),
-            dt(step_size), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-            dt(inv_sqrt_bc2), dt(group["eps"]), dt(coupled), dt(param_decay),
-            dt(grad_scale), group["amsgrad"], zero_grad)
+            state.get("max_exp_avg_sq", unused(seg.param.dtype)), unused(np.uint16),
+            *step_scalars(seg.param.dtype, seg.step, lr=group["lr"], betas=group["betas"],
+                          eps=group["eps"], weight_decay=group["weight_decay"],
+                          decoupled=self.decoupled, grad_scale=grad_scale),
+            group["amsgrad"], zero_grad, False)
+
+
+def step_scalars(dtype, t, *, lr, betas, eps, weight_decay, decoupled, grad_scale):
+    """The scalar arguments of :func:`fastopt.kernels.adam` for step ``t`` (counted from
+    1), in its order, each cast to ``dtype``: ``step_size, beta1, 1 - beta1, beta2,
+    1 - beta2, inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale``.
+
+    Derived in float64, once per step, before the cast (as optax does):
+    ``step_size = lr / (1 - beta1**t)``, ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``;
+    Adam's weight decay is coupled (added to the gradient), AdamW's (``decoupled``)
+    multiplies the parameter by ``1 - lr*weight_decay``. The one place both
+    :class:`Adam` and :func:`fastopt.offload.adam_step` take these from.
+    """
+    dt = np.dtype(dtype).type
+    beta1, beta2 = betas
+    step_size = lr / (1.0 - beta1 ** t)
+    inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** t)
+    coupled, param_decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
+    return (dt(step_size), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
+            dt(inv_sqrt_bc2), dt(eps), dt(coupled), dt(param_decay), dt(grad_scale))
 
 
 class AdamW(Adam):

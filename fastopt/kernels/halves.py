@@ -1,0 +1,136 @@
+"""Half-precision loads and stores inside the kernels: ``widen`` and ``narrow_to``.
+
+Numba's CPU target has no 16-bit float type (a ``float16`` array argument raises
+``NotImplementedError``) and no bfloat16 at all, so half-precision buffers travel as
+16-bit integer views of their bits, and the kernel's dispatch on argument types picks
+the conversion, with no compile-time option and one body per rule:
+
+* ``uint16`` holds **bfloat16** bits (``ml_dtypes.bfloat16`` arrays ``.view(np.uint16)``;
+  ``torch.bfloat16`` tensors ``.view(torch.int16).numpy().view(np.uint16)``).
+* ``int16`` holds **float16** bits (``np.float16`` arrays ``.view(np.int16)``;
+  ``torch.float16`` tensors ``.view(torch.int16).numpy()``).
+* ``float32`` and ``float64`` are themselves.
+
+``widen(x)`` turns one loaded element into a float: bf16 bits shifted into the top half
+of a float32 (exact), float16 by LLVM's ``fpext half to float`` (exact; ``vcvtph2ps``),
+float32/float64 unchanged. ``narrow_to(out, x)`` turns a float32 value into ``out``'s
+element type, rounding to nearest even as ``torch``'s ``.to(torch.bfloat16)`` /
+``.to(torch.float16)`` and NumPy's casts do (bitwise, for every value but NaN, whose
+payload bits are implementation-defined: torch's own vector and scalar paths disagree):
+
+* bf16: the integer rounding ``(bits + 0x7FFF + ((bits >> 16) & 1)) >> 16``; a NaN
+  keeps its sign and top payload bits and is made quiet (``| 0x40``), as ``ml_dtypes``
+  and ``vcvtneps2bf16`` do, so it never rounds into an infinity.
+* float16: LLVM's ``fptrunc float to half`` (``vcvtps2ph``, round to nearest even;
+  overflow gives Inf, NaN stays a quiet NaN).
+
+Every integer step is wrapped in ``np.uint32`` (Numba widens unsigned arithmetic to 64
+bits otherwise, and the 64-bit lanes halve the vector width). The float16 conversions
+need F16C on x86 (every AVX2 CPU has it); elsewhere LLVM calls its runtime helpers.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload, register_jitable
+
+#: The integer view each half-precision format travels in (see the module docstring).
+BF16_BITS = np.dtype(np.uint16)
+FP16_BITS = np.dtype(np.int16)
+
+
+@intrinsic
+def float32_from_bits(typingctx, bits):
+    """Reinterpret a ``uint32`` as the float32 with those bits (an LLVM ``bitcast``)."""
+    if bits != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def bits_from_float32(typingctx, value):
+    """Reinterpret a float32 as the ``uint32`` with its bits (an LLVM ``bitcast``)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def float32_from_fp16_bits(typingctx, bits):
+    """The float32 equal to the float16 whose bits are the ``int16`` ``bits`` (exact)."""
+    if bits != types.int16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        half = builder.bitcast(args[0], ir.HalfType())
+        return builder.fpext(half, ir.FloatType())
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def fp16_bits_from_float32(typingctx, value):
+    """The bits (``int16``) of float32 ``value`` rounded to float16, nearest even."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        half = builder.fptrunc(args[0], ir.HalfType())
+        return builder.bitcast(half, ir.IntType(16))
+    return types.int16(types.float32), codegen
+
+
+@register_jitable
+def float32_from_bf16_bits(bits):
+    """The float32 equal to the bfloat16 whose bits are the ``uint16`` ``bits`` (exact)."""
+    return float32_from_bits(np.uint32(np.uint32(bits) << np.uint32(16)))
+
+
+@register_jitable
+def bf16_bits_from_float32(value):
+    """The bits (``uint16``) of float32 ``value`` rounded to bfloat16, nearest even;
+    a NaN stays a (quiet) NaN with its sign."""
+    bits = bits_from_float32(value)
+    high = np.uint32(bits >> np.uint32(16))
+    rounded = np.uint32(np.uint32(bits + np.uint32(0x7FFF)) + np.uint32(high & np.uint32(1)))
+    quiet_nan = np.uint32(high | np.uint32(0x40))
+    return np.uint16(quiet_nan if value != value else np.uint32(rounded >> np.uint32(16)))
+
+
+def widen(x):
+    """One loaded gradient element as a float (see the module docstring); ``@njit`` only."""
+    raise NotImplementedError("widen is for @njit code")
+
+
+def narrow_to(out, x):
+    """Float32 ``x`` as an element of array ``out`` (see the module docstring); ``@njit`` only."""
+    raise NotImplementedError("narrow_to is for @njit code")
+
+
+@overload(widen)
+def _widen(x):
+    if x in (types.float32, types.float64):
+        return lambda x: x
+    if x == types.uint16:
+        return lambda x: float32_from_bf16_bits(x)
+    if x == types.int16:
+        return lambda x: float32_from_fp16_bits(x)
+    return None
+
+
+@overload(narrow_to)
+def _narrow_to(out, x):
+    if not isinstance(out, types.Array) or x != types.float32:
+        return None
+    if out.dtype == types.uint16:
+        return lambda out, x: bf16_bits_from_float32(x)
+    if out.dtype == types.int16:
+        return lambda out, x: fp16_bits_from_float32(x)
+    if out.dtype == types.float32:
+        return lambda out, x: x
+    return None
