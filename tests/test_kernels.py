@@ -64,14 +64,15 @@ def test_serial_and_parallel_twins_agree_bitwise(rule, dtype):
     dt = np.dtype(dtype).type
     base = [rng.standard_normal(N).astype(dtype) for _ in range(5)]
     base[3] = np.abs(base[3])  # square averages are non-negative
+    no_copy = kernels.unused(np.uint16)
     calls = {
-        "sgd": lambda a: (a[0], a[1], a[2], dt(0.1), dt(0.01), dt(1.0), dt(0.9), dt(0.9),
-                          dt(1.0), True, True, False),
-        "adagrad": lambda a: (a[0], a[1], np.abs(a[2]), dt(0.1), dt(1e-10), dt(0.01),
-                              dt(1.0), False),
-        "rmsprop": lambda a: (a[0], a[1], a[3], a[2] * 0.01, a[4], dt(0.01), dt(0.99),
-                              dt(0.01), dt(1e-8), dt(0.0), dt(1.0), dt(0.9),
-                              True, True, True, False, False),
+        "sgd": lambda a: (a[0], a[1], a[2], no_copy, dt(0.1), dt(0.01), dt(1.0), dt(0.9),
+                          dt(0.9), dt(1.0), True, True, False, False),
+        "adagrad": lambda a: (a[0], a[1], np.abs(a[2]), no_copy, dt(0.1), dt(1e-10),
+                              dt(0.01), dt(1.0), False, False),
+        "rmsprop": lambda a: (a[0], a[1], a[3], a[2] * 0.01, a[4], no_copy, dt(0.01),
+                              dt(0.99), dt(0.01), dt(1e-8), dt(0.0), dt(1.0), dt(0.9),
+                              True, True, True, False, False, False),
         "adam": lambda a: (a[0], a[1], a[2], a[3], a[4], kernels.unused(np.uint16),
                            *adam_scalars(dtype), True, False, False),
     }
@@ -104,8 +105,8 @@ def test_kernel_picks_twin_by_size(monkeypatch):
     monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 100)
     monkeypatch.setattr(variant, "serial", lambda *a: calls.append(("serial", a[1:])))
     monkeypatch.setattr(variant, "parallel", lambda *a: calls.append(("parallel", a[1:])))
-    kernels.sgd(np.ones(99), "rest", True, False, False)
-    kernels.sgd(np.ones(100), "rest", True, False, False)
+    kernels.sgd(np.ones(99), "rest", True, False, False, False)
+    kernels.sgd(np.ones(100), "rest", True, False, False, False)
     assert calls == [("serial", ("rest",)), ("parallel", ("rest",))]
 
 

@@ -9,6 +9,8 @@ NaN. Then each rule's kernel with a half gradient must equal, bitwise, the same 
 on the widened float32 gradient, and its copy must equal torch's cast of the master.
 """
 
+import inspect
+
 import ml_dtypes  # noqa: F401  (the test extra installs it: no skip that hides a failure)
 import numba
 import numpy as np
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from fastopt import kernels
+from fastopt.bench import cases as bench_cases
 from fastopt.kernels.halves import narrow_to, widen
 from fastopt.optim.adam import step_scalars
 from fastopt.precision import HALF_FORMATS, KERNEL_DTYPES, decode, encode
@@ -169,3 +172,28 @@ def test_copy_left_untouched_without_write_copy():
     args[-1] = False
     kernels.adam(*args)
     assert (copy == 7).all()
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("formats", [("bfloat16", "bfloat16"), ("float16", "float16"),
+                                     ("float32", "bfloat16"), ("bfloat16", None)])
+@pytest.mark.parametrize("rule", bench_cases.MIXED_RULES)
+def test_every_rule_reads_half_gradients_and_writes_the_copy(rule, formats, twin):
+    """Each rule's mixed variant equals its float32 kernel on the widened gradient, and
+    its copy equals torch's cast of the updated master, serial and parallel twin."""
+    grad_fmt, copy_fmt = formats
+    case, n = bench_cases.CASES[rule], SIZES[twin == "parallel"]
+    grad_at = list(inspect.signature(case.kernel.body).parameters).index("grad")
+    mixed = bench_cases.mixed_kernel_args(case, n, grad_fmt, copy_fmt)
+    plain = list(bench_cases.mixed_kernel_args(case, n, "float32", None))
+    plain[grad_at] = decode(mixed[grad_at], grad_fmt)
+    run_twin(case.kernel, twin, mixed)
+    run_twin(case.kernel, twin, tuple(plain))
+    for got, want in zip(mixed, plain):
+        if isinstance(got, np.ndarray) and got.dtype == np.float32 and got.size:
+            assert_same_floats(got, want)
+    assert_same_floats(decode(mixed[grad_at], grad_fmt), plain[grad_at])
+    if copy_fmt is not None:
+        copy = mixed[list(inspect.signature(case.kernel.body).parameters).index("param_copy")]
+        assert_same_floats(copy, torch_cast(mixed[0], copy_fmt))
+        assert copy.any()

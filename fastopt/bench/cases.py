@@ -108,11 +108,11 @@ class Case:
 
 CASES = {case.rule: case for case in [
     Case("sgd", fastopt.SGD, kernels.sgd, {"lr": 1e-2, "momentum": 0.9},
-         ("param", "grad", "momentum_buffer"), "SGD"),
+         ("param", "grad", "momentum_buffer", None), "SGD"),
     Case("adagrad", fastopt.Adagrad, kernels.adagrad, {"lr": 1e-2},
-         ("param", "grad", "sum"), "Adagrad"),
+         ("param", "grad", "sum", None), "Adagrad"),
     Case("rmsprop", fastopt.RMSprop, kernels.rmsprop, {"lr": 1e-2},
-         ("param", "grad", "square_avg", None, None), "RMSprop",
+         ("param", "grad", "square_avg", None, None, None), "RMSprop",
          torch_impls=("foreach", "single")),
     Case("adam", fastopt.Adam, kernels.adam, {"lr": 1e-3},
          ("param", "grad", "exp_avg", "exp_avg_sq", None, None), "Adam"),

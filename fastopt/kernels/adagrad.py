@@ -4,22 +4,24 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
+from .halves import narrow_to, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
 # kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
-zero_grad = False
+zero_grad = write_copy = False
 
 
-@kernel(flags=("zero_grad",))
-def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale):
+@kernel(flags=("zero_grad", "write_copy"))
+def adagrad(param, grad, state_sum, param_copy, clr, eps, weight_decay, grad_scale):
     """Adagrad step over flat buffers, in place, in one pass.
 
     For each element ``i``::
 
-        g = grad[i] * grad_scale + weight_decay * param[i]
+        g = widen(grad[i]) * grad_scale + weight_decay * param[i]
         s = s + g * g
         param[i] -= clr * g / (sqrt(s) + eps)
+        param_copy[i] = half(param[i])                  # only if write_copy
         grad[i] = 0                                     # only if zero_grad
 
     ``clr = lr / (1 + (t - 1) * lr_decay)`` is computed by the caller. Arguments:
@@ -27,13 +29,22 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale):
     float64), same length; scalars ``clr, eps, weight_decay, grad_scale`` of that dtype
     (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
     ``maximize``). Option (compile-time; from Python, pass it last; from ``@njit`` code,
-    call ``adagrad.variant(zero_grad=...).parallel``): ``zero_grad``.
+    call ``adagrad.variant(zero_grad=...).parallel``): ``zero_grad, write_copy``.
+
+    ``grad`` may instead hold half-precision bits over a float32 ``param`` (bfloat16 as
+    ``uint16``, float16 as ``int16``; :mod:`fastopt.kernels.halves`), widened exactly;
+    ``param_copy`` (when ``write_copy``, same length) receives the updated float32
+    ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
+    torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = grad[i] * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale + weight_decay * p
         if zero_grad:
             grad[i] = 0
         s = state_sum[i] + g * g
         state_sum[i] = s
-        param[i] = p - clr * g / (np.sqrt(s) + eps)
+        q = p - clr * g / (np.sqrt(s) + eps)
+        param[i] = q
+        if write_copy:
+            param_copy[i] = narrow_to(param_copy, q)

@@ -4,21 +4,23 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
+from .halves import narrow_to, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
 # kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
-centered = use_momentum = nesterov = eps_in_sqrt = zero_grad = False
+centered = use_momentum = nesterov = eps_in_sqrt = zero_grad = write_copy = False
 
 
-@kernel(flags=("centered", "use_momentum", "nesterov", "eps_in_sqrt", "zero_grad"))
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
+@kernel(flags=("centered", "use_momentum", "nesterov", "eps_in_sqrt", "zero_grad",
+               "write_copy"))
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
             lr, alpha, one_minus_alpha, eps, weight_decay, grad_scale, momentum):
     """RMSprop step over flat buffers, in place, in one pass.
 
     For each element ``i``::
 
-        g = grad[i] * grad_scale + weight_decay * param[i]
+        g = widen(grad[i]) * grad_scale + weight_decay * param[i]
         r = alpha * r + (1 - alpha) * g * g
         c = c + (1 - alpha) * (g - c);  q = r - c * c   # centered (c: grad_avg)
         q = r                                           # not centered
@@ -26,6 +28,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
         b = momentum * b + g / d                        # use_momentum
         u = g / d + momentum * b if nesterov else b     # u = g / d without momentum
         param[i] -= lr * u
+        param_copy[i] = half(param[i])                  # only if write_copy
         grad[i] = 0                                     # only if zero_grad
 
     Arguments: ``param, grad, square_avg`` 1-D C-contiguous arrays of one dtype
@@ -37,11 +40,17 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
     (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
     ``maximize``). Options (booleans, compile-time: from Python, pass them last in this
     order; from ``@njit`` code, call ``rmsprop.variant(centered=..., ...).parallel``):
-    ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad``.
+    ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad, write_copy``.
+
+    ``grad`` may instead hold half-precision bits over a float32 ``param`` (bfloat16 as
+    ``uint16``, float16 as ``int16``; :mod:`fastopt.kernels.halves`), widened exactly;
+    ``param_copy`` (when ``write_copy``, same length) receives the updated float32
+    ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
+    torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = grad[i] * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale + weight_decay * p
         if zero_grad:
             grad[i] = 0
         r = alpha * square_avg[i] + one_minus_alpha * (g * g)
@@ -62,4 +71,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
                 u = u + momentum * b
             else:
                 u = b
-        param[i] = p - lr * u
+        q = p - lr * u
+        param[i] = q
+        if write_copy:
+            param_copy[i] = narrow_to(param_copy, q)

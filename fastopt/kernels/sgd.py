@@ -3,24 +3,26 @@
 from numba import prange
 
 from .config import kernel
+from .halves import narrow_to, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
 # kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
-use_momentum = nesterov = zero_grad = False
+use_momentum = nesterov = zero_grad = write_copy = False
 
 
-@kernel(flags=("use_momentum", "nesterov", "zero_grad"))
-def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
+@kernel(flags=("use_momentum", "nesterov", "zero_grad", "write_copy"))
+def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_scale,
         momentum, buffer_decay, buffer_gain):
     """SGD step over flat buffers, in place, in one pass.
 
     For each element ``i``::
 
-        g = grad[i] * grad_scale + weight_decay * param[i]
+        g = widen(grad[i]) * grad_scale + weight_decay * param[i]
         b = buffer_decay * b + buffer_gain * g          # only if use_momentum
         d = g + momentum * b if nesterov else b         # d = g without momentum
         param[i] -= lr * d
+        param_copy[i] = half(param[i])                  # only if write_copy
         grad[i] = 0                                     # only if zero_grad
 
     PyTorch's momentum is ``b = momentum*b + (1 - dampening)*g`` with ``b = g`` on the
@@ -35,11 +37,18 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
     dtype; ``grad_scale`` multiplies the gradient first (loss-scale unscaling,
     clipping, ``-1`` for ``maximize``). Options (booleans, compile-time: from Python,
     pass them last in this order; from ``@njit`` code, call
-    ``sgd.variant(use_momentum=..., ...).parallel``): ``use_momentum, nesterov, zero_grad``.
+    ``sgd.variant(use_momentum=..., ...).parallel``): ``use_momentum, nesterov, zero_grad,
+    write_copy``.
+
+    ``grad`` may instead hold half-precision bits over a float32 ``param`` (bfloat16 as
+    ``uint16``, float16 as ``int16``; :mod:`fastopt.kernels.halves`), widened exactly;
+    ``param_copy`` (when ``write_copy``, same length) receives the updated float32
+    ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
+    torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = grad[i] * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale + weight_decay * p
         if zero_grad:
             grad[i] = 0
         if use_momentum:
@@ -49,4 +58,7 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
                 g = g + momentum * b
             else:
                 g = b
-        param[i] = p - lr * g
+        q = p - lr * g
+        param[i] = q
+        if write_copy:
+            param_copy[i] = narrow_to(param_copy, q)

@@ -1,6 +1,9 @@
 """Adagrad."""
 
+import numpy as np
+
 from .. import kernels
+from ..kernels.config import unused
 from .base import Optimizer, check_flag, check_lr, check_number
 
 
@@ -38,5 +41,5 @@ class Adagrad(Optimizer):
     def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
         dt = seg.param.dtype.type
         clr = group["lr"] / (1 + (seg.step - 1) * group["lr_decay"])
-        return (seg.param, grad, seg.state["sum"], dt(clr), dt(group["eps"]),
-                dt(group["weight_decay"]), dt(grad_scale), zero_grad)
+        return (seg.param, grad, seg.state["sum"], unused(np.uint16), dt(clr), dt(group["eps"]),
+                dt(group["weight_decay"]), dt(grad_scale), zero_grad, False)

@@ -1,5 +1,7 @@
 """RMSprop, with the seed's variants (delta inside the root, Nesterov momentum)."""
 
+import numpy as np
+
 from .. import kernels
 from ..kernels.config import unused
 from .base import Optimizer, check_flag, check_lr, check_number
@@ -51,8 +53,8 @@ class RMSprop(Optimizer):
         alpha = group["alpha"]
         return (
             seg.param, grad, state["square_avg"], state.get("grad_avg", unused(dtype, 0)),
-            state.get("momentum_buffer", unused(dtype, 1)),
+            state.get("momentum_buffer", unused(dtype, 1)), unused(np.uint16),
             dt(group["lr"]), dt(alpha), dt(1.0 - alpha), dt(group["eps"]),
             dt(group["weight_decay"]), dt(grad_scale), dt(group["momentum"]),
             group["centered"], group["momentum"] > 0, group["nesterov"],
-            group["eps_in_sqrt"], zero_grad)
+            group["eps_in_sqrt"], zero_grad, False)

@@ -1,5 +1,7 @@
 """SGD: the seed's gradient descent, stochastic and minibatch SGD, momentum, Nesterov."""
 
+import numpy as np
+
 from .. import kernels
 from ..kernels.config import unused
 from .base import Optimizer, check_flag, check_lr, check_number
@@ -50,6 +52,6 @@ class SGD(Optimizer):
         else:  # first step: b = g
             decay, gain = 0.0, 1.0
         buffer = seg.state["momentum_buffer"] if use_momentum else unused(seg.param.dtype)
-        return (seg.param, grad, buffer, dt(group["lr"]), dt(group["weight_decay"]),
+        return (seg.param, grad, buffer, unused(np.uint16), dt(group["lr"]), dt(group["weight_decay"]),
                 dt(grad_scale), dt(momentum), dt(decay), dt(gain),
-                use_momentum, group["nesterov"], zero_grad)
+                use_momentum, group["nesterov"], zero_grad, False)
