@@ -7,7 +7,7 @@
     opt.step()                                # one kernel call for the whole model
 """
 
-from . import kernels, reference, schedules
+from . import kernels, offload, precision, reference, schedules
 from .checkpoint import load, save
 from .flat import Flat, flatten
 from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
@@ -16,5 +16,5 @@ from .threads import num_threads
 __version__ = "0.1.0"
 
 __all__ = ["flatten", "Flat", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW",
-           "clip_grad_norm", "num_threads", "save", "load", "kernels", "reference",
-           "schedules", "__version__"]
+           "clip_grad_norm", "num_threads", "save", "load", "kernels", "offload", "precision",
+           "reference", "schedules", "__version__"]

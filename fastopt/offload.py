@@ -1,0 +1,146 @@
+"""One-call optimizer steps for engines that manage their own buffers (ZeRO-Offload style).
+
+An offload engine keeps float32 master weights and optimizer state on the CPU, receives
+half-precision gradients from the accelerator, and sends a half-precision copy of the
+updated weights back. :func:`adam_step` does the CPU part in one pass over memory: it
+reads the gradient in its own format (float32, bfloat16 or float16) with the loss scale
+and clip factor folded in, updates the master and the state, and writes the bf16/fp16
+copy (rounded to nearest even, as torch's ``.to()``) in the same loop. For Adam with
+bf16 gradients and a bf16 copy that is 28 bytes moved per element, where unscale + fp32
+step + cast move 42.
+
+Buffers are NumPy arrays or CPU torch tensors, used in place through zero-copy views:
+bfloat16 as ``ml_dtypes.bfloat16`` arrays or ``torch.bfloat16`` tensors, float16 as
+``np.float16`` / ``torch.float16`` (see :mod:`fastopt.precision`).
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+from . import kernels
+from .incoming import step_count
+from .kernels.config import unused
+from .optim.adam import Adam, step_scalars
+from .precision import HALF_FORMATS, kernel_view
+
+
+def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999),
+              eps=1e-8, weight_decay=0.0, adamw=False, loss_scale=1.0, clip_factor=1.0,
+              out=None):
+    r"""One Adam (or AdamW) step over flat buffers, in place, in one pass.
+
+    For each element, with ``t = step`` (counted from 1) and ``s = clip_factor / loss_scale``::
+
+        p = master * (1 - lr*weight_decay)     if adamw else master
+        g = float32(grad) * s                  + (0 if adamw else weight_decay * p)
+        exp_avg    = b1 * exp_avg    + (1 - b1) * g
+        exp_avg_sq = b2 * exp_avg_sq + (1 - b2) * g * g
+        master = p - (lr / (1 - b1**t)) * exp_avg
+                     / (sqrt(exp_avg_sq) / sqrt(1 - b2**t) + eps)
+        out = round_to_nearest_even(master)    # bf16 or fp16, if ``out`` is given
+
+    The bias corrections and ``s`` are computed in float64 once per call, then cast to
+    float32 (:func:`fastopt.optim.adam.step_scalars`, shared with :class:`fastopt.Adam`),
+    so ``master`` and the state are bitwise what ``fastopt.Adam`` / ``AdamW`` give on the
+    widened gradient with ``grad_scale=loss_scale``; the copy is bitwise torch's
+    ``master.to(torch.bfloat16)`` (or ``float16``), NaN staying NaN. Differences from
+    ``torch.optim.Adam``: the order of float32 operations (results agree to rounding,
+    not bitwise), and no ``amsgrad``/``maximize`` here.
+
+    Args:
+        master: float32, 1-D (or any shape, C-contiguous), written.
+        grad: float32, bfloat16 or float16, the master's shape; read only. Inf and NaN
+            propagate into the master, the state and the copy (check finiteness first,
+            e.g. with :func:`fastopt.kernels.reductions.norm_and_finite`).
+        exp_avg, exp_avg_sq: float32 state, the master's shape, written (zeros before
+            the first step).
+        step: the step number, an int >= 1 (the caller counts).
+        lr, betas, eps, weight_decay: as ``torch.optim.Adam`` / ``AdamW``.
+        adamw: decoupled weight decay (AdamW) instead of Adam's L2 term.
+        loss_scale: the gradient is divided by it (finite, > 0).
+        clip_factor: then multiplied by it (finite, >= 0), e.g. ``min(1, max_norm / norm)``.
+        out: ``None``, or a bfloat16/float16 buffer of the master's shape receiving the
+            updated master, rounded to nearest even.
+
+    Every argument is checked before anything is written: ``TypeError`` for a wrong type
+    or dtype, ``ValueError`` for a wrong shape, a non-contiguous or read-only buffer,
+    buffers sharing memory, or a bad number; the message names the argument.
+
+    An offload loop (torch model in bf16 on an accelerator; fp32 master and state in
+    pinned CPU memory)::
+
+        flat_params = torch.nn.utils.parameters_to_vector(model.parameters())
+        master = flat_params.float().cpu()                 # fp32 master, kept here
+        exp_avg, exp_avg_sq = torch.zeros_like(master), torch.zeros_like(master)
+        grad_cpu = torch.empty_like(master, dtype=torch.bfloat16).pin_memory()
+        copy_cpu = torch.empty_like(grad_cpu).pin_memory()
+        for t, batch in enumerate(loader, start=1):
+            (loss * scale).backward()
+            grad_cpu.copy_(torch.cat([p.grad.flatten() for p in model.parameters()]))
+            fastopt.offload.adam_step(master, grad_cpu, exp_avg, exp_avg_sq, step=t,
+                                      lr=1e-4, weight_decay=0.01, adamw=True,
+                                      loss_scale=scale, out=copy_cpu)
+            torch.nn.utils.vector_to_parameters(copy_cpu.to(device), model.parameters())
+            model.zero_grad(set_to_none=True)
+    """
+    master_v = _buffer(master, "master", ("float32",), writes=True)
+    n, shape = master_v.size, master.shape
+    grad_v = _buffer(grad, "grad", ("float32", *HALF_FORMATS), shape=shape)
+    exp_avg_v = _buffer(exp_avg, "exp_avg", ("float32",), shape=shape, writes=True)
+    exp_avg_sq_v = _buffer(exp_avg_sq, "exp_avg_sq", ("float32",), shape=shape, writes=True)
+    named = [("master", master_v), ("grad", grad_v), ("exp_avg", exp_avg_v),
+             ("exp_avg_sq", exp_avg_sq_v)]
+    if out is not None:
+        named.append(("out", _buffer(out, "out", HALF_FORMATS, shape=shape, writes=True)))
+    _check_disjoint(named)
+    t = step_count(step, "step", 1)
+    if callable(lr):
+        raise TypeError(f"lr must be a real number (evaluate a schedule first), got {lr!r}")
+    Adam.check_group(None, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                amsgrad=False, maximize=False))
+    if not isinstance(adamw, (bool, np.bool_)):
+        raise TypeError(f"adamw must be a bool, got {adamw!r}")
+    _check_real("loss_scale", loss_scale, positive=True)
+    _check_real("clip_factor", clip_factor, positive=False)
+    # As the optimizers' loop options: 1/loss_scale, then times the clip factor (float64).
+    factor = 1.0 / float(loss_scale) * float(clip_factor)
+    scalars = step_scalars(np.float32, t, lr=float(lr), betas=tuple(map(float, betas)),
+                           eps=float(eps), weight_decay=float(weight_decay),
+                           decoupled=bool(adamw), grad_scale=factor)
+    copy_v = named[4][1] if out is not None else unused(np.uint16)
+    kernels.adam(master_v.reshape(n), grad_v.reshape(n), exp_avg_v.reshape(n),
+                 exp_avg_sq_v.reshape(n), unused(np.float32), copy_v.reshape(-1), *scalars,
+                 False, False, out is not None)
+
+
+def _buffer(x, name, formats, shape=None, writes=False):
+    """``x`` as the kernels' NumPy view, checked: format, shape, C-contiguous, writeable."""
+    view, _ = kernel_view(x, name, formats)
+    if shape is not None and tuple(view.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(view.shape)}; master has {tuple(shape)}")
+    if not view.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if writes and not view.flags.writeable:
+        raise ValueError(f"{name} is read-only; it is written in place")
+    return view
+
+
+def _check_disjoint(named):
+    """No two buffers may share memory (a write would change another's input)."""
+    for i, (first, a) in enumerate(named):
+        for second, b in named[i + 1:]:
+            if a.size and b.size and np.may_share_memory(a, b):
+                raise ValueError(f"{first} and {second} share memory; each must be its "
+                                 f"own buffer")
+
+
+def _check_real(key, value, *, positive):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{key} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not (value > 0 if positive else value >= 0):
+        raise ValueError(f"Invalid {key}: {value!r} (must be finite and "
+                         f"{'> 0' if positive else '>= 0'})")
+
