@@ -52,8 +52,10 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
     Args:
         master: float32, 1-D (or any shape, C-contiguous), written.
         grad: float32, bfloat16 or float16, the master's shape; read only. Inf and NaN
-            propagate into the master, the state and the copy (check finiteness first,
-            e.g. with :func:`fastopt.kernels.reductions.norm_and_finite`).
+            propagate into the master, the state and the copy. Check first if needed:
+            ``norm_and_finite([kernel_view(grad, "grad", ("bfloat16",))[0]])``
+            (:mod:`fastopt.kernels.reductions`, :mod:`fastopt.precision`) reads the
+            half bits directly, in one pass.
         exp_avg, exp_avg_sq: float32 state, the master's shape, written (zeros before
             the first step).
         step: the step number, an int >= 1 (the caller counts).

@@ -197,3 +197,20 @@ def test_every_rule_reads_half_gradients_and_writes_the_copy(rule, formats, twin
         copy = mixed[list(inspect.signature(case.kernel.body).parameters).index("param_copy")]
         assert_same_floats(copy, torch_cast(mixed[0], copy_fmt))
         assert copy.any()
+
+
+@pytest.mark.parametrize("fmt", HALF_FORMATS)
+def test_norm_and_finiteness_read_half_gradients_directly(fmt):
+    """The clipping / skip reduction over half bits equals, bitwise, the one over the
+    widened float32 gradient; an Inf or NaN element is reported as non-finite."""
+    from fastopt.kernels.reductions import norm_and_finite
+    rng = np.random.default_rng(5)
+    halves = [encode(rng.standard_normal(n) * 3, fmt) for n in (1000, (1 << 17) + 3)]
+    widened = [decode(h, fmt) for h in halves]
+    assert norm_and_finite(halves) == norm_and_finite(widened)
+    assert norm_and_finite(halves)[1]
+    for bad in (np.inf, np.nan):
+        spoiled = [h.copy() for h in halves]
+        spoiled[1][77] = encode([bad], fmt)[0]
+        total, finite = norm_and_finite(spoiled)
+        assert not finite and not np.isfinite(total)
