@@ -19,7 +19,7 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale):
 
         g = grad[i] * grad_scale + weight_decay * param[i]
         s = s + g * g
-        param[i] -= clr * g / (sqrt(s) + eps)
+        param[i] -= clr * (g / (sqrt(s) + eps))
         grad[i] = 0                                     # only if zero_grad
 
     ``clr = lr / (1 + (t - 1) * lr_decay)`` is computed by the caller. Arguments:
@@ -28,12 +28,19 @@ def adagrad(param, grad, state_sum, clr, eps, weight_decay, grad_scale):
     (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
     ``maximize``). Option (compile-time; from Python, pass it last; from ``@njit`` code,
     call ``adagrad.variant(zero_grad=...).parallel``): ``zero_grad``.
+
+    The order of operations is torch's, so float32 overflows where torch's does and
+    nowhere else: ``clr * (g / (sqrt(s) + eps))`` (``addcdiv``; ``(clr * g) / ...`` can
+    overflow where torch's quotient is finite), and no ``weight_decay * p`` term when
+    ``weight_decay`` is 0 (an infinite ``p`` would make ``g`` NaN).
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = grad[i] * grad_scale + weight_decay * p
+        g = grad[i] * grad_scale
+        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
+            g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
         s = state_sum[i] + g * g
         state_sum[i] = s
-        param[i] = p - clr * g / (np.sqrt(s) + eps)
+        param[i] = p - clr * (g / (np.sqrt(s) + eps))

@@ -19,8 +19,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
     For each element ``i``::
 
         g = grad[i] * grad_scale + weight_decay * param[i]
-        r = alpha * r + (1 - alpha) * g * g
-        c = c + (1 - alpha) * (g - c);  q = r - c * c   # centered (c: grad_avg)
+        r = alpha * r + ((1 - alpha) * g) * g
+        c = c + (1 - alpha) * (g - c);  q = r - c * c   # centered (c: grad_avg;
+                                                        # q = r where r is Inf)
         q = r                                           # not centered
         d = sqrt(q + eps) if eps_in_sqrt else sqrt(q) + eps
         b = momentum * b + g / d                        # use_momentum
@@ -38,18 +39,27 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer,
     ``maximize``). Options (booleans, compile-time: from Python, pass them last in this
     order; from ``@njit`` code, call ``rmsprop.variant(centered=..., ...).parallel``):
     ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad``.
+
+    The order of operations is torch's, so float32 overflows where torch's does and
+    nowhere else: ``((1 - alpha) * g) * g`` (``addcmul``), ``lr * (g / d)`` (``addcdiv``),
+    no ``weight_decay * p`` term when ``weight_decay`` is 0, and centered ``r - c * c``
+    is ``r`` when ``r`` is Inf: torch's ``addcmul`` is one fused multiply-add, whose
+    ``c * c`` cannot overflow on its own, so ``Inf - Inf`` (NaN) never happens there.
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = grad[i] * grad_scale + weight_decay * p
+        g = grad[i] * grad_scale
+        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
+            g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
-        r = alpha * square_avg[i] + one_minus_alpha * (g * g)
+        r = alpha * square_avg[i] + one_minus_alpha * g * g
         square_avg[i] = r
         if centered:
             c = grad_avg[i] + one_minus_alpha * (g - grad_avg[i])
             grad_avg[i] = c
-            r = r - c * c
+            if r - r == r - r:   # r finite (else keep r: Inf stays Inf, as torch's)
+                r = r - c * c
         if eps_in_sqrt:
             d = np.sqrt(r + eps)
         else:

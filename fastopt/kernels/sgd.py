@@ -36,10 +36,15 @@ def sgd(param, grad, momentum_buffer, lr, weight_decay, grad_scale,
     clipping, ``-1`` for ``maximize``). Options (booleans, compile-time: from Python,
     pass them last in this order; from ``@njit`` code, call
     ``sgd.variant(use_momentum=..., ...).parallel``): ``use_momentum, nesterov, zero_grad``.
+
+    The order of operations is torch's; in particular there is no ``weight_decay * p``
+    term when ``weight_decay`` is 0 (an infinite ``p`` would make ``g`` NaN).
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = grad[i] * grad_scale + weight_decay * p
+        g = grad[i] * grad_scale
+        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
+            g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
         if use_momentum:
