@@ -16,6 +16,7 @@ import numpy as np
 
 import fastopt
 from fastopt import kernels, reference
+from fastopt.optim.segments import SegmentStep
 
 #: Default sizes and dtypes of the benchmarks (``fastopt bench`` and asv).
 SIZES = (1_000, 100_000, 1_000_000, 10_000_000)
@@ -141,10 +142,9 @@ def kernel_args(case, size, dtype, seed=0):
     flat.grads[0][...] = grad
     opt = case.optimizer(flat, **case.options)
     (seg,), group = opt._segments[0], opt.param_groups[0]
-    opt._ensure_state(seg, group)
-    seg.fresh = set()   # past the first step: momentum buffers exist
-    seg.step = STEP
-    return opt.kernel_args(seg, group, seg.own_grad, 1.0, False)
+    state, _ = opt.new_state(seg.param, seg.state, group)
+    steady = SegmentStep(seg.param, state, STEP, frozenset())   # momentum buffers exist
+    return opt.kernel_args(steady, group, seg.own_grad, 1.0, False)
 
 
 def kernel_call(case, size, dtype, twin=None, seed=0):

@@ -14,7 +14,8 @@ import os
 import platform
 import sys
 
-from ..cli import UsageError
+from ..cli import UsageError, check_option
+from ..validation import check_int, check_real
 from . import cases, measure, report, suites
 
 
@@ -97,17 +98,15 @@ def parse_options(args):
             threads = [int(t) for t in _split(args.threads)]
         except ValueError:
             raise UsageError(f"--threads: {args.threads!r} is not a list of integers") from None
-        bad = [t for t in threads if not 1 <= t <= top]
-        if bad or not threads:
-            raise UsageError(f"--threads: {bad or args.threads!r} out of range 1..{top} "
-                             "(NUMBA_NUM_THREADS)")
+        if not threads:
+            raise UsageError(f"--threads: {args.threads!r} lists no thread count")
+        for count in threads:   # at most NUMBA_NUM_THREADS
+            check_option(check_int, count, "--threads", 1, top)
     else:
         import numba
         threads = [numba.get_num_threads()]
-    if args.repeat < 1:
-        raise UsageError(f"--repeat: {args.repeat} must be at least 1")
-    if not args.min_time > 0:
-        raise UsageError(f"--min-time: {args.min_time} must be positive")
+    check_option(check_int, args.repeat, "--repeat", 1)
+    check_option(check_real, args.min_time, "--min-time", 0.0, low_open=True, finite=True)
     if args.no_model and args.model_only:
         raise UsageError("--no-model and --model-only exclude each other")
     return dict(rules=rules, dtypes=dtypes, sizes=sizes, threads=threads,

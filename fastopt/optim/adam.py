@@ -4,7 +4,8 @@ import math
 
 from .. import kernels
 from ..kernels.config import unused
-from .base import Optimizer, check_flag, check_lr, check_number
+from ..validation import cast_scalars, check_flag, check_lr, check_number
+from .base import Optimizer
 
 
 class Adam(Optimizer):
@@ -27,6 +28,13 @@ class Adam(Optimizer):
                     amsgrad=False, maximize=False)
     decoupled = False
     kernel = kernels.adam
+    #: Per scalar of the kernel call, in order: the hyperparameter an overflow of the
+    #: buffers' dtype is blamed on, and the scalar's formula (``validation.cast_scalars``).
+    scalar_sources = (("lr", "lr / (1 - beta1**t)"), ("betas", "beta1"),
+                      ("betas", "1 - beta1"), ("betas", "beta2"), ("betas", "1 - beta2"),
+                      ("betas", "1 / sqrt(1 - beta2**t)"), ("eps", "eps"),
+                      ("weight_decay", "weight_decay"), ("lr", "1 - lr * weight_decay"),
+                      ("grad_scale", "1 / grad_scale"))
 
     def check_group(self, group):
         check_lr(group)
@@ -48,18 +56,19 @@ class Adam(Optimizer):
         return names
 
     def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        dt, t, state = seg.param.dtype.type, seg.step, seg.state
+        t, state = seg.step, seg.state
         lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
         # Bias corrections in float64, once per step, before the cast (as optax does).
         step_size = lr / (1.0 - beta1 ** t)
         inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** t)
         coupled, param_decay = (0.0, 1.0 - lr * wd) if self.decoupled else (wd, 1.0)
+        scalars = cast_scalars(seg.param.dtype, (
+            step_size, beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_sqrt_bc2, group["eps"],
+            coupled, param_decay, grad_scale), self.scalar_sources)
         return (
             seg.param, grad, state["exp_avg"], state["exp_avg_sq"],
-            state.get("max_exp_avg_sq", unused(seg.param.dtype)),
-            dt(step_size), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-            dt(inv_sqrt_bc2), dt(group["eps"]), dt(coupled), dt(param_decay),
-            dt(grad_scale), group["amsgrad"], zero_grad)
+            state.get("max_exp_avg_sq", unused(seg.param.dtype)), *scalars,
+            group["amsgrad"], zero_grad)
 
 
 class AdamW(Adam):

@@ -3,46 +3,26 @@
 A rule subclasses :class:`Optimizer` and supplies ``defaults``, ``check_group`` (its
 hyperparameter validation), ``state_names`` (the state buffers a group needs), ``kernel``
 and ``kernel_args`` (the scalars precomputed in float64, cast to the buffer's dtype, and
-the kernel's full argument tuple for one segment); ``update`` calls the kernel with them.
+the kernel's full argument tuple for one segment); ``step`` computes every segment's
+arguments first, then calls the kernel with them.
 Everything that is the same for every rule lives here. These methods read only class
 attributes and their arguments: ``fastopt.torch`` calls them on a rule instance made
 without ``__init__``, and ``fastopt.bench`` takes its kernel arguments from them.
 """
 
-import math
 import numbers
 import operator
 
 import numpy as np
 
 from ..flat import Flat, as_numpy, check_float_array
-from .loop import check_loop_options, loop_scale
-from .segments import build_segments, check_param
+# check_number, check_flag and check_lr live in fastopt.validation; re-exported here for
+# the rules and for older callers that import them from this module.
+from ..validation import cast_scalars, check_flag, check_loop_options, check_lr, check_number
+from .loop import loop_scale
+from .segments import SegmentStep, build_segments, check_param
 
-
-def check_number(group, key, low=None, high=None, *, low_open=False, high_open=False):
-    """Validate ``group[key]`` as a real number in the given bounds (NaN never passes)."""
-    value = group[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{key} must be a real number, got {value!r}")
-    ok = not math.isnan(value)
-    if low is not None:
-        ok = ok and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        bound = f"in {lo}{hi}" if low is not None and high is not None else (
-            f">= {low}" if high is None else f"<= {high}")
-        raise ValueError(f"Invalid {key}: {value!r} (must be {bound})")
-
-
-def check_lr(group):
-    """``lr`` is a number >= 0, or a schedule: a callable of the step count (0 for the
-    first step) returning one, evaluated once per step (``fastopt.schedules``)."""
-    if not callable(group["lr"]):
-        check_number(group, "lr", 0.0)
+__all__ = ["Optimizer", "check_number", "check_flag", "check_lr", "resolve_lr"]
 
 
 def resolve_lr(group, steps_taken):
@@ -52,11 +32,6 @@ def resolve_lr(group, steps_taken):
     resolved = {**group, "lr": group["lr"](steps_taken)}
     check_number(resolved, "lr", 0.0)
     return resolved
-
-
-def check_flag(group, key):
-    if not isinstance(group[key], (bool, np.bool_)):
-        raise TypeError(f"{key} must be a bool, got {group[key]!r}")
 
 
 class Optimizer:
@@ -248,7 +223,14 @@ class Optimizer:
         into a scratch buffer first (one extra copy of the gradient).
 
         ``zero_grad=True`` writes zero to each gradient element after reading it, in the
-        same pass. Everything is validated before any buffer is written.
+        same pass.
+
+        Atomic: everything that can fail is done before the first write. Every segment's
+        kernel arguments (new state buffers, the step number, the scalars cast to the
+        buffers' dtype with overflow checked) are computed first; only then are the step
+        counts advanced and the kernels run. A refused step raises ``TypeError`` or
+        ``ValueError`` and changes nothing: params, state, step counts, gradients,
+        ``last_grad_norm``/``last_step_skipped``.
 
         Every rule sees ``g = grad / grad_scale * clip`` (negated with ``maximize``), one
         factor folded into the kernel's ``grad_scale`` argument: no extra pass. With
@@ -263,26 +245,37 @@ class Optimizer:
                 for seg in segments]
         if grads is None and all(seg.own_grad is not None for _, seg in work):
             views = [seg.own_grad for _, seg in work]      # flatten() buffers: no checks
+            last_grads = self._last_grads
         else:
             grads, given = self._resolve_grads(grads)
             if given:
                 self._check_grads(grads, zero_grad)
-            self._last_grads = grads
+            last_grads = grads
             work = [(group, seg) for group, seg in work if grads[seg.members[0][0]] is not None]
             views = None
         self._check_hyperparameters()
         resolved = [resolve_lr(group, seg.step) for group, seg in work]
         if views is None:
             views = [seg.grad_view(grads) for _, seg in work]
-        scale, self.last_grad_norm = loop_scale(views, self.clip_grad_norm, self.grad_scale,
-                                                self.skip_if_nonfinite)
-        self.last_step_skipped = scale is None
-        if scale is None:
-            return
-        for (_, seg), group, grad in zip(work, resolved, views):
-            self._ensure_state(seg, group)
-            seg.step += 1
-            self.update(seg, group, grad, -scale if group["maximize"] else scale, zero_grad)
+        if zero_grad:
+            _check_zeroable(work, views)
+        scale, norm = loop_scale(lambda: [(view, seg.blocks) for (_, seg), view in
+                                          zip(work, views)],
+                                 self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite)
+        calls = []
+        if scale is not None:
+            for (_, seg), group, grad in zip(work, resolved, views):
+                state, fresh = self.new_state(seg.param, seg.state, group)
+                planned = SegmentStep(seg.param, state, seg.step + 1, fresh)
+                sign = -scale if group["maximize"] else scale
+                calls.append((seg, planned, grad,
+                              self.kernel_args(planned, group, grad, sign, zero_grad)))
+        # Nothing can fail from here on: commit, then run the kernels.
+        self._last_grads = last_grads
+        self.last_step_skipped, self.last_grad_norm = scale is None, norm
+        for seg, planned, grad, args in calls:
+            seg.state, seg.step = planned.state, planned.step
+            self.kernel(*args)
             if zero_grad and grad is seg._gather:
                 for index in seg.indices:
                     grads[index].fill(0)
@@ -312,21 +305,29 @@ class Optimizer:
         precomputed in float64 and cast to the buffer's dtype (rule-specific)."""
         raise NotImplementedError
 
-    def update(self, seg, group, grad, grad_scale, zero_grad):
-        """One kernel call over ``seg`` with gradient ``grad`` (a 1-D view)."""
-        self.kernel(*self.kernel_args(seg, group, grad, grad_scale, zero_grad))
-
     def initial_state(self, name, group):
         """Initial value of state buffer ``name`` (zeros unless a rule says otherwise)."""
         return 0.0
 
-    def _ensure_state(self, seg, group):
-        """Allocate missing state buffers; ``seg.fresh`` names those just allocated."""
-        seg.fresh = set()
+    def initial_value(self, name, dtype, group):
+        """:meth:`initial_state` as a scalar of ``dtype`` (``ValueError`` if it does not
+        fit: ``validation.cast_scalars``)."""
+        value, = cast_scalars(dtype, [self.initial_state(name, group)],
+                              [(f"initial {name}", f"initial {name}")])
+        return value
+
+    def new_state(self, param, state, group):
+        """``(state, fresh)``: ``state`` (a dict of buffers by name, not changed) plus a
+        buffer like ``param`` for every name the group needs that it lacks, filled with
+        :meth:`initial_value`; ``fresh`` names those (an empty frozenset when none)."""
+        fresh = _NOTHING
         for name in self.state_names(group):
-            if name not in seg.state:
-                seg.state[name] = np.full_like(seg.param, self.initial_state(name, group))
-                seg.fresh.add(name)
+            if name not in state:
+                if not fresh:
+                    state, fresh = dict(state), set()
+                state[name] = np.full_like(param, self.initial_value(name, param.dtype, group))
+                fresh.add(name)
+        return state, fresh
 
     @property
     def state(self):
@@ -438,6 +439,18 @@ class Optimizer:
 #: Keys torch.optim writes into param groups that fastopt's rules do not use.
 _TORCH_ONLY_KEYS = {"foreach", "fused", "capturable", "differentiable", "initial_lr",
                     "decoupled_weight_decay"}
+
+
+_NOTHING = frozenset()
+
+
+def _check_zeroable(work, views):
+    """With ``zero_grad``, every gradient buffer the step reads must be writable."""
+    for (_, seg), view in zip(work, views):
+        if not view.flags.writeable:
+            first, last = seg.indices[0], seg.indices[-1]
+            name = f"grads[{first}]" if first == last else f"grads[{first}:{last + 1}]"
+            raise ValueError(f"{name} is read-only, so zero_grad=True cannot zero it")
 
 
 def _span(array):

@@ -14,7 +14,8 @@ step count (the usual case); otherwise one call per contiguous run of parameters
 import torch
 
 from ..flat import offsets
-from ..optim.segments import Segment
+from ..kernels.reductions import block_table
+from ..optim.segments import SegmentStep
 
 SUPPORTED = (torch.float32, torch.float64)
 SUPPORTED_TEXT = "dense (strided) float32/float64 CPU tensors"
@@ -46,7 +47,8 @@ class Bucket:
 
     def __init__(self, params, indices):
         self.params, self.indices = list(params), list(indices)
-        self.offsets = offsets([p.numel() for p in self.params])
+        self.sizes = tuple(p.numel() for p in self.params)
+        self.offsets = offsets(self.sizes)
         dtype, total = self.params[0].dtype, self.offsets[-1]
         self.param = torch.empty(total, dtype=dtype)
         self.grad = torch.zeros(total, dtype=dtype)
@@ -162,19 +164,42 @@ class Bucket:
                 open_run = True
         return runs
 
-    def run(self, runs, rule, group, names, grad_scale, state, has_step):
-        """Apply ``rule.update`` (fastopt's scalar precomputation and kernel call) to each
-        run, on 1-D NumPy views of the flat buffers; advance steps; register state."""
+    def grad_pieces(self, runs):
+        """The gradients of ``runs`` as ``norm_and_finite`` takes them: 1-D views of the
+        flat gradient with the block table of their params."""
+        return [(self.np_grad[self.offsets[first]:self.offsets[stop]],
+                 block_table(self.sizes[first:stop])) for first, stop, *_ in runs]
+
+    def prepare(self, runs, rule, group, names, grad_scale):
+        """The kernel calls of one step over ``runs``: per run, ``(run, initial values of
+        its fresh state buffers, kernel arguments)``, from fastopt's scalar
+        precomputation (``rule.kernel_args``) on 1-D NumPy views of the flat buffers.
+        Raises before anything is written (a scalar that overflows the dtype, say);
+        writes nothing but zero-filled flat state buffers no entry points at yet."""
         for name in names:
             self.state_buffer(name)
-        for first, stop, step, fresh in runs:
+        calls = []
+        for run in runs:
+            first, stop, step, fresh = run
+            a, b = self.offsets[first], self.offsets[stop]
+            planned = SegmentStep(self.np_param[a:b],
+                                  {name: self.np_state[name][a:b] for name in names},
+                                  step + 1, frozenset(fresh))
+            initial = {name: rule.initial_value(name, planned.param.dtype, group)
+                       for name in fresh}
+            calls.append((run, initial, rule.kernel_args(planned, group,
+                                                         self.np_grad[a:b], grad_scale,
+                                                         False)))
+        return calls
+
+    def run(self, calls, kernel, state, has_step):
+        """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
+        register the state entries."""
+        for (first, stop, step, fresh), initial, args in calls:
             a, b = self.offsets[first], self.offsets[stop]
             for name in fresh:
-                self.np_state[name][a:b] = rule.initial_state(name, group)
-            seg = Segment(self.np_param[a:b], [])
-            seg.state = {name: self.np_state[name][a:b] for name in names}
-            seg.step, seg.fresh = step + 1, set(fresh)
-            rule.update(seg, group, self.np_grad[a:b], grad_scale, False)
+                self.np_state[name][a:b] = initial[name]
+            kernel(*args)
             if has_step:
                 self.np_steps[first:stop] += 1
             if fresh or (has_step and step == 0):

@@ -2,7 +2,7 @@
 
 The formulas, validation and scalar precomputation live in :mod:`fastopt.optim` (one
 source of truth): for each group this class calls the rule's ``check_group``,
-``state_names``, ``initial_state`` and ``update`` on zero-copy NumPy views
+``state_names``, ``initial_value`` and ``kernel_args`` on zero-copy NumPy views
 (``tensor.numpy()``) of the flat tensors a :class:`~fastopt.torch.buckets.Bucket` owns.
 """
 
@@ -11,7 +11,8 @@ import numbers
 
 import torch
 
-from ..optim.loop import check_loop_options, loop_scale
+from ..optim.loop import loop_scale
+from ..validation import check_loop_options
 from .buckets import Bucket, check_tensor
 
 
@@ -166,8 +167,13 @@ class Optimizer(torch.optim.Optimizer):
         a gradient and the same step count; one call per contiguous run of such params
         otherwise. Gradients not bound to the flat gradient buffer (allocated by autograd
         after ``zero_grad(set_to_none=True)``, or set by hand) are first copied into it
-        and then bound to it. Everything is checked before any parameter or state is
-        written. Returns ``closure()``'s loss when a closure is given.
+        and then bound to it. Returns ``closure()``'s loss when a closure is given.
+
+        Atomic as :meth:`fastopt.optim.Optimizer.step`: every group is validated and
+        every kernel call's arguments (scalars cast with overflow checked) are computed
+        before any parameter, state or step count is written; a refused step changes
+        none of them (gradients may have been gathered into the flat gradient buffer and
+        rebound to it, which leaves their values as they were).
 
         Loop options as :meth:`fastopt.optim.Optimizer.step`: the rule sees
         ``grad / grad_scale * clip`` (one factor in the kernel call); with
@@ -186,9 +192,9 @@ class Optimizer(torch.optim.Optimizer):
             self._amp_grad_scale, "grad_scale", self._owner)
         found_inf = getattr(self, "found_inf", None)   # set by GradScaler.step
         found_inf = found_inf is not None and _amp_value(found_inf, "found_inf", self._owner)
+        rules = [self._hyperparameters(group) for group in self.param_groups]
         plans = []
-        for group, buckets in zip(self.param_groups, self._buckets):
-            rule, plain = self._hyperparameters(group)
+        for (rule, plain), buckets in zip(rules, self._buckets):
             names = rule.state_names(plain)
             for bucket in buckets:
                 runs = bucket.plan(names, self.state, self.has_step, self._owner)
@@ -196,16 +202,19 @@ class Optimizer(torch.optim.Optimizer):
         if found_inf:
             self.last_step_skipped, self.last_grad_norm = True, None
             return loss
-        scale, self.last_grad_norm = loop_scale(
-            lambda: [bucket.np_grad[bucket.offsets[first]:bucket.offsets[stop]]
-                     for bucket, runs, *_ in plans for first, stop, *_ in runs],
+        scale, norm = loop_scale(
+            lambda: [piece for bucket, runs, *_ in plans
+                     for piece in bucket.grad_pieces(runs)],
             clip, grad_scale, skip)
-        self.last_step_skipped = scale is None
-        if scale is None:
-            return loss
-        for bucket, runs, rule, plain, names in plans:
-            sign = -scale if plain.get("maximize", False) else scale
-            bucket.run(runs, rule, plain, names, sign, self.state, self.has_step)
+        calls = []
+        if scale is not None:
+            for bucket, runs, rule, plain, names in plans:
+                sign = -scale if plain.get("maximize", False) else scale
+                calls.append((bucket, rule, bucket.prepare(runs, rule, plain, names, sign)))
+        # Nothing can fail from here on: run the kernels, advance the steps.
+        self.last_step_skipped, self.last_grad_norm = scale is None, norm
+        for bucket, rule, prepared in calls:
+            bucket.run(prepared, rule.kernel, self.state, self.has_step)
         return loss
 
     def zero_grad(self, set_to_none: bool = False):
