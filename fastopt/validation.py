@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 __all__ = ["check_real", "check_int", "check_bool", "check_number", "check_flag", "check_lr",
-           "check_loop_options", "cast_scalars", "env_int", "show"]
+           "check_loop_options", "as_floats", "cast_scalars", "env_int", "show"]
 
 
 def show(value):
@@ -119,6 +119,26 @@ def check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite):
 
 
 # --- the scalars of one kernel call -------------------------------------------------
+
+def as_floats(group):
+    """A copy of ``group`` (already validated) with every number a Python float, and every
+    tuple or list of numbers a tuple of floats; bools and everything else as they are.
+    A step's arithmetic (bias corrections, ``lr / (1 - beta1**t)``) then runs in float64
+    whatever the caller passed: NumPy float32 scalars would compute it in float32."""
+    return {key: _as_float(value) for key, value in group.items()}
+
+
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_float(value):
+    if _is_number(value):
+        return float(value)
+    if isinstance(value, (tuple, list)) and value and all(map(_is_number, value)):
+        return tuple(map(float, value))
+    return value
+
 
 #: Finite float64 values at least this large in magnitude round to Inf in float32.
 _FLOAT32_OVERFLOW = 3.4028235677973366e38

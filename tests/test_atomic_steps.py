@@ -238,3 +238,33 @@ def test_huge_int_hyperparameter_is_a_value_error_at_construction_and_step(rule,
     with pytest.raises(ValueError, match=f"Invalid {name}"):
         opt.step(grads)
     assert_unchanged(opt, params, before)
+
+
+def test_numpy_scalar_hyperparameters_compute_in_float64():
+    """np.float32 betas made the bias corrections float32 arithmetic (NumPy keeps a
+    float32 scalar float32 against a Python float): the same values as Python floats
+    must give the same bits."""
+    betas32, lr32 = (np.float32(0.9), np.float32(0.999)), np.float32(0.01)
+    as_python = dict(betas=tuple(map(float, betas32)), lr=float(lr32))
+    results = []
+    for options in (dict(betas=betas32, lr=lr32), as_python):
+        params = [np.linspace(-1, 1, 7)]
+        opt = fastopt.Adam(params, **options)
+        for step in range(5):
+            opt.step([np.cos(np.arange(7.0) + step)])
+        results.append(params[0])
+    np.testing.assert_array_equal(*results)
+
+
+def test_numpy_scalar_that_overflows_float32_is_refused():
+    """np.float32(3e38) / (1 - 0.9) overflowed in NumPy's float32 arithmetic to an Inf
+    the overflow check could not tell from a deliberate one."""
+    opt, params, grads = two_groups("adam")
+    before = snapshot(opt, params)
+    for group in opt.param_groups:
+        group["lr"] = np.float32(3e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"Invalid lr: lr / \(1 - beta1\*\*t\)"):
+            opt.step(grads)
+    assert_unchanged(opt, params, before)

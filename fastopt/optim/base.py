@@ -18,7 +18,8 @@ import numpy as np
 from ..flat import Flat, as_numpy, check_float_array
 # check_number, check_flag and check_lr live in fastopt.validation; re-exported here for
 # the rules and for older callers that import them from this module.
-from ..validation import cast_scalars, check_flag, check_loop_options, check_lr, check_number
+from ..validation import (as_floats, cast_scalars, check_flag, check_loop_options, check_lr,
+                          check_number, check_real)
 from .loop import loop_scale
 from .segments import SegmentStep, build_segments, check_param
 
@@ -26,12 +27,10 @@ __all__ = ["Optimizer", "check_number", "check_flag", "check_lr", "resolve_lr"]
 
 
 def resolve_lr(group, steps_taken):
-    """The group with a schedule's ``lr`` evaluated for this step (validated)."""
+    """The group with a schedule's ``lr`` evaluated for this step (validated, a float)."""
     if not callable(group["lr"]):
         return group
-    resolved = {**group, "lr": group["lr"](steps_taken)}
-    check_number(resolved, "lr", 0.0)
-    return resolved
+    return {**group, "lr": check_real(group["lr"](steps_taken), "lr", 0.0)}
 
 
 class Optimizer:
@@ -85,7 +84,8 @@ class Optimizer:
     def _check_hyperparameters(self):
         """Validate the loop options and every group, skipping the work when nothing
         changed since the last successful check (a value replaced, or a list edited in
-        place, triggers a full check)."""
+        place, triggers a full check). Returns the groups with every number as a Python
+        float (:func:`fastopt.validation.as_floats`), for the step's arithmetic."""
         snapshot = [self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite]
         for group in self.param_groups:
             snapshot.append(len(group))
@@ -94,13 +94,14 @@ class Optimizer:
         if (old is not None and len(old[0]) == len(snapshot)
                 and all(map(operator.is_, old[0], snapshot))
                 and all(tuple(value) == frozen for value, frozen in old[1])):
-            return   # the very same objects as last time, and no list edited in place
+            return old[2]   # the very same objects as last time, no list edited in place
         self._check_loop_options()
         for group in self.param_groups:
             self.check_group(group)
         lists = [(v, tuple(v)) for group in self.param_groups
                  for k, v in group.items() if k != "params" and isinstance(v, list)]
-        self._validated = (snapshot, lists)
+        self._validated = (snapshot, lists, [as_floats(group) for group in self.param_groups])
+        return self._validated[2]
 
     def add_param_group(self, group):
         """Add a param group (dict with ``"params"``; missing keys take the defaults)."""
@@ -134,6 +135,11 @@ class Optimizer:
                 seg.own_grad = flat.grad_view_of(seg.param)
         self._segments.append(segments)
         self._validated = None
+        # What every step walks, computed once: (group number, segment) pairs, and the
+        # segments' flatten() gradient views when every segment has one (else None).
+        self._work = [(g, seg) for g, segs in enumerate(self._segments) for seg in segs]
+        self._own_views = ([seg.own_grad for _, seg in self._work] if all(
+            seg.own_grad is not None for _, seg in self._work) else None)
 
     @staticmethod
     def _check_overlap(arrays):
@@ -241,20 +247,19 @@ class Optimizer:
         gradient, nothing is written (params, state, step counts and gradients stay
         bitwise as they were) and ``last_step_skipped`` is True.
         """
-        work = [(group, seg) for group, segments in zip(self.param_groups, self._segments)
-                for seg in segments]
-        if grads is None and all(seg.own_grad is not None for _, seg in work):
-            views = [seg.own_grad for _, seg in work]      # flatten() buffers: no checks
+        work = self._work
+        if grads is None and self._own_views is not None:
+            views = self._own_views                        # flatten() buffers: no checks
             last_grads = self._last_grads
         else:
             grads, given = self._resolve_grads(grads)
             if given:
                 self._check_grads(grads, zero_grad)
             last_grads = grads
-            work = [(group, seg) for group, seg in work if grads[seg.members[0][0]] is not None]
+            work = [(g, seg) for g, seg in work if grads[seg.members[0][0]] is not None]
             views = None
-        self._check_hyperparameters()
-        resolved = [resolve_lr(group, seg.step) for group, seg in work]
+        groups = self._check_hyperparameters()
+        resolved = [resolve_lr(groups[g], seg.step) for g, seg in work]
         if views is None:
             views = [seg.grad_view(grads) for _, seg in work]
         if zero_grad:

@@ -80,9 +80,9 @@ class Segment:
     def grad_view(self, grads):
         """The segment's gradient as one 1-D buffer: a view when ``grads`` of its members
         tile one buffer in order (no copy), else gathered once into scratch memory."""
+        if len(self.members) == 1:
+            return plain(grads[self.members[0][0]]).reshape(-1)
         members = [grads[i] for i in self.indices]
-        if len(members) == 1:
-            return plain(members[0]).reshape(-1)
         view = _flat_view(members)
         if view is not None:
             return view

@@ -12,7 +12,7 @@ import numbers
 import torch
 
 from ..optim.loop import loop_scale
-from ..validation import check_loop_options
+from ..validation import as_floats, check_loop_options
 from .buckets import Bucket, check_tensor
 
 
@@ -106,7 +106,8 @@ class Optimizer(torch.optim.Optimizer):
         return rule.__new__(rule)
 
     def _hyperparameters(self, group):
-        """The group's hyperparameters as plain numbers, validated by the rule."""
+        """The group's hyperparameters validated by the rule, then as Python floats
+        (``validation.as_floats``: the scalar arithmetic runs in float64)."""
         plain = {k: _plain(v) for k, v in group.items() if k != "params"}
         for key in ("differentiable", "capturable"):
             if plain.get(key):
@@ -117,7 +118,7 @@ class Optimizer(torch.optim.Optimizer):
                             "for a schedule use torch.optim.lr_scheduler")
         rule = self._rule_for(plain)
         rule.check_group(plain)
-        return rule, plain
+        return rule, as_floats(plain)
 
     # --- groups ---------------------------------------------------------------------
 
