@@ -31,8 +31,8 @@ SIZES = (512, 1024, 1024, 10)
 BATCH = 64
 LR = 1e-4
 WARMUP = 48     # > fastopt.threads WARMUP + one probe (3 + 32 steps)
-ROUNDS = 12
-BLOCK = 8       # timed steps per block (after one untimed step)
+ROUNDS = 20
+BLOCK = 6       # timed steps per block (after one untimed step)
 LOOPS = ("torch", "numpy")
 
 
