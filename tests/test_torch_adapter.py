@@ -130,7 +130,21 @@ def test_matches_torch_optim_every_step(config, dtype):
             assert ours[index]["step"].item() == theirs[index]["step"].item() == 30
 
 
-def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
+@pytest.fixture
+def adam_update_sizes(monkeypatch):
+    """The segment size of every ``fastopt.optim.Adam.update`` (one kernel call) made."""
+    sizes = []
+    original = fastopt.optim.Adam.update
+
+    def counting_update(self, seg, *args):
+        sizes.append(seg.param.size)
+        return original(self, seg, *args)
+
+    monkeypatch.setattr(fastopt.optim.Adam, "update", counting_update)
+    return sizes
+
+
+def test_one_kernel_call_per_group_flat_storage_and_in_place_grads(adam_update_sizes):
     """zero_grad(set_to_none=False) binds the grads to the flat gradient buffer: backward
     accumulates there and each step is one kernel call per group."""
     model = make_model()
@@ -142,24 +156,14 @@ def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
         assert p.untyped_storage().data_ptr() == storage  # rebound to the flat buffer
         assert torch.equal(p, b)                          # values kept
     batch = make_batch()
-    calls = []
-    original_update = fastopt.optim.Adam.update
-
-    def counting_update(self, seg, *args):
-        calls.append(seg.param.size)
-        return original_update(self, seg, *args)
-
-    fastopt.optim.Adam.update = counting_update
-    try:
-        for i in range(3):
-            opt.zero_grad(set_to_none=False)
-            backward(model, batch)
-            opt.step()
-            for p, view in zip(model.parameters(), bucket.grad_views):
-                # autograd wrote into the view once zero_grad had bound it (steps 2, 3)
-                assert (p.grad.data_ptr() == view.data_ptr()) == (i > 0)
-    finally:
-        fastopt.optim.Adam.update = original_update
+    calls = adam_update_sizes
+    for i in range(3):
+        opt.zero_grad(set_to_none=False)
+        backward(model, batch)
+        opt.step()
+        for p, view in zip(model.parameters(), bucket.grad_views):
+            # autograd wrote into the view once zero_grad had bound it (steps 2, 3)
+            assert (p.grad.data_ptr() == view.data_ptr()) == (i > 0)
     # The first step reads autograd's fresh gradients in place (one call per param); after
     # zero_grad(set_to_none=False) bound them to the flat buffer, one call per step.
     sizes = [p.numel() for p in model.parameters()]
@@ -168,7 +172,8 @@ def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
         assert opt.state[p]["exp_avg"] is exp_avg
 
 
-def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place():
+def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place(
+        adam_update_sizes):
     """zero_grad() is torch's (set_to_none=True); step then reads each gradient where
     autograd allocated it (no copy into the flat gradient buffer, p.grad not rebound),
     one kernel call per param, and matches torch.optim.Adam."""
@@ -177,28 +182,18 @@ def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place
     ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
     (bucket,) = opt._buckets[0]
     batch = make_batch()
-    calls = []
-    original_update = fastopt.optim.Adam.update
-
-    def counting_update(self, seg, *args):
-        calls.append(seg.param.size)
-        return original_update(self, seg, *args)
-
-    fastopt.optim.Adam.update = counting_update
-    try:
-        for _ in range(3):
-            opt.zero_grad()
-            ref_opt.zero_grad()
-            assert all(p.grad is None for p in model.parameters())
-            backward(model, batch)
-            backward(reference, batch)
-            grads = [p.grad for p in model.parameters()]
-            opt.step()
-            ref_opt.step()
-            assert [p.grad for p in model.parameters()] == grads  # not rebound
-            assert all(g.data_ptr() != v.data_ptr() for g, v in zip(grads, bucket.grad_views))
-    finally:
-        fastopt.optim.Adam.update = original_update
+    calls = adam_update_sizes
+    for _ in range(3):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
+        backward(model, batch)
+        backward(reference, batch)
+        grads = [p.grad for p in model.parameters()]
+        opt.step()
+        ref_opt.step()
+        assert [p.grad for p in model.parameters()] == grads  # not rebound
+        assert all(g.data_ptr() != v.data_ptr() for g, v in zip(grads, bucket.grad_views))
     assert calls == [p.numel() for p in model.parameters()] * 3
     assert not bucket.grad.any()        # nothing was gathered into the flat gradient buffer
     for ours, theirs in zip(model.parameters(), reference.parameters()):

@@ -143,6 +143,16 @@ def _meta(options, torch_version):
             "repeat": options["timing"]["repeat"], "min_time": options["timing"]["min_time"]}
 
 
+def _finish(args, result):
+    """Write ``--json`` if asked; the exit status."""
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+            handle.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
 def _run_loops(args, options, result, use_torch):
     """``--loops``: the loop table (fastopt.bench.loops)."""
     thread_counts = options["threads"] if args.threads else sorted({1, options["threads"][0]})
@@ -159,12 +169,7 @@ def _run_loops(args, options, result, use_torch):
           "what fastopt's loop-timed choice settled on (fastopt.threads)")
     if not use_torch:
         print("\ntorch is not installed: the torch loop is skipped")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
-            handle.write("\n")
-    sys.stdout.flush()
-    return 0
+    return _finish(args, result)
 
 
 def run(args):
@@ -248,9 +253,4 @@ def run(args):
                   "torch clip_grad_norm_ then the fused step; x t.clip: its time over clip")
         if not use_torch and not args.no_torch:
             print("\ntorch is not installed: torch.optim columns are empty")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
-            handle.write("\n")
-    sys.stdout.flush()
-    return 0
+    return _finish(args, result)
