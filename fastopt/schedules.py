@@ -24,13 +24,19 @@ Differences from torch, all past the end of a schedule or where torch divides by
 (torch's ``LinearLR`` needs ``start_factor > 0``), and so is ``warmup_steps == total_steps``.
 """
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
+from .incoming import short_repr
 from .validation import check_bool, check_int, check_real
 
 __all__ = ["constant", "step_decay", "exponential", "cosine", "warmup_linear_decay",
            "one_cycle"]
+
+#: The schedule classes by name (``__all__`` lists exactly them): the only ones
+#: :func:`from_data` builds.
+_NAMES = tuple(__all__)
 
 
 #: The largest step count a schedule takes: integers up to 2**53 are exact as floats, so
@@ -287,3 +293,46 @@ class one_cycle(_Schedule):
                 return (end_lr - start_lr) * pct + start_lr
             start_step = end_step
         raise AssertionError("unreachable")  # the last phase always returns
+
+
+def to_data(schedule):
+    """``{"schedule": class name, "fields": {field: value}}``: a schedule as plain data
+    (numbers, strings, bools) that JSON holds exactly and :func:`from_data` turns back
+    into an equal schedule. Checkpoints store schedules this way: no pickle, no code.
+
+    Raises ``TypeError`` for anything but an instance of one of this module's classes
+    (a subclass, a lambda, any other callable)."""
+    name = type(schedule).__name__
+    if name not in _NAMES or type(schedule) is not globals()[name]:
+        raise TypeError(f"cannot store {name} {schedule!r}: only fastopt.schedules "
+                        f"({', '.join(_NAMES)}) can be stored")
+    return {"schedule": name, "fields": {field.name: getattr(schedule, field.name)
+                                         for field in dataclasses.fields(schedule)}}
+
+
+def from_data(data):
+    """The schedule :func:`to_data` described, built (and so validated) by its class.
+
+    Raises ``ValueError`` for anything else: not ``{"schedule": name, "fields": {...}}``,
+    a name that is not one of this module's classes, unknown or missing fields, or
+    values the class refuses (of any type: this is data from a file, not a call)."""
+    if not isinstance(data, dict) or set(data) != {"schedule", "fields"} \
+            or not isinstance(data["fields"], dict):
+        raise ValueError(f"a stored schedule is {{'schedule': name, 'fields': {{...}}}}, "
+                         f"got {short_repr(data)}")
+    name, fields = data["schedule"], data["fields"]
+    if name not in _NAMES:
+        raise ValueError(f"unknown schedule {short_repr(name)}; fastopt.schedules has "
+                         f"{', '.join(_NAMES)}")
+    cls = globals()[name]
+    known = {field.name for field in dataclasses.fields(cls)}
+    required = {field.name for field in dataclasses.fields(cls)
+                if field.default is dataclasses.MISSING}
+    if set(fields) - known or required - set(fields):
+        raise ValueError(f"schedule {name} takes fields {sorted(known)} (required: "
+                         f"{sorted(required)}), got {sorted(fields, key=str)}")
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"schedule {name}: {error}") from None
+

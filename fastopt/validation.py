@@ -22,16 +22,16 @@ import warnings
 import numpy as np
 
 __all__ = ["check_real", "check_int", "check_bool", "check_number", "check_flag", "check_lr",
-           "check_loop_options", "as_floats", "cast_scalars", "env_int", "show"]
+           "check_loop_options", "as_floats", "cast_scalars", "env_int", "short_repr"]
 
 
-def show(value):
-    """``repr(value)`` for a message; a huge int as its size (its repr may be refused)."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        digits = int(value).bit_length() * math.log10(2)
-        if digits > 30:
-            return f"{'-' if value < 0 else ''}<an integer of about {digits:.0f} digits>"
-    return repr(value)
+def short_repr(value, limit=60):
+    """``repr(value)``, shortened for a message: a forged state dict may hold a
+    10,000-digit int (whose repr Python may even refuse)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _bounds(low, high, low_open, high_open):
@@ -48,11 +48,11 @@ def check_real(value, name, low=None, high=None, *, low_open=False, high_open=Fa
     the bounds (``low_open``/``high_open``: strict), not NaN, finite with ``finite``.
     ``TypeError``/``ValueError`` naming ``name`` otherwise."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {show(value)}")
+        raise TypeError(f"{name} must be a real number, got {short_repr(value)}")
     try:
         number = float(value)
     except OverflowError:
-        raise ValueError(f"Invalid {name}: {show(value)} (must be a number a float can "
+        raise ValueError(f"Invalid {name}: {short_repr(value)} (must be a number a float can "
                          "hold, at most ~1.8e308 in magnitude)") from None
     ok = not math.isnan(number) and (math.isfinite(number) or not finite)
     if low is not None:
@@ -63,7 +63,7 @@ def check_real(value, name, low=None, high=None, *, low_open=False, high_open=Fa
         needs = ["finite"] if finite else []
         if (low, high) != (None, None):
             needs.append(_bounds(low, high, low_open, high_open))
-        raise ValueError(f"Invalid {name}: {show(value)} (must be "
+        raise ValueError(f"Invalid {name}: {short_repr(value)} (must be "
                          f"{' and '.join(needs) or 'a number'})")
     return number
 
@@ -72,10 +72,10 @@ def check_int(value, name, low=None, high=None):
     """Return ``value`` as an int after checking it is an integer (``numbers.Integral``,
     NumPy's included, not a bool) in ``[low, high]``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {show(value)}")
+        raise TypeError(f"{name} must be an integer, got {short_repr(value)}")
     number = int(value)
     if (low is not None and number < low) or (high is not None and number > high):
-        raise ValueError(f"Invalid {name}: {show(value)} (must be "
+        raise ValueError(f"Invalid {name}: {short_repr(value)} (must be "
                          f"{_bounds(low, high, False, False)})")
     return number
 
@@ -83,7 +83,7 @@ def check_int(value, name, low=None, high=None):
 def check_bool(value, name):
     """Return ``value`` as a bool after checking it is one (Python's or NumPy's)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {show(value)}")
+        raise TypeError(f"{name} must be a bool, got {short_repr(value)}")
     return bool(value)
 
 
@@ -187,7 +187,9 @@ def _check_range(dtype, values, sources):
         except OverflowError:   # an int beyond float64
             number, fits = value, False
         if not fits:
-            shown = show(number) if formula == name else f"{formula} = {show(number)}"
+            shown = short_repr(number)
+            if formula != name:
+                shown = f"{formula} = {shown}"
             raise ValueError(f"Invalid {name}: {shown} (must be at most "
                              f"{np.finfo(dtype).max:.8g} in magnitude: the parameters are "
                              f"{np.dtype(dtype).name})")

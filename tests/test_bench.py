@@ -91,6 +91,27 @@ def test_bench_loop_section(tmp_path, monkeypatch):
     assert row["torch_clip"] is None or _positive(row["torch_clip"])
 
 
+def test_bench_loops_times_whole_iterations(tmp_path, monkeypatch):
+    """``fastopt bench --loops``: both loops at each thread count, every configuration
+    timed, speed-ups consistent with the times, and fastopt's twin reported."""
+    from fastopt.bench import loops
+    monkeypatch.setattr(loops, "SIZES", (16, 24, 24, 4))
+    monkeypatch.setattr(loops, "ROUNDS", 2)
+    monkeypatch.setattr(loops, "WARMUP", 2)
+    monkeypatch.setattr(loops, "BLOCK", 2)
+    path = tmp_path / "loops.json"
+    assert main(["bench", "--loops", "--threads", "1", "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["loops"]
+    assert [(r["loop"], r["threads"]) for r in rows] == [("torch", 1), ("numpy", 1)]
+    assert set(rows[0]["seconds"]) == {"fastopt", "fastopt 1 thread", "torch fused"}
+    assert set(rows[1]["seconds"]) == {"fastopt", "fastopt 1 thread"}
+    for row in rows:
+        assert all(_positive(v) for v in row["seconds"].values())
+        for name, speedup in row["speedups"].items():
+            assert speedup == pytest.approx(row["seconds"][name] / row["seconds"]["fastopt"])
+        assert row["twin"] == "by size"   # tiny models: never timed, the size rule
+
+
 def test_loop_calls_compute_what_they_say():
     """The clip variant clips (its step differs from the plain one on the same data)
     and both zeroing variants leave the gradients zero with the same parameters."""

@@ -1,9 +1,14 @@
 """fastopt.checkpoint: safetensors save/load, no pickle, atomic writes, every mismatch and
 every damaged file a ValueError that leaves the optimizer (and the params) unchanged."""
 
+import hashlib
 import json
 import os
 import pickle
+import signal
+import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastopt
+from fastopt import schedules
 from fastopt.checkpoint import load, save
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -371,6 +377,304 @@ def test_edited_metadata_fails_the_checksum(tmp_path):
     check_rejected(opt, tmp_path / "edited.safetensors", "checksum mismatch", params)
 
 
+def fresh_target(dtype=np.float32):
+    """An optimizer (different state) and params that a damaged file must not touch."""
+    params = make_params(dtype, seed=9)
+    opt = fastopt.Adam(params, amsgrad=True)
+    for g in make_grads(dtype, 2, seed=8):
+        opt.step(g)
+    return opt, params
+
+
+def forge(path, source, tensors=None, **changes):
+    """Rewrite ``source`` with metadata entries changed (``None`` removes one) and,
+    optionally, other tensors, and a correct checksum: what a hostile user can make."""
+    data = source.read_bytes()
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    tensors = safetensors_numpy.load(data) if tensors is None else tensors
+    placeholder = ("sha256:" + "0" * 64).encode()
+    meta = {k: v for k, v in {**header["__metadata__"], **changes}.items() if v is not None}
+    meta["checksum"] = placeholder.decode()
+    blob = safetensors_numpy.save(tensors, metadata=meta)
+    digest = ("sha256:" + hashlib.sha256(blob).hexdigest()).encode()
+    assert blob.count(placeholder) == 1
+    path.write_bytes(blob.replace(placeholder, digest))
+    return path
+
+
+def metadata_of(path):
+    data = path.read_bytes()
+    return json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
+
+
+def test_forge_helper_makes_loadable_files(tmp_path):
+    """The forged files below fail for what they change, not for their checksum."""
+    opt, params = trained()
+    save(opt, tmp_path / "opt.safetensors")
+    forge(tmp_path / "same.safetensors", tmp_path / "opt.safetensors")
+    other = fastopt.Adam([p.copy() for p in params], amsgrad=True)
+    load(other, tmp_path / "same.safetensors")
+    assert_same_state(other.state_dict(), opt.state_dict())
+
+
+def forged_json(source, key, edit):
+    """``metadata[key]`` of ``source`` as JSON, after ``edit(value)`` changed it."""
+    value = json.loads(metadata_of(source)[key])
+    edit(value)
+    return json.dumps(value)
+
+
+FORGED_STATE = {
+    # JSON state values must not stand in for arrays or steps, nor override a tensor
+    "list-over-a-tensor": lambda src: dict(state_values=json.dumps(
+        {"1": {"exp_avg": [0.5] * 4}})),
+    "number-for-a-0-d-buffer": lambda src: dict(
+        tensors={k: v for k, v in safetensors_numpy.load(src.read_bytes()).items()
+                 if k != "state/2/exp_avg"},
+        state_values=json.dumps({"2": {"exp_avg": 0.5}})),
+    "step-in-state-values": lambda src: dict(state_values=json.dumps({"0": {"step": 9}})),
+    # numbers beyond float range: ValueError, not OverflowError
+    "huge-step": lambda src: dict(steps=json.dumps({"0": 10 ** 400, "1": 3, "2": 3})),
+    "huge-lr": lambda src: dict(param_groups=forged_json(
+        src, "param_groups", lambda g: g[0].__setitem__("lr", 10 ** 400))),
+    "huge-beta": lambda src: dict(param_groups=forged_json(
+        src, "param_groups", lambda g: g[0].__setitem__("betas", [10 ** 400, 0.9]))),
+    "fractional-step": lambda src: dict(steps=json.dumps({"0": 2.5, "1": 3, "2": 3})),
+}
+
+
+@pytest.mark.parametrize("case", FORGED_STATE)
+def test_forged_state_values_are_refused(case, tmp_path):
+    opt, params = trained()
+    save(opt, tmp_path / "opt.safetensors")
+    changes = FORGED_STATE[case](tmp_path / "opt.safetensors")
+    path = forge(tmp_path / "forged.safetensors", tmp_path / "opt.safetensors", **changes)
+    target, target_params = fresh_target(np.float64)
+    check_rejected(target, path, r"step|lr|beta|state_values|state\[2\]", target_params)
+
+
+# --- schedules and loop options ----------------------------------------------------------
+
+SCHEDULES = [
+    schedules.constant(0.01),
+    schedules.step_decay(0.02, step_size=3, gamma=0.5),
+    schedules.exponential(0.01, gamma=0.9),
+    schedules.cosine(3e-3, total_steps=10, warmup_steps=2, min_lr=1e-4),
+    schedules.warmup_linear_decay(0.01, warmup_steps=3, total_steps=9, end_factor=0.1),
+    schedules.one_cycle(0.05, total_steps=12, anneal_strategy="linear", three_phase=True),
+]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: type(s).__name__)
+def test_schedule_and_loop_options_round_trip(schedule, tmp_path):
+    """The README's loop (a schedule, clip_grad_norm, grad_scale, skip_if_nonfinite)
+    saves, and a fresh optimizer with other settings loads it and continues bitwise."""
+    options = dict(clip_grad_norm=0.5, grad_scale=8.0, skip_if_nonfinite=True)
+    grads = make_grads(np.float32, 10)
+    flat = fastopt.flatten(make_params(np.float32))
+    opt = fastopt.AdamW(flat, lr=schedule, **options)
+    for g in grads[:5]:
+        opt.step(g)
+    save(opt, tmp_path / "loop.safetensors")
+    copies = [p.copy() for p in flat.params]
+    resumed = fastopt.AdamW(copies, lr=0.5)
+    load(resumed, tmp_path / "loop.safetensors")
+    assert resumed.param_groups[0]["lr"] == schedule
+    assert type(resumed.param_groups[0]["lr"]) is type(schedule)
+    assert {k: getattr(resumed, k) for k in options} == options
+    for g in grads[5:]:
+        opt.step(g)
+        resumed.step(g)
+    for a, b in zip(copies, flat.params):
+        np.testing.assert_array_equal(a, b)
+    stored = json.loads(metadata_of(tmp_path / "loop.safetensors")["param_groups"])
+    assert stored[0]["lr"]["schedule"] == type(schedule).__name__   # data, not code
+
+
+def test_other_callables_are_not_stored(tmp_path):
+    opt = fastopt.Adam([np.ones(3)], lr=lambda step: 0.1)
+    with pytest.raises(TypeError, match="only fastopt.schedules"):
+        save(opt, tmp_path / "opt.safetensors")
+    assert not os.listdir(tmp_path)
+
+
+def scheduled(tmp_path):
+    opt = fastopt.Adam([np.ones(3)], lr=schedules.cosine(0.01, total_steps=10),
+                       clip_grad_norm=1.0)
+    opt.step([np.ones(3)])
+    save(opt, tmp_path / "opt.safetensors")
+    return tmp_path / "opt.safetensors"
+
+
+FORGED_LOOP = {
+    "unknown-schedule": ({"schedule": "system", "fields": {"command": "rm -rf /"}},
+                         "unknown schedule"),
+    "private-name": ({"schedule": "_Schedule", "fields": {}}, "unknown schedule"),
+    "bad-field-value": ({"schedule": "cosine", "fields": {"lr": -1.0, "total_steps": 10}},
+                        "Invalid lr"),
+    "wrong-field-type": ({"schedule": "cosine", "fields": {"lr": "0.1", "total_steps": 10}},
+                         "lr must be a real number"),
+    "huge-field": ({"schedule": "cosine", "fields": {"lr": 10 ** 400, "total_steps": 10}},
+                   "schedule cosine"),
+    "unknown-field": ({"schedule": "cosine", "fields": {"lr": 0.1, "total_steps": 10,
+                                                        "__init__": 1}}, "takes fields"),
+    "missing-field": ({"schedule": "cosine", "fields": {"lr": 0.1}}, "takes fields"),
+    "not-a-schedule": ({"lr": 0.1}, "a stored schedule is"),
+}
+
+
+@pytest.mark.parametrize("case", FORGED_LOOP)
+def test_forged_schedule_is_refused(case, tmp_path):
+    lr, match = FORGED_LOOP[case]
+    source = scheduled(tmp_path)
+    path = forge(tmp_path / "forged.safetensors", source, param_groups=forged_json(
+        source, "param_groups", lambda groups: groups[0].__setitem__("lr", lr)))
+    params = [np.zeros(3)]
+    opt = fastopt.Adam(params, lr=0.5)
+    opt.step([np.ones(3)])
+    check_rejected(opt, path, match, params)
+    assert opt.param_groups[0]["lr"] == 0.5 and opt.clip_grad_norm is None
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"grad_scale": 0.0}, "grad_scale"),
+    ({"grad_scale": 10 ** 400}, "grad_scale"),
+    ({"clip_grad_norm": "1.0"}, "clip_grad_norm"),
+    ({"skip_if_nonfinite": "yes"}, "skip_if_nonfinite"),
+    ({"clip_grad_norm": -1.0}, "clip_grad_norm"),
+    ({"learning_rate": 1.0}, "unknown loop options"),
+])
+def test_forged_loop_options_are_refused(options, match, tmp_path):
+    source = scheduled(tmp_path)
+    path = forge(tmp_path / "forged.safetensors", source, loop_options=json.dumps(options))
+    params = [np.zeros(3)]
+    opt = fastopt.Adam(params, lr=0.5)
+    opt.step([np.ones(3)])
+    check_rejected(opt, path, match, params)
+    assert (opt.clip_grad_norm, opt.grad_scale, opt.skip_if_nonfinite) == (None, 1.0, False)
+
+
+def test_file_without_loop_options_leaves_them(tmp_path):
+    """A file of fastopt 0.1.0 has no loop_options: the optimizer keeps its own."""
+    source = scheduled(tmp_path)
+    path = forge(tmp_path / "old.safetensors", source, loop_options=None)
+    opt = fastopt.Adam([np.zeros(3)], grad_scale=4.0)
+    load(opt, path)
+    assert (opt.clip_grad_norm, opt.grad_scale) == (None, 4.0)
+
+
+# --- what save replaces, and what it leaves behind ----------------------------------------
+
+
+def test_save_refuses_special_files_and_folders(tmp_path):
+    """A FIFO, a symlink to /dev/null and a folder are refused with ValueError; each stays
+    what it was (before, the FIFO and the link were replaced by regular files)."""
+    opt, _ = trained(steps=1)
+    fifo, null, folder = tmp_path / "fifo", tmp_path / "null", tmp_path / "folder"
+    os.mkfifo(fifo)
+    os.symlink(os.devnull, null)
+    folder.mkdir()
+    for target, kind in [(fifo, "is a FIFO"), (null, "points to a character device"),
+                         (folder, "is a folder")]:
+        with pytest.raises(ValueError, match=f"{kind}, not a regular file"):
+            save(opt, target)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert os.path.islink(null) and os.readlink(null) == os.devnull
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert folder.is_dir() and not os.listdir(folder)
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "folder", "null"]   # no temporaries
+
+
+def test_save_follows_a_symlink(tmp_path):
+    """A symlink to a checkpoint stays a link; the file it points to is replaced."""
+    opt, params = trained(steps=1)
+    (tmp_path / "runs").mkdir()
+    real = tmp_path / "runs" / "opt.safetensors"
+    real.write_bytes(b"old")
+    os.chmod(real, 0o600)
+    link = tmp_path / "latest.safetensors"
+    os.symlink(real, link)
+    save(opt, link)
+    assert os.path.islink(link) and os.readlink(link) == str(real)
+    assert os.stat(real).st_mode & 0o777 == 0o600
+    other = fastopt.Adam([p.copy() for p in params], amsgrad=True)
+    load(other, link)
+    assert_same_state(other.state_dict(), opt.state_dict())
+    assert os.listdir(tmp_path / "runs") == ["opt.safetensors"]
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import numpy as np
+import fastopt
+opt = fastopt.Adam([np.ones(1000)])
+opt.step([np.ones(1000)])
+os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)   # killed mid-save
+fastopt.save(opt, sys.argv[1])
+"""
+
+
+def test_next_save_removes_the_temporary_of_a_killed_save(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = tmp_path / "opt.safetensors"
+    done = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(path)], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    left = os.listdir(tmp_path)
+    assert len(left) == 1 and left[0].startswith(".opt.safetensors.")   # the leftover
+    assert os.path.getsize(tmp_path / left[0]) > 8000    # most of the checkpoint
+    opt, params = trained(steps=1)
+    save(opt, path)
+    assert os.listdir(tmp_path) == ["opt.safetensors"]
+    other = fastopt.Adam([p.copy() for p in params], amsgrad=True)
+    load(other, path)
+    assert_same_state(other.state_dict(), opt.state_dict())
+
+
+def test_temporary_of_a_save_in_progress_is_kept(tmp_path):
+    """A temporary that another save holds locked is not stale: left alone."""
+    fcntl = pytest.importorskip("fcntl")
+    opt, _ = trained(steps=1)
+    busy = tmp_path / ".opt.safetensors.0123456789abcdef.fastopt-tmp"
+    other = tmp_path / ".other.safetensors.0123456789abcdef.fastopt-tmp"
+    busy.write_bytes(b"half")
+    other.write_bytes(b"another path's")
+    with open(busy, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        save(opt, tmp_path / "opt.safetensors")
+        assert busy.exists()
+    save(opt, tmp_path / "opt.safetensors")   # no longer held: stale, removed
+    assert sorted(os.listdir(tmp_path)) == [other.name, "opt.safetensors"]
+
+
+def test_huge_bogus_file_is_a_value_error_before_reading_it(tmp_path):
+    """A valid checkpoint followed by a terabyte of (sparse) zeros: the header's declared
+    sizes do not match the file's, so load refuses it before reading the data (before, it
+    read the whole file: MemoryError)."""
+    opt, params = trained()
+    path = tmp_path / "huge.safetensors"
+    save(opt, path)
+    with open(path, "r+b") as file:
+        file.truncate(2 ** 40)
+    target, target_params = fresh_target(np.float64)
+    check_rejected(target, path, r"declares \d+ bytes of tensor data, the file holds "
+                   r"1099511\d{6}", target_params)
+
+
+def test_header_longer_than_safetensors_allows_is_refused(tmp_path):
+    path = tmp_path / "long.safetensors"
+    with open(path, "wb") as file:
+        file.write((200_000_000).to_bytes(8, "little"))
+        file.truncate(300_000_000)
+    target, target_params = fresh_target(np.float64)
+    check_rejected(target, path, "exceeds safetensors' limit", target_params)
+
+
+def test_load_refuses_a_folder(tmp_path):
+    target, target_params = fresh_target(np.float64)
+    check_rejected(target, tmp_path, "is a folder, not a regular file", target_params)
+
+
 # --- damaged files ---------------------------------------------------------------------
 
 
@@ -382,13 +686,6 @@ def saved_file(tmp_path_factory):
     return path.read_bytes()
 
 
-def fresh_target():
-    """An optimizer (different state) and params that a damaged file must not touch."""
-    params = make_params(np.float32, seed=9)
-    opt = fastopt.Adam(params, amsgrad=True)
-    for g in make_grads(np.float32, 2, seed=8):
-        opt.step(g)
-    return opt, params
 
 
 @settings(max_examples=50, deadline=None,
@@ -433,7 +730,9 @@ def test_flipped_header_bytes_are_a_value_error(data, saved_file, tmp_path):
 def test_flipped_data_byte_is_a_value_error(saved_file, tmp_path):
     opt, params = fresh_target()
     path = tmp_path / "flipped.safetensors"
-    for at in (len(saved_file) - 1, len(saved_file) - 40, len(saved_file) // 2 + 20):
+    data_start = 8 + int.from_bytes(saved_file[:8], "little")
+    for at in (len(saved_file) - 1, len(saved_file) - 40,
+               (data_start + len(saved_file)) // 2, data_start):
         damaged = bytearray(saved_file)
         damaged[at] ^= 0x01
         path.write_bytes(bytes(damaged))

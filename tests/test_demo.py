@@ -26,14 +26,16 @@ def demo(tmp_path, *options, name="run"):
     return status, plot, out
 
 
-def test_mlp_gradient_matches_central_differences():
-    # float64, every one of the 4,810 coordinates, a batch of 5 examples. Central
-    # differences with h=1e-6 are accurate to ~1e-9 here; a wrong term is off by far more.
+@pytest.mark.parametrize("sizes", [(64, 64, 10), (12, 9, 7, 5)])
+def test_mlp_gradient_matches_central_differences(sizes):
+    # float64, every coordinate (4,810 for the demo's 64-64-10; a three-layer net as the
+    # bench's loop uses), a batch of 5 examples. Central differences with h=1e-6 are
+    # accurate to ~1e-9 here; a wrong term is off by far more.
     rng = np.random.default_rng(3)
-    mlp = MLP(initial_weights((64, 64, 10), np.float64, seed=3))
-    for bias in (mlp.b1, mlp.b2):  # nonzero biases, so their gradient paths are exercised
+    mlp = MLP(initial_weights(sizes, np.float64, seed=3))
+    for bias in mlp.biases:  # nonzero biases, so their gradient paths are exercised
         bias[...] = rng.normal(0, 0.5, bias.shape)
-    x, y = rng.random((5, 64)), rng.integers(0, 10, 5)
+    x, y = rng.random((5, sizes[0])), rng.integers(0, sizes[-1], 5)
     mlp.flat.buffers[0].grad.fill(np.nan)   # loss_and_grad must overwrite every element
     loss = mlp.loss_and_grad(x, y)
     assert loss == pytest.approx(mlp.loss(x, y), rel=1e-12)

@@ -130,7 +130,24 @@ def test_matches_torch_optim_every_step(config, dtype):
             assert ours[index]["step"].item() == theirs[index]["step"].item() == 30
 
 
-def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
+@pytest.fixture
+def adam_update_sizes(monkeypatch):
+    """The segment size of every kernel call ``fastopt.optim.Adam``'s rule makes, counted
+    where its arguments are built (``kernel_args``: once per kernel call)."""
+    sizes = []
+    original = fastopt.optim.Adam.kernel_args
+
+    def counting_kernel_args(self, seg, *args):
+        sizes.append(seg.param.size)
+        return original(self, seg, *args)
+
+    monkeypatch.setattr(fastopt.optim.Adam, "kernel_args", counting_kernel_args)
+    return sizes
+
+
+def test_one_kernel_call_per_group_flat_storage_and_in_place_grads(adam_update_sizes):
+    """zero_grad(set_to_none=False) binds the grads to the flat gradient buffer: backward
+    accumulates there and each step is one kernel call per group."""
     model = make_model()
     before = [p.detach().clone() for p in model.parameters()]
     opt = ft.Adam(model.parameters(), lr=0.01)
@@ -140,26 +157,62 @@ def test_one_kernel_call_per_group_flat_storage_and_in_place_grads():
         assert p.untyped_storage().data_ptr() == storage  # rebound to the flat buffer
         assert torch.equal(p, b)                          # values kept
     batch = make_batch()
-    calls = []
-    original_kernel_args = fastopt.optim.Adam.kernel_args
-
-    def counting_kernel_args(self, seg, *args):   # one argument tuple per kernel call
-        calls.append(seg.param.size)
-        return original_kernel_args(self, seg, *args)
-
-    fastopt.optim.Adam.kernel_args = counting_kernel_args
-    try:
-        for _ in range(3):
-            opt.zero_grad()
-            backward(model, batch)
-            opt.step()
-            for p, view in zip(model.parameters(), bucket.grad_views):
-                assert p.grad.data_ptr() == view.data_ptr()  # autograd wrote into the view
-    finally:
-        fastopt.optim.Adam.kernel_args = original_kernel_args
-    assert calls == [bucket.param.numel()] * 3
+    calls = adam_update_sizes
+    for i in range(3):
+        opt.zero_grad(set_to_none=False)
+        backward(model, batch)
+        opt.step()
+        for p, view in zip(model.parameters(), bucket.grad_views):
+            # autograd wrote into the view once zero_grad had bound it (steps 2, 3)
+            assert (p.grad.data_ptr() == view.data_ptr()) == (i > 0)
+    # The first step reads autograd's fresh gradients in place (one call per param); after
+    # zero_grad(set_to_none=False) bound them to the flat buffer, one call per step.
+    sizes = [p.numel() for p in model.parameters()]
+    assert calls == sizes + [bucket.param.numel()] * 2
     for p, exp_avg in zip(model.parameters(), bucket.state_views["exp_avg"]):
         assert opt.state[p]["exp_avg"] is exp_avg
+
+
+def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place(
+        adam_update_sizes):
+    """zero_grad() is torch's (set_to_none=True); step then reads each gradient where
+    autograd allocated it (no copy into the flat gradient buffer, p.grad not rebound),
+    one kernel call per param, and matches torch.optim.Adam."""
+    model, reference = make_model(), make_model()
+    opt = ft.Adam(model.parameters(), lr=0.01)
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
+    (bucket,) = opt._buckets[0]
+    batch = make_batch()
+    calls = adam_update_sizes
+    for _ in range(3):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        assert all(p.grad is None for p in model.parameters())
+        backward(model, batch)
+        backward(reference, batch)
+        grads = [p.grad for p in model.parameters()]
+        opt.step()
+        ref_opt.step()
+        assert [p.grad for p in model.parameters()] == grads  # not rebound
+        assert all(g.data_ptr() != v.data_ptr() for g, v in zip(grads, bucket.grad_views))
+    assert calls == [p.numel() for p in model.parameters()] * 3
+    assert not bucket.grad.any()        # nothing was gathered into the flat gradient buffer
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=1e-6)
+
+
+def test_gradient_set_to_a_view_of_the_flat_buffers_is_copied_before_the_kernel():
+    """A gradient that lies in the optimizer's own flat param memory (set by hand) is
+    copied first, so the kernel never reads what it writes: same result as a copy."""
+    model, reference = make_model(), make_model()
+    opt, ref_opt = ft.SGD(model.parameters(), lr=0.1), torch.optim.SGD(reference.parameters(), lr=0.1)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        p.grad = p.detach()[...]            # the param's own memory, a view of the flat buffer
+        q.grad = q.detach().clone()
+    opt.step()
+    ref_opt.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -237,6 +290,96 @@ def test_load_state_dict_checks_shapes():
     other.step()
     with pytest.raises(ValueError, match="shape"):
         opt.load_state_dict(other.state_dict())
+
+
+def _set_group(key, value):
+    return lambda d: d["param_groups"][0].__setitem__(key, value)
+
+
+def _set_state(index, key, value):
+    return lambda d: d["state"][index].__setitem__(key, value(d["state"][index]))
+
+
+BAD_TORCH_LOADS = {
+    "lr-nan": (_set_group("lr", float("nan")), ValueError, "lr"),
+    "lr-negative": (_set_group("lr", -0.1), ValueError, "lr"),
+    "lr-huge-int": (_set_group("lr", 10 ** 400), ValueError, "lr"),
+    "lr-string": (_set_group("lr", "0.1"), TypeError, "lr"),
+    "beta1-one": (_set_group("betas", (1.0, 0.999)), ValueError, "beta"),
+    "beta2-negative": (_set_group("betas", (0.9, -0.5)), ValueError, "beta"),
+    "eps-negative": (_set_group("eps", -1e-8), ValueError, "eps"),
+    "amsgrad-string": (_set_group("amsgrad", "yes"), TypeError, "amsgrad"),
+    "differentiable": (_set_group("differentiable", True), ValueError, "differentiable"),
+    "step-negative": (_set_state(1, "step", lambda e: torch.tensor(-1.0)), ValueError,
+                      "step"),
+    "step-nan": (_set_state(1, "step", lambda e: torch.tensor(float("nan"))), ValueError,
+                 "step"),
+    "step-inf": (_set_state(1, "step", lambda e: float("inf")), ValueError, "step"),
+    "step-fraction": (_set_state(1, "step", lambda e: 2.5), ValueError, "step"),
+    "step-huge-int": (_set_state(1, "step", lambda e: 10 ** 400), ValueError, "step"),
+    "step-bool": (_set_state(1, "step", lambda e: torch.tensor(True)), ValueError, "step"),
+    "state-sparse": (_set_state(1, "exp_avg", lambda e: e["exp_avg"].to_sparse()),
+                     TypeError, "sparse"),
+    "state-complex": (_set_state(3, "exp_avg_sq",
+                                 lambda e: e["exp_avg_sq"].to(torch.complex64)),
+                      TypeError, "complex"),
+    "state-bool": (_set_state(3, "exp_avg", lambda e: e["exp_avg"] > 0), TypeError, "bool"),
+    "state-number": (_set_state(3, "exp_avg", lambda e: 0.5), TypeError, "exp_avg"),
+    "state-not-a-dict": (lambda d: d["state"].__setitem__(2, [1, 2]), ValueError, "dict"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TORCH_LOADS)
+def test_bad_load_is_refused_before_torch_replaces_anything(case):
+    """Each bad value raises from load_state_dict with groups, state and flat buffers as
+    they were; training then continues bitwise like a twin that never saw the load
+    (before, some were accepted and failed at the next step, after updating params)."""
+    mutate, error, match = BAD_TORCH_LOADS[case]
+    batch = make_batch()
+    model, twin = make_model(), make_model()
+    opt, twin_opt = ft.Adam(model.parameters(), lr=0.01), ft.Adam(twin.parameters(), lr=0.01)
+
+    def train(steps):
+        for m, o in ((model, opt), (twin, twin_opt)):
+            for _ in range(steps):
+                o.zero_grad()
+                backward(m, batch)
+                o.step()
+
+    train(3)
+    bad = opt.state_dict()
+    mutate(bad)
+    with pytest.raises(error, match=match):
+        opt.load_state_dict(bad)
+    for group, twin_group in zip(opt.param_groups, twin_opt.param_groups):
+        assert {k: v for k, v in group.items() if k != "params"} == {
+            k: v for k, v in twin_group.items() if k != "params"}
+    train(2)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    ours, theirs = opt.state_dict()["state"], twin_opt.state_dict()["state"]
+    for index, entry in theirs.items():
+        for key, value in entry.items():
+            assert torch.equal(ours[index][key], value)
+
+
+def test_adamw_refuses_an_adam_state_dict_and_adam_takes_the_flag_as_torch():
+    """fastopt.torch.AdamW refuses decoupled_weight_decay=False (torch.optim.AdamW would
+    silently continue the Adam run with decoupled decay). fastopt.torch.Adam, like
+    torch.optim.Adam, takes the flag as a hyperparameter: the loaded value wins."""
+    model = make_model()
+    adam = torch.optim.Adam(model.parameters(), weight_decay=0.1)
+    backward(model, make_batch())
+    adam.step()
+    opt = ft.AdamW(make_model().parameters(), weight_decay=0.1)
+    before = opt.state_dict()
+    with pytest.raises(ValueError, match="decoupled_weight_decay=False, but AdamW"):
+        opt.load_state_dict(adam.state_dict())
+    assert opt.state_dict() == before   # no state yet, groups as they were
+    adamw = torch.optim.AdamW(model.parameters(), weight_decay=0.1)
+    plain = ft.Adam(make_model().parameters())
+    plain.load_state_dict(adamw.state_dict())
+    assert plain.param_groups[0]["decoupled_weight_decay"] is True
 
 
 # --- torch's idioms -------------------------------------------------------------------
@@ -340,7 +483,30 @@ def test_params_without_grad_in_a_step_are_skipped(name):
             assert_close_scaled(ours[index][key], value)
 
 
-def test_default_zero_grad_is_torch_set_to_none_false():
+@pytest.mark.parametrize("rule", ["Adam", "AdamW", "RMSprop", "SGD"])
+def test_default_zero_grad_is_torchs_a_layer_unused_on_alternate_steps_stays_put(rule):
+    """torch's default zero_grad() sets grads to None, so a head unused in a step is not
+    moved by its momentum or moments; fastopt's default is the same (was set_to_none=False:
+    Adam/AdamW/RMSprop kept moving the unused head, 8-153% apart after 6 steps)."""
+    options = {"Adam": dict(lr=0.01, weight_decay=0.1), "AdamW": dict(lr=0.01),
+               "RMSprop": dict(lr=0.01, momentum=0.9), "SGD": dict(lr=0.1, momentum=0.9)}[rule]
+    reference = TwoHeads()
+    candidate = copy.deepcopy(reference)
+    models = (reference, candidate)
+    opts = (getattr(torch.optim, rule)(reference.parameters(), foreach=False, **options),
+            getattr(ft, rule)(candidate.parameters(), **options))
+    batch = make_batch()
+
+    def iteration(side, step):
+        opts[side].zero_grad()
+        assert all(p.grad is None for p in models[side].parameters())
+        models[side].loss(batch, _heads_for(step)).backward()
+        opts[side].step()
+
+    train_both(reference, candidate, 12, iteration)
+
+
+def test_zero_grad_set_to_none_false_matches_torchs_and_binds_the_flat_buffer():
     reference = TwoHeads()
     candidate = copy.deepcopy(reference)
     models = (reference, candidate)
@@ -350,10 +516,7 @@ def test_default_zero_grad_is_torch_set_to_none_false():
     batch = make_batch()
 
     def iteration(side, step):
-        if side == 0:
-            opts[0].zero_grad(set_to_none=False)
-        else:
-            opts[1].zero_grad()
+        opts[side].zero_grad(set_to_none=False)
         models[side].loss(batch, _heads_for(step)).backward()
         opts[side].step()
 
@@ -363,7 +526,7 @@ def test_default_zero_grad_is_torch_set_to_none_false():
 
 
 @pytest.mark.parametrize("how", ["optimizer", "module"])
-def test_gradients_set_to_none_take_the_gather_path(how):
+def test_gradients_set_to_none_are_read_where_autograd_put_them(how):
     def zero_grad(model, opt, step):
         if how == "module":
             model.zero_grad()  # set_to_none=True: autograd allocates new grads
@@ -373,9 +536,11 @@ def test_gradients_set_to_none_take_the_gather_path(how):
     (_, _), (candidate, fast_opt) = side_by_side(
         torch.optim.RMSprop, ft.RMSprop, dict(lr=0.005, momentum=0.5), steps=10,
         zero_grad=zero_grad)
-    # After step, the gathered grads are bound to the flat buffer again.
-    for p, view in zip(candidate.parameters(), fast_opt._buckets[0][0].grad_views):
-        assert p.grad.data_ptr() == view.data_ptr()
+    # The step read autograd's gradients in place: not gathered, not rebound.
+    bucket = fast_opt._buckets[0][0]
+    for p, view in zip(candidate.parameters(), bucket.grad_views):
+        assert p.grad is not None and p.grad.data_ptr() != view.data_ptr()
+    assert not bucket.grad.any()
 
 
 def test_hand_set_gradients_are_gathered():

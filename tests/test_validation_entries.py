@@ -45,7 +45,7 @@ BAD = [("0.5", TypeError, "must be a real number"),
        (True, TypeError, "must be a real number"),
        (np.bool_(True), TypeError, "must be a real number"),
        (None, TypeError, "must be a real number"),
-       (HUGE, ValueError, "Invalid .*: <an integer of about 400 digits>"),
+       (HUGE, ValueError, r"Invalid .*: an integer of about 40[01] digits \(must be"),
        (float("nan"), ValueError, r"Invalid .*: nan \(must be"),
        (-1.0, ValueError, r"Invalid .*: -1.0 \(must be")]
 

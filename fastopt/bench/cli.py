@@ -16,7 +16,7 @@ import sys
 
 from ..cli import UsageError, check_option
 from ..validation import check_int, check_real
-from . import cases, measure, report, suites
+from . import cases, loops, measure, report, suites
 
 
 def configure(parser):
@@ -51,6 +51,11 @@ def configure(parser):
                              "one flat buffer of 1e6 and 1e7; 'none' skips it; default adam)")
     parser.add_argument("--model-only", action="store_true",
                         help="run only the whole-step section")
+    parser.add_argument("--loops", action="store_true",
+                        help="time whole training-loop iterations instead (a torch and a "
+                             "NumPy MLP 512-1024-1024-10: fastopt, fastopt at one thread, "
+                             "torch fused), at each --threads count (default 1 and the "
+                             "current count)")
     parser.add_argument("--threshold", action="store_true",
                         help="time serial vs parallel twin of each kernel over sizes and "
                              "report the crossover (for PARALLEL_THRESHOLD)")
@@ -137,6 +142,35 @@ def _meta(options, torch_version):
             "repeat": options["timing"]["repeat"], "min_time": options["timing"]["min_time"]}
 
 
+def _finish(args, result):
+    """Write ``--json`` if asked; the exit status."""
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+            handle.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _run_loops(args, options, result, use_torch):
+    """``--loops``: the loop table (fastopt.bench.loops)."""
+    thread_counts = options["threads"] if args.threads else sorted({1, options["threads"][0]})
+    names = [name for name in loops.LOOPS if use_torch or name != "torch"]
+    progress = suites.Progress(loops.loop_count(names, thread_counts))
+    try:
+        result["loops"] = loops.loop_rows(names, thread_counts, progress)
+    finally:
+        progress.close()
+    print(loops.loop_table(result["loops"]))
+    print("\nms per loop iteration (median; blocks of each configuration alternate in one "
+          "process); fastopt: default settings; 1 thread: Numba at one thread; torch "
+          "fused: torch.optim.Adam(fused=True); x: speed-up of fastopt over that; twin: "
+          "what fastopt's loop-timed choice settled on (fastopt.threads)")
+    if not use_torch:
+        print("\ntorch is not installed: the torch loop is skipped")
+    return _finish(args, result)
+
+
 def run(args):
     options = parse_options(args)
     rules, dtypes, sizes, threads, timing = (options[k] for k in
@@ -144,6 +178,8 @@ def run(args):
     torch_version = None if args.threshold else _torch_version(not args.no_torch)
     use_torch = torch_version is not None
     result = {"meta": _meta(options, torch_version)}
+    if args.loops:
+        return _run_loops(args, options, result, use_torch)
     if args.threshold:
         progress = suites.Progress(suites.threshold_count(rules, dtypes, sizes, threads))
         try:
@@ -216,9 +252,4 @@ def run(args):
                   "torch clip_grad_norm_ then the fused step; x t.clip: its time over clip")
         if not use_torch and not args.no_torch:
             print("\ntorch is not installed: torch.optim columns are empty")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
-            handle.write("\n")
-    sys.stdout.flush()
-    return 0
+    return _finish(args, result)

@@ -10,9 +10,6 @@ import numpy as np
 
 import fastopt
 
-PARAM_NAMES = ("w1", "b1", "w2", "b2")
-
-
 def initial_weights(sizes, dtype, seed):
     """Glorot-uniform weights and zero biases for layer ``sizes`` (e.g. ``(64, 64, 10)``),
     drawn from ``seed``: the same arrays for every rule in a race."""
@@ -26,21 +23,27 @@ def initial_weights(sizes, dtype, seed):
 
 
 class MLP:
-    """One tanh hidden layer and a softmax output, over a ``fastopt.Flat``.
+    """tanh hidden layers and a softmax output, over a ``fastopt.Flat``.
 
-    ``MLP(weights)`` copies ``weights`` (``[w1, b1, w2, b2]``, one dtype) into a fresh flat
-    buffer: ``self.flat.params`` are the live parameters, ``self.flat.grads`` the gradients
-    that :meth:`loss_and_grad` overwrites.
+    ``MLP(weights)`` copies ``weights`` (``[w1, b1, w2, b2, ...]``, one dtype; the demo's
+    64-64-10 has two layers, ``fastopt bench --loops`` uses 512-1024-1024-10) into a fresh
+    flat buffer: ``self.flat.params`` are the live parameters, ``self.flat.grads`` the
+    gradients that :meth:`loss_and_grad` overwrites.
     """
 
     def __init__(self, weights):
         self.flat = fastopt.flatten([np.array(w) for w in weights])
-        self.w1, self.b1, self.w2, self.b2 = self.flat.params
+        self.weights, self.biases = self.flat.params[0::2], self.flat.params[1::2]
+        self.w1, self.b1 = self.weights[0], self.biases[0]
+        self.w2, self.b2 = self.weights[-1], self.biases[-1]
         self.dtype = self.w1.dtype
 
     def logits(self, x):
-        hidden = np.tanh(x @ self.w1 + self.b1)
-        return hidden @ self.w2 + self.b2, hidden
+        """The output logits and the input of every layer (``x`` then each hidden)."""
+        inputs = [x]
+        for w, b in zip(self.weights[:-1], self.biases[:-1]):
+            inputs.append(np.tanh(inputs[-1] @ w + b))
+        return inputs[-1] @ self.weights[-1] + self.biases[-1], inputs
 
     def loss(self, x, y):
         """Mean cross-entropy of the current parameters on ``(x, y)`` (no gradient)."""
@@ -52,18 +55,20 @@ class MLP:
     def loss_and_grad(self, x, y):
         """Mean cross-entropy on the batch ``(x, y)``; the gradient of that mean is written
         into ``self.flat.grads`` (overwriting it, so no zeroing is needed)."""
-        logits, hidden = self.logits(x)
+        logits, inputs = self.logits(x)
         loss, probs = _cross_entropy(logits, y)
-        grad_w1, grad_b1, grad_w2, grad_b2 = self.flat.grads
+        grads = self.flat.grads
         # d loss / d logits = (softmax - onehot) / n, computed in place in probs.
         probs[np.arange(len(y)), y] -= 1
         probs *= self.dtype.type(1.0 / len(y))
-        np.matmul(hidden.T, probs, out=grad_w2)
-        np.sum(probs, axis=0, out=grad_b2)
-        delta = probs @ self.w2.T                  # d loss / d hidden
-        delta *= 1 - hidden * hidden               # tanh' = 1 - tanh^2
-        np.matmul(x.T, delta, out=grad_w1)
-        np.sum(delta, axis=0, out=grad_b1)
+        delta = probs
+        for layer in range(len(self.weights) - 1, -1, -1):
+            np.matmul(inputs[layer].T, delta, out=grads[2 * layer])
+            np.sum(delta, axis=0, out=grads[2 * layer + 1])
+            if layer:
+                hidden = inputs[layer]
+                delta = delta @ self.weights[layer].T      # d loss / d hidden
+                delta *= 1 - hidden * hidden               # tanh' = 1 - tanh^2
         return loss
 
 

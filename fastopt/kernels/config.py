@@ -25,6 +25,7 @@ delete ``fastopt/kernels/__pycache__/*.nbi`` (or the ``NUMBA_CACHE_DIR`` copies)
 """
 
 import os
+import threading
 import types
 import warnings
 
@@ -44,6 +45,64 @@ ERROR_MODEL = "numpy"
 PARALLEL_THRESHOLD = env_int("FASTOPT_PARALLEL_THRESHOLD", 1 << 16, low=0)  # bad: warns
 
 _cache_ok = None
+
+#: Per thread: whether kernels called from Python run their serial twin whatever their
+#: size (set by a step whose :class:`fastopt.threads.StepTwins` chose serial).
+_serial = threading.local()
+
+
+class _ForkGate:
+    """Makes ``os.fork`` wait until no parallel kernel is running, and keeps new ones from
+    starting while it forks: a child forked while TBB's workers were inside a parallel
+    region hung in its first parallel kernel (about one fork in 16, TBB printing "Unable
+    to join threads to shut down before fork()"). Parallel kernel calls from Python enter
+    and leave it (many at once is fine); ``os.register_at_fork`` holds it across a fork.
+    ``subprocess`` does not run fork hooks and is not delayed. Parallel twins called
+    directly (``kernel.variant(...).parallel``) bypass it: fork only between such calls."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._running = 0
+        self._forking = False
+
+    def enter(self):
+        with self._cond:
+            while self._forking:        # a fork is waiting: let it go first
+                self._cond.wait()
+            self._running += 1
+
+    def leave(self):
+        with self._cond:
+            self._running -= 1
+            if not self._running:
+                self._cond.notify_all()
+
+    def before_fork(self):
+        self._cond.acquire()            # held until after the fork: no kernel can start
+        self._forking = True
+        while self._running:
+            self._cond.wait()           # releases it while the running kernels finish
+
+    def after_fork_in_parent(self):
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self):
+        self.__init__()                 # the parent's other threads do not exist here
+
+
+_fork_gate = _ForkGate()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_fork_gate.before_fork,
+                        after_in_parent=_fork_gate.after_fork_in_parent,
+                        after_in_child=_fork_gate.after_fork_in_child)
+
+
+def set_serial(serial):
+    """Make the calling thread's Python-side kernel calls run the serial twin (``True``)
+    or choose by size (``False``, the default). Used by optimizer steps only."""
+    _serial.on = serial
 
 
 def _jit(func, parallel):
@@ -105,9 +164,14 @@ class Variant:
         self.serial = _jit(_renamed(function, "_serial"), parallel=False)
 
     def __call__(self, param, *args):
-        """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``)."""
-        if param.shape[0] >= PARALLEL_THRESHOLD:
-            self.parallel(param, *args)
+        """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``), or the
+        serial one inside a step that chose it (:mod:`fastopt.threads`)."""
+        if param.shape[0] >= PARALLEL_THRESHOLD and not getattr(_serial, "on", False):
+            _fork_gate.enter()
+            try:
+                self.parallel(param, *args)
+            finally:
+                _fork_gate.leave()
             if not layer._checked:
                 layer.check_once()
         else:

@@ -49,6 +49,10 @@ class Adam(Optimizer):
         check_flag(group, "amsgrad")
         check_flag(group, "maximize")
 
+    def rule_keys(self):
+        """torch's group key for Adam (False) versus AdamW (True)."""
+        return {"decoupled_weight_decay": self.decoupled}
+
     def state_names(self, group):
         names = ["exp_avg", "exp_avg_sq"]
         if group["amsgrad"]:

@@ -15,7 +15,9 @@ import operator
 
 import numpy as np
 
-from ..flat import Flat, as_numpy, check_float_array
+from ..flat import Flat, check_float_array
+from ..incoming import plain_value, short_repr, state_array, step_count
+from ..threads import StepTwins
 # check_number, check_flag and check_lr live in fastopt.validation; re-exported here for
 # the rules and for older callers that import them from this module.
 from ..validation import (as_floats, cast_scalars, check_flag, check_loop_options, check_lr,
@@ -54,6 +56,7 @@ class Optimizer:
         self.defaults = {**type(self).defaults, **hyperparameters}
         self.param_groups, self._segments, self._flats = [], [], []
         self._params, self._last_grads, self._validated = [], None, None
+        self._twins, self._largest = StepTwins(type(self).__name__), 0
         #: Loop options, optimizer-wide (attributes: change them between steps freely).
         self.clip_grad_norm = clip_grad_norm
         self.grad_scale = grad_scale
@@ -134,6 +137,7 @@ class Optimizer:
             for seg in segments:
                 seg.own_grad = flat.grad_view_of(seg.param)
         self._segments.append(segments)
+        self._largest = max([self._largest] + [seg.param.size for seg in segments])
         self._validated = None
         # What every step walks, computed once: (group number, segment) pairs, and the
         # segments' flatten() gradient views when every segment has one (else None).
@@ -247,6 +251,14 @@ class Optimizer:
         gradient, nothing is written (params, state, step counts and gradients stay
         bitwise as they were) and ``last_step_skipped`` is True.
         """
+        twins = self._twins
+        twins.enter(self._largest)   # refuses a concurrent step; picks the twin
+        try:
+            self._step(grads, zero_grad)
+        finally:
+            twins.leave()
+
+    def _step(self, grads, zero_grad):
         work = self._work
         if grads is None and self._own_views is not None:
             views = self._own_views                        # flatten() buffers: no checks
@@ -352,41 +364,75 @@ class Optimizer:
                         entry[name] = view.copy() if copy else view
                     yield member[0], entry
 
+    def rule_keys(self):
+        """Group keys that say which rule variant wrote a state dict, with this rule's
+        values (torch's ``decoupled_weight_decay``; rule-specific, none by default):
+        ``state_dict`` writes them, ``load_state_dict`` refuses other values."""
+        return {}
+
+    def check_rule_keys(self, group, where):
+        """Raise ``ValueError`` if ``group`` (a saved param group) holds a
+        :meth:`rule_keys` key with another value: a state dict of another rule."""
+        for key, value in self.rule_keys().items():
+            if key in group:
+                saved = plain_value(group[key], key)
+                if type(saved) is not type(value) or saved != value:
+                    raise ValueError(f"{where} has {key}={short_repr(saved)}, but "
+                                     f"{type(self).__name__} has {key}={value!r} (a state "
+                                     "dict of another rule?)")
+
     def state_dict(self):
         """``{"state": {index: {"step": int, name: array}}, "param_groups": [...]}`` in
-        ``torch.optim``'s layout; arrays are copies, so the dict is a snapshot."""
+        ``torch.optim``'s layout; arrays are copies, so the dict is a snapshot. Each group
+        also holds the :meth:`rule_keys` (``decoupled_weight_decay``, as torch writes it)."""
         groups, first = [], 0
         for group in self.param_groups:
             count = len(group["params"])
             groups.append({**{k: v for k, v in group.items() if k != "params"},
-                           "params": list(range(first, first + count))})
+                           **self.rule_keys(), "params": list(range(first, first + count))})
             first += count
         return {"state": dict(self._state_entries(copy=True)), "param_groups": groups}
 
     def load_state_dict(self, state_dict):
         """Restore a ``state_dict()`` (ours or torch.optim's, same rule, same params).
 
-        Everything is checked (number of groups and params, keys, shapes, steps) before
-        anything is written; a mismatch raises ``ValueError`` saying what differs."""
+        Every value is converted and checked before anything is written: the number of
+        groups and params, the keys, the hyperparameters (as at construction), the rule
+        (``decoupled_weight_decay`` must match), the step counts (whole, in [1, 2**53])
+        and every state buffer (:func:`fastopt.incoming.state_array`: a real float or
+        integer array or tensor, of the param's shape; cast to the param's dtype). A
+        refused load raises ``ValueError`` (``TypeError`` for a value of the wrong type)
+        saying what differs, and changes nothing."""
         if not isinstance(state_dict, dict) or {"state", "param_groups"} - set(state_dict):
             raise ValueError("state_dict must be a dict with 'state' and 'param_groups'")
         saved_groups, state = state_dict["param_groups"], state_dict["state"]
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(state, dict):
+            raise ValueError("state_dict['param_groups'] must be a list and "
+                             "state_dict['state'] a dict")
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} param groups, the "
                              f"optimizer has {len(self.param_groups)}")
         new_groups = []
         for g, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(f"state_dict param group {g} has {len(saved['params'])} "
-                                 f"params, the optimizer's has {len(group['params'])}")
+            where = f"state_dict param group {g}"
+            ids = saved.get("params") if isinstance(saved, dict) else None
+            if not isinstance(ids, (list, tuple)) or not all(
+                    isinstance(i, numbers.Integral) and not isinstance(i, bool)
+                    for i in ids):
+                raise ValueError(f"{where} must be a dict with a 'params' list of indices")
+            if len(ids) != len(group["params"]):
+                raise ValueError(f"{where} has {len(ids)} params, the optimizer's has "
+                                 f"{len(group['params'])}")
             unknown = set(saved) - set(self.defaults) - {"params"}
-            known = {k: v for k, v in saved.items() if k in self.defaults}
             if unknown - _TORCH_ONLY_KEYS:
-                raise ValueError(f"state_dict param group {g} has keys this rule does not "
-                                 f"know: {sorted(unknown - _TORCH_ONLY_KEYS)} (another rule?)")
+                raise ValueError(f"{where} has keys this rule does not know: "
+                                 f"{sorted(unknown - _TORCH_ONLY_KEYS, key=str)} "
+                                 "(another rule?)")
+            self.check_rule_keys(saved, where)
+            known = {k: plain_value(v, k) for k, v in saved.items() if k in self.defaults}
             new = {**group, **known}
             self.check_group(new)
-            new_groups.append((new, saved["params"]))
+            new_groups.append((new, [int(i) for i in ids]))
         all_ids = [i for _, ids in new_groups for i in ids]
         if len(set(all_ids)) != len(all_ids):
             raise ValueError("state_dict param_groups list a param index more than once")
@@ -408,20 +454,22 @@ class Optimizer:
                     seg.member_view(seg.state[name], member)[...] = array
 
     def _plan_segment(self, seg, entries, names):
+        """``(step, {name: [(member, array)]})`` for one segment, every array converted
+        (:func:`fastopt.incoming.state_array`), shape-checked and cast to the segment's
+        dtype, so that writing them cannot fail."""
+        for index, entry in zip(seg.indices, entries):
+            if entry is not None and not isinstance(entry, dict):
+                raise ValueError(f"state_dict state[{index}] must be a dict, got "
+                                 f"{type(entry).__name__}")
         present = [e for e in entries if e]
         if not present:
             return 0, {}
         if len(present) != len(entries):
             raise ValueError(f"state_dict has state for some of params {seg.indices} but "
                              "not all; they share one flat buffer and must step together")
-        steps = set()
-        for index, entry in zip(seg.indices, entries):
-            step = _scalar(entry.get("step", 1))   # torch's SGD keeps no step
-            if isinstance(step, bool) or not isinstance(step, numbers.Real) or not (
-                    step >= 1 and float(step).is_integer()):
-                raise ValueError(f"state_dict state for params[{index}] has step {step!r}; "
-                                 "a step count is a whole number >= 1")
-            steps.add(int(step))
+        steps = {step_count(entry.get("step", 1),   # torch's SGD keeps no step
+                            f"state_dict state[{index}]['step']", 1)
+                 for index, entry in zip(seg.indices, entries)}
         if len(steps) != 1:
             raise ValueError(f"state_dict has different step counts {sorted(steps)} for "
                              f"params {seg.indices}, which share one flat buffer")
@@ -429,14 +477,16 @@ class Optimizer:
         for name in names:
             parts = []
             for member, entry in zip(seg.members, entries):
+                what = f"state_dict state[{member[0]}][{name!r}]"
                 if name not in entry or entry[name] is None:
                     raise ValueError(f"state_dict state[{member[0]}] lacks {name!r} "
                                      "(saved by another rule or with other options?)")
-                array = np.asarray(as_numpy(entry[name]))
+                array = state_array(entry[name], what)
                 if array.shape != tuple(member[3]):
-                    raise ValueError(f"state_dict state[{member[0]}][{name!r}] has shape "
-                                     f"{array.shape}, params[{member[0]}] has {member[3]}")
-                parts.append((member, array))
+                    raise ValueError(f"{what} has shape {array.shape}, params[{member[0]}] "
+                                     f"has {member[3]}")
+                with np.errstate(all="ignore"):  # as torch: out-of-range values become inf
+                    parts.append((member, array.astype(seg.param.dtype)))
             buffers[name] = parts
         return steps.pop(), buffers
 
@@ -462,8 +512,3 @@ def _span(array):
     """``(first byte, one past the last byte)`` of a C-contiguous array."""
     start = array.__array_interface__["data"][0]
     return start, start + array.nbytes
-
-
-def _scalar(value):
-    value = as_numpy(value)
-    return value.item() if hasattr(value, "item") else value

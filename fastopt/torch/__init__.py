@@ -22,16 +22,16 @@ and DeepSpeed's flat parameters do; user code does not change. Replacing a param
 ``.data`` afterwards (``module.to(...)``, ``load_state_dict(assign=True)``,
 ``share_memory()``) detaches it from the buffer: ``step`` then raises ``RuntimeError``.
 
-**Gradients.** Each bucket owns a flat gradient tensor. A gradient autograd allocated
-elsewhere is copied into it at ``step`` (one extra copy) and ``p.grad`` is rebound to its
-view, so later backward passes accumulate in place and ``step`` runs on the fast path
-(``p.grad.data_ptr()`` is the view's address: nothing to copy).
-
-**zero_grad** defaults to ``set_to_none=False`` (torch.optim's default is ``True``): it
-zeroes the flat gradient buffer and keeps the grads bound to it. A param whose grad is
-``None`` (never had one) stays ``None`` and is skipped, as in torch; a param that had a
-gradient and receives none from the next backward is stepped with a zero gradient (as torch
-with ``set_to_none=False``). ``zero_grad(set_to_none=True)`` is torch's behaviour exactly.
+**Gradients and zero_grad.** ``zero_grad()`` is torch's: ``set_to_none=True`` by default,
+so a param that gets no gradient in a step is not updated (its momentum and moments do not
+move it). Autograd then allocates each gradient, writing it once, and ``step`` reads it
+where it lies: one kernel call per such param over its slice of the flat buffers, with no
+gather copy. ``zero_grad(set_to_none=False)`` zeroes the bucket's flat gradient tensor and
+binds the grads to its views, so backward accumulates in place and ``step`` is one kernel
+call per group and dtype; a param that had a gradient and receives none from the next
+backward is then stepped with a zero gradient, as torch does with ``set_to_none=False``.
+In a training loop the default is the faster of the two: accumulating into a zeroed
+buffer costs backward an extra read and write of every gradient (README "Performance").
 
 **Params without a gradient** in a step (``requires_grad=False``, unused in the graph,
 ``grad`` set to ``None``) are skipped, as torch does: the kernel runs once per contiguous
@@ -42,7 +42,14 @@ if torch's default dtype is float64; SGD keeps no step). ``state[p]`` entries ar
 the flat state buffers; ``state_dict()`` returns copies. ``load_state_dict`` accepts
 torch.optim's checkpoints (and torch.optim accepts ours) and copies the state into the flat
 buffers; state set directly in ``state[p]`` (as ``ZeroRedundancyOptimizer`` does) is
-adopted the same way at the next step.
+adopted the same way at the next step. Before torch replaces anything, ``load_state_dict``
+validates the groups as they will be installed (as at construction: NaN or negative
+``lr``, betas outside [0, 1), ...), every ``step`` (a whole number in [0, 2**53]) and
+every state tensor (dense, CPU, real, the param's shape); a refused load raises and
+changes nothing. ``AdamW`` refuses ``decoupled_weight_decay=False`` (torch.optim.AdamW
+silently makes an Adam state dict decoupled); ``Adam`` takes the flag as torch's ``Adam``
+does, as a hyperparameter. Validation sees the state dict as passed: a
+``register_load_state_dict_pre_hook`` that changes it is not checked again.
 
 **Loop options**, as :class:`fastopt.optim.Optimizer`'s: every class takes keyword-only
 ``clip_grad_norm=None`` (global L2 norm clipping, ``torch.nn.utils.clip_grad_norm_``'s

@@ -7,10 +7,13 @@ as FSDP's and DeepSpeed's flat parameters do. The bucket also owns a flat gradie
 per state buffer (``exp_avg``, ...), and one step count per parameter. The optimizer's
 ``state[p]`` entries hold views of these, in ``torch.optim``'s layout.
 
-A step over a bucket is one kernel call when every parameter has a gradient and the same
-step count (the usual case); otherwise one call per contiguous run of parameters that do.
+A step over a bucket is one kernel call when every parameter's gradient is its view of the
+flat gradient buffer and all have the same step count; a gradient autograd allocated itself
+(after ``zero_grad()``, which sets grads to ``None`` as torch's does) is read where it lies,
+with one kernel call for that parameter over its slice of the flat buffers: no gather copy.
 """
 
+import numpy as np
 import torch
 
 from ..flat import offsets
@@ -60,6 +63,7 @@ class Bucket:
         self.param_addresses = [p.data_ptr() for p in self.params]
         self.grad_addresses = [g.data_ptr() for g in self.grad_views]
         self.np_param, self.np_grad = self.param.numpy(), self.grad.numpy()
+        self.np_shapes = [tuple(p.shape) for p in self.params]
         self.steps = torch.zeros(len(self.params), dtype=scalar_dtype())
         self.np_steps = self.steps.numpy()
         self.step_views = [self.steps[i] for i in range(len(self.params))]  # 0-d views
@@ -126,9 +130,13 @@ class Bucket:
     # --- one step ------------------------------------------------------------------
 
     def plan(self, names, state, has_step, owner):
-        """Check and gather gradients; return the runs ``(first, stop, step, fresh)`` of
-        consecutive params that have a gradient, the same step count and the same missing
-        state names. Writes only gradients (and ``p.grad`` bindings), never params/state."""
+        """Check the gradients; return the runs ``[first, stop, step, fresh, grad]``: the
+        params ``first..stop-1`` that have a gradient, the same step count and the same
+        missing state names. ``grad`` is ``None`` when their gradients are the views of
+        the flat gradient buffer (one kernel call over the run), or else, for a run of one
+        param, its gradient read where autograd put it (a 1-D NumPy view: no gather copy;
+        a non-contiguous one is copied into the flat buffer by :meth:`grads` at step
+        time). Writes nothing."""
         runs, open_run = [], False
         for i, p in enumerate(self.params):
             grad = p.grad
@@ -141,61 +149,100 @@ class Bucket:
                     "flat buffer (its .data was replaced, e.g. by module.to(), "
                     "load_state_dict(assign=True), share_memory() or another fastopt "
                     "optimizer); create the optimizer after such changes")
-            view = self.grad_views[i]
-            if grad is not view:
-                check_tensor(grad, f"the gradient of params[{self.indices[i]}]", owner)
-                if grad.dtype != p.dtype or grad.shape != p.shape:
-                    raise TypeError(f"{owner}: the gradient of params[{self.indices[i]}] is "
-                                    f"{grad.dtype} {tuple(grad.shape)}, the param is "
-                                    f"{p.dtype} {tuple(p.shape)}")
-                if grad.data_ptr() != self.grad_addresses[i] or not grad.is_contiguous():
-                    # Slow path: a gradient autograd (or the user) allocated elsewhere.
-                    view.copy_(grad.detach())
-                    p.grad = view
+            foreign = None
+            if grad is not self.grad_views[i]:
+                foreign = self._foreign(i, grad, owner)
             entry = state.get(p)
             if not self.is_known(i, entry):
                 self.adopt(i, entry, has_step, owner)
             step = int(self.np_steps[i]) if has_step else 0
             fresh = tuple(n for n in names if not entry or n not in entry)
-            if open_run and runs[-1][2] == step and runs[-1][3] == fresh:
-                runs[-1][1] = i + 1
+            last = runs[-1] if open_run else None
+            if (foreign is None and last is not None and last[4] is None
+                    and last[2] == step and last[3] == fresh):
+                last[1] = i + 1
             else:
-                runs.append([i, i + 1, step, fresh])
+                runs.append([i, i + 1, step, fresh, foreign])
                 open_run = True
         return runs
 
-    def grad_pieces(self, runs):
-        """The gradients of ``runs`` as ``norm_and_finite`` takes them: 1-D views of the
-        flat gradient with the block table of their params."""
-        return [(self.np_grad[self.offsets[first]:self.offsets[stop]],
-                 block_table(self.sizes[first:stop])) for first, stop, *_ in runs]
+    def _foreign(self, i, grad, owner):
+        """The NumPy view of a gradient that is not param ``i``'s view of the flat
+        gradient buffer (checked: a dense CPU tensor of the param's dtype and shape), or
+        ``None`` when it is that view's memory after all (another tensor object over it)."""
+        try:
+            array = grad.detach().numpy()
+        except (TypeError, RuntimeError):   # sparse, not on the CPU, an unsupported dtype
+            check_tensor(grad, f"the gradient of params[{self.indices[i]}]", owner)
+            raise
+        if array.dtype != self.np_param.dtype or array.shape != self.np_shapes[i]:
+            raise TypeError(f"{owner}: the gradient of params[{self.indices[i]}] is "
+                            f"{grad.dtype} {tuple(grad.shape)}, the param is "
+                            f"{self.params[i].dtype} {self.np_shapes[i]}")
+        if grad.data_ptr() == self.grad_addresses[i] and array.flags.c_contiguous:
+            return None
+        return array
 
-    def prepare(self, runs, rule, group, names, grad_scale):
-        """The kernel calls of one step over ``runs``: per run, ``(run, initial values of
-        its fresh state buffers, kernel arguments)``, from fastopt's scalar
-        precomputation (``rule.kernel_args``) on 1-D NumPy views of the flat buffers.
-        Raises before anything is written (a scalar that overflows the dtype, say);
-        writes nothing but zero-filled flat state buffers no entry points at yet."""
+    def grads(self, runs):
+        """The 1-D NumPy gradient of each run, in order: a view of the flat gradient
+        buffer, or of the array autograd allocated (zero-copy, read in place). A
+        non-contiguous gradient, or one lying in the bucket's own param or state memory
+        (set by hand; copied so no kernel reads what it writes), is copied into its slot
+        of the flat gradient buffer first. Call once per step, after every check passed."""
+        out = []
+        for first, stop, _, _, foreign in runs:
+            a, b = self.offsets[first], self.offsets[stop]
+            if foreign is None:
+                out.append(self.np_grad[a:b])
+            elif foreign.flags.c_contiguous and not self._owns(foreign):
+                out.append(foreign.reshape(-1))
+            else:
+                self.np_grad[a:b].reshape(foreign.shape)[...] = foreign
+                out.append(self.np_grad[a:b])
+        return out
+
+    def _owns(self, array):
+        """Whether ``array``'s memory overlaps this bucket's flat param or state memory."""
+        start = array.__array_interface__["data"][0]
+        end = start + array.nbytes
+        for flat in (self.param, *self.state.values()):
+            first = flat.data_ptr()
+            if start < first + flat.nbytes and first < end:
+                return True
+        return False
+
+    def grad_pieces(self, runs, grads):
+        """The gradients of ``runs`` (from :meth:`grads`) as ``norm_and_finite`` takes
+        them: each with the block table of its params."""
+        return [(grad, block_table(self.sizes[first:stop]))
+                for (first, stop, *_), grad in zip(runs, grads)]
+
+    def prepare(self, runs, grads, rule, group, names, grad_scale):
+        """The kernel calls of one step over ``runs`` (gradients ``grads``, from
+        :meth:`grads`): per run, ``(run, initial values of its fresh state buffers, kernel
+        arguments)``, from fastopt's scalar precomputation (``rule.kernel_args``) on 1-D
+        NumPy views of the flat buffers. Raises before anything is written (a scalar that
+        overflows the dtype, say); writes nothing but zero-filled flat state buffers no
+        entry points at yet."""
         for name in names:
             self.state_buffer(name)
         calls = []
-        for run in runs:
-            first, stop, step, fresh = run
+        for run, grad in zip(runs, grads):
+            first, stop, step, fresh, _ = run
             a, b = self.offsets[first], self.offsets[stop]
             planned = SegmentStep(self.np_param[a:b],
                                   {name: self.np_state[name][a:b] for name in names},
                                   step + 1, frozenset(fresh))
             initial = {name: rule.initial_value(name, planned.param.dtype, group)
                        for name in fresh}
-            calls.append((run, initial, rule.kernel_args(planned, group,
-                                                         self.np_grad[a:b], grad_scale,
+            calls.append((run, initial, rule.kernel_args(planned, group, grad, grad_scale,
                                                          False)))
         return calls
 
     def run(self, calls, kernel, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
         register the state entries."""
-        for (first, stop, step, fresh), initial, args in calls:
+        for (first, stop, step, fresh, _), initial, args in calls:
             a, b = self.offsets[first], self.offsets[stop]
             for name in fresh:
                 self.np_state[name][a:b] = initial[name]

@@ -7,22 +7,14 @@ source of truth): for each group this class calls the rule's ``check_group``,
 """
 
 import math
-import numbers
 
 import torch
 
+from ..incoming import plain_value, state_array, step_count
 from ..optim.loop import loop_scale
+from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options
 from .buckets import Bucket, check_tensor
-
-
-def _plain(value):
-    """Python numbers for one-element tensors (torch allows a tensor ``lr``, ``betas``)."""
-    if torch.is_tensor(value) and value.numel() == 1:
-        return value.item()
-    if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
-    return value
 
 
 def _amp_value(value, name, owner):
@@ -61,6 +53,7 @@ class Optimizer(torch.optim.Optimizer):
                  skip_if_nonfinite=False):
         check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite)
         self._buckets = []  # one list of Buckets per param group
+        self._twins, self._largest = StepTwins(self._owner), 0
         #: Loop options, optimizer-wide, as fastopt.optim's (change them between steps).
         self.clip_grad_norm = clip_grad_norm
         self._loss_scale = grad_scale      # the float option behind the grad_scale property
@@ -106,9 +99,11 @@ class Optimizer(torch.optim.Optimizer):
         return rule.__new__(rule)
 
     def _hyperparameters(self, group):
-        """The group's hyperparameters validated by the rule, then as Python floats
-        (``validation.as_floats``: the scalar arithmetic runs in float64)."""
-        plain = {k: _plain(v) for k, v in group.items() if k != "params"}
+        """The group's hyperparameters as plain numbers, validated by the rule (its
+        ``check_group`` and ``rule_keys``: AdamW refuses ``decoupled_weight_decay``
+        False), then as Python floats (``validation.as_floats``: the scalar arithmetic
+        runs in float64)."""
+        plain = {k: plain_value(v, k) for k, v in group.items() if k != "params"}
         for key in ("differentiable", "capturable"):
             if plain.get(key):
                 raise ValueError(f"{self._owner} does not support {key}=True (its kernels "
@@ -118,6 +113,7 @@ class Optimizer(torch.optim.Optimizer):
                             "for a schedule use torch.optim.lr_scheduler")
         rule = self._rule_for(plain)
         rule.check_group(plain)
+        rule.check_rule_keys(plain, f"{self._owner}: a param group")
         return rule, as_floats(plain)
 
     # --- groups ---------------------------------------------------------------------
@@ -148,6 +144,7 @@ class Optimizer(torch.optim.Optimizer):
                 for i, p in enumerate(bucket.params):
                     bucket.register(i, self.state[p], names, self.has_step)
         self._buckets.append(buckets)
+        self._largest = max([self._largest] + [b.param.numel() for b in buckets])
 
     def __getstate__(self):
         raise TypeError(f"{self._owner} cannot be pickled or deep-copied (its params live in "
@@ -164,17 +161,18 @@ class Optimizer(torch.optim.Optimizer):
     def step(self, closure=None):
         """One update of every parameter that has a gradient (``p.grad is not None``).
 
-        Per group and dtype, one kernel call on the flat buffers when every parameter has
-        a gradient and the same step count; one call per contiguous run of such params
-        otherwise. Gradients not bound to the flat gradient buffer (allocated by autograd
-        after ``zero_grad(set_to_none=True)``, or set by hand) are first copied into it
-        and then bound to it. Returns ``closure()``'s loss when a closure is given.
+        Per group and dtype, one kernel call on the flat buffers for each contiguous run
+        of params whose gradients are their views of the flat gradient buffer (after
+        ``zero_grad(set_to_none=False)``) with the same step count; one call per param
+        whose gradient autograd allocated (after ``zero_grad()``, torch's default), read
+        in place. Everything is checked before any parameter or state is written.
+        Returns ``closure()``'s loss when a closure is given.
 
         Atomic as :meth:`fastopt.optim.Optimizer.step`: every group is validated and
         every kernel call's arguments (scalars cast with overflow checked) are computed
         before any parameter, state or step count is written; a refused step changes
-        none of them (gradients may have been gathered into the flat gradient buffer and
-        rebound to it, which leaves their values as they were).
+        none of them (a non-contiguous gradient may have been copied into the flat
+        gradient buffer, which leaves its values as they were).
 
         Loop options as :meth:`fastopt.optim.Optimizer.step`: the rule sees
         ``grad / grad_scale * clip`` (one factor in the kernel call); with
@@ -183,6 +181,14 @@ class Optimizer(torch.optim.Optimizer):
         skipped (``skip_if_nonfinite`` and an Inf/NaN, or GradScaler's ``found_inf``
         non-zero) writes no param, state or step count; ``last_step_skipped`` says so.
         """
+        twins = self._twins
+        twins.enter(self._largest)   # refuses a concurrent step; picks the twin
+        try:
+            return self._step(closure)
+        finally:
+            twins.leave()
+
+    def _step(self, closure):
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -203,35 +209,38 @@ class Optimizer(torch.optim.Optimizer):
         if found_inf:
             self.last_step_skipped, self.last_grad_norm = True, None
             return loss
+        grads = [bucket.grads(runs) for bucket, runs, *_ in plans]
         scale, norm = loop_scale(
-            lambda: [piece for bucket, runs, *_ in plans
-                     for piece in bucket.grad_pieces(runs)],
+            lambda: [piece for (bucket, runs, *_), run_grads in zip(plans, grads)
+                     for piece in bucket.grad_pieces(runs, run_grads)],
             clip, grad_scale, skip)
         calls = []
         if scale is not None:
-            for bucket, runs, rule, plain, names in plans:
+            for (bucket, runs, rule, plain, names), run_grads in zip(plans, grads):
                 sign = -scale if plain.get("maximize", False) else scale
-                calls.append((bucket, rule, bucket.prepare(runs, rule, plain, names, sign)))
+                calls.append((bucket, rule, bucket.prepare(runs, run_grads, rule, plain,
+                                                           names, sign)))
         # Nothing can fail from here on: run the kernels, advance the steps.
         self.last_step_skipped, self.last_grad_norm = scale is None, norm
         for bucket, rule, prepared in calls:
             bucket.run(prepared, rule.kernel, self.state, self.has_step)
         return loss
 
-    def zero_grad(self, set_to_none: bool = False):
-        """Reset gradients, keeping them bound to the flat gradient buffer by default.
+    def zero_grad(self, set_to_none: bool = True):
+        """Reset gradients, as ``torch.optim.Optimizer.zero_grad``.
 
-        * ``zero_grad()`` / ``zero_grad(set_to_none=False)``: zero the flat gradient
-          buffer (one ``memset`` per group and dtype) and keep every existing ``p.grad``
-          bound to its view of it, so the next backward accumulates in place and the next
-          ``step`` is one kernel call. This is torch's ``set_to_none=False`` behaviour:
-          a param whose ``.grad`` is ``None`` stays ``None``; a param that had a gradient
-          and gets none from the next backward is stepped with a zero gradient.
-          **torch.optim's default is** ``set_to_none=True``.
-        * ``zero_grad(set_to_none=True)``: torch's semantics exactly: every ``p.grad``
-          becomes ``None``; params that get no gradient from the next backward are skipped
-          by ``step``. The next ``step`` copies the freshly allocated gradients into the
-          flat buffer once (and binds them to it).
+        * ``zero_grad()`` / ``zero_grad(set_to_none=True)`` (torch's default): every
+          ``p.grad`` becomes ``None``, so a param that gets no gradient from the next
+          backward is not updated by ``step`` (its momentum and moments do not move it).
+          Autograd then allocates each gradient and ``step`` reads it where it lies, one
+          kernel call per such param over its slice of the flat buffers: no gather copy,
+          and backward writes each gradient once instead of adding it to a zeroed buffer.
+        * ``zero_grad(set_to_none=False)``: zero the flat gradient buffer (one ``memset``
+          per group and dtype) and bind every existing ``p.grad`` to its view of it, so
+          the next backward accumulates in place and ``step`` is one kernel call per
+          group and dtype. A param whose ``.grad`` is ``None`` stays ``None`` and is
+          skipped; a param that had a gradient and gets none from the next backward is
+          stepped with a zero gradient, as torch does with ``set_to_none=False``.
         """
         for buckets in self._buckets:
             for bucket in buckets:
@@ -252,32 +261,62 @@ class Optimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict):
         """Load a ``state_dict`` (this class's or torch.optim's), then copy the state into
-        the flat buffers. Shapes are checked before anything is loaded."""
-        self._check_state_shapes(state_dict)
+        the flat buffers. Everything is checked first (:meth:`_check_loadable`): a refused
+        load raises ``ValueError`` (``TypeError`` for a value of the wrong type) and changes
+        nothing: groups, state, step counts and flat buffers stay as they were."""
+        self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
         for buckets in self._buckets:
             for bucket in buckets:
                 for i, p in enumerate(bucket.params):
                     bucket.adopt(i, self.state.get(p), self.has_step, self._owner)
 
-    def _check_state_shapes(self, state_dict):
-        saved_groups = state_dict.get("param_groups", [])
+    def _check_loadable(self, state_dict):
+        """Check ``state_dict`` as torch's ``load_state_dict`` will install it: each saved
+        group completed with this class's defaults (as ``__setstate__`` completes it) and
+        validated as at construction (:meth:`_hyperparameters`); every ``step`` a whole
+        number in [0, 2**53]; every state tensor dense, CPU, of a real dtype and shaped like
+        its param (:mod:`fastopt.incoming`). Mismatched group or param counts are left to
+        torch's own checks, which raise before anything is replaced."""
+        owner = f"{self._owner}.load_state_dict"
+        given = state_dict if isinstance(state_dict, dict) else {}
+        saved_groups, state = given.get("param_groups"), given.get("state")
+        if not isinstance(saved_groups, (list, tuple)) or not isinstance(state, dict) or \
+                not all(isinstance(s, dict) and isinstance(s.get("params"), (list, tuple))
+                        for s in saved_groups):
+            raise ValueError(f"{owner}: state_dict must be a dict with a 'state' dict and a "
+                             "'param_groups' list of dicts with 'params' lists")
         if len(saved_groups) != len(self.param_groups) or any(
                 len(s["params"]) != len(g["params"])
                 for s, g in zip(saved_groups, self.param_groups)):
             return  # torch.optim's load_state_dict raises, saying what differs
-        ids = [i for s in saved_groups for i in s["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for position, (index, p) in enumerate(zip(ids, params)):
-            for key, value in (state_dict["state"].get(index) or {}).items():
-                if key == "step":
-                    ok = isinstance(value, numbers.Real) or (
-                        torch.is_tensor(value) and value.numel() == 1)
-                    shape = "a number" if ok else tuple(getattr(value, "shape", ()))
-                else:
-                    ok = not torch.is_tensor(value) or value.shape == p.shape
-                    shape = tuple(getattr(value, "shape", ()))
-                if not ok:
-                    raise ValueError(
-                        f"{self._owner}.load_state_dict: state[{index}][{key!r}] has shape "
-                        f"{shape}, params[{position}] has {tuple(p.shape)}")
+        position = 0
+        for saved, group in zip(saved_groups, self.param_groups):
+            merged = {**self.defaults, **{k: v for k, v in saved.items()
+                                          if k not in ("params", "param_names")}}
+            rule, plain = self._hyperparameters(merged)
+            names = rule.state_names(plain)
+            for index, p in zip(saved["params"], group["params"]):
+                self._check_entry(state.get(index), index, position, p, names, owner)
+                position += 1
+
+    @staticmethod
+    def _check_entry(entry, index, position, param, names, owner):
+        """One saved ``state[index]`` entry against params[position] (see
+        :meth:`_check_loadable`); an absent or empty entry is no state."""
+        if entry is None:
+            return
+        if not isinstance(entry, dict):
+            raise ValueError(f"{owner}: state[{index}] must be a dict, got "
+                             f"{type(entry).__name__}")
+        for key, value in entry.items():
+            what = f"{owner}: state[{index}][{key!r}]"
+            if key == "step":
+                step_count(value, what, 0)
+            elif torch.is_tensor(value):
+                shape = state_array(value, what).shape
+                if shape != tuple(param.shape):
+                    raise ValueError(f"{what} has shape {shape}, params[{position}] has "
+                                     f"{tuple(param.shape)}")
+            elif value is not None and key in names:
+                raise TypeError(f"{what} must be a tensor, got {type(value).__name__}")

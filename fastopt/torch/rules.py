@@ -108,6 +108,11 @@ class AdamW(Adam):
                          decoupled_weight_decay=True, clip_grad_norm=clip_grad_norm,
                          grad_scale=grad_scale, skip_if_nonfinite=skip_if_nonfinite)
 
+    def _rule_for(self, group):
+        """Always AdamW: a group with ``decoupled_weight_decay=False`` (an Adam state
+        dict, which torch.optim.AdamW silently makes decoupled) is refused."""
+        return optim.AdamW.__new__(optim.AdamW)
+
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:  # as torch.optim.AdamW: always decoupled
