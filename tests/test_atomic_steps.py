@@ -268,3 +268,23 @@ def test_numpy_scalar_that_overflows_float32_is_refused():
         with pytest.raises(ValueError, match=r"Invalid lr: lr / \(1 - beta1\*\*t\)"):
             opt.step(grads)
     assert_unchanged(opt, params, before)
+
+
+def test_fastopt_torch_initial_state_beyond_float32_refused_before_rebinding():
+    """fastopt.torch's Adagrad fills its state at construction: a value beyond float32
+    raised torch's RuntimeError after the group was added and its params rebound."""
+    torch = pytest.importorskip("torch")
+    import fastopt.torch as ft
+
+    p = torch.nn.Parameter(torch.ones(2))
+    storage = p.data_ptr()
+    with pytest.raises(ValueError, match="Invalid initial sum: 1e[+]39.*float32"):
+        ft.Adagrad([p], initial_accumulator_value=1e39)
+    assert p.data_ptr() == storage
+    opt = ft.Adagrad([torch.nn.Parameter(torch.ones(3, dtype=torch.float64))],
+                     initial_accumulator_value=1e39)                 # float64 takes it
+    q = torch.nn.Parameter(torch.ones(2))
+    storage = q.data_ptr()
+    with pytest.raises(ValueError, match="Invalid initial sum"):
+        opt.add_param_group({"params": [q]})
+    assert len(opt.param_groups) == 1 and q.data_ptr() == storage

@@ -8,6 +8,7 @@ source of truth): for each group this class calls the rule's ``check_group``,
 
 import math
 
+import numpy as np
 import torch
 
 from ..incoming import plain_value, state_array, step_count
@@ -15,6 +16,10 @@ from ..optim.loop import loop_scale
 from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options
 from .buckets import Bucket, check_tensor
+
+
+#: The NumPy dtype of each supported torch dtype (for ``validation.cast_scalars``).
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def _amp_value(value, name, owner):
@@ -127,20 +132,23 @@ class Optimizer(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 check_tensor(p, f"params[{first + i}]", self._owner)
             rule, plain = self._hyperparameters(group)
+            names = rule.state_names(plain) if self.eager_state else []
+            initial = {(p.dtype, name): float(rule.initial_value(name, _NUMPY_DTYPES[p.dtype],
+                                                                 plain))
+                       for p in group["params"] for name in names}   # checked casts
         except Exception:
             self.param_groups.pop()
             raise
         buckets, by_dtype = [], {}
         for i, p in enumerate(group["params"]):
             by_dtype.setdefault(p.dtype, []).append(i)
-        for members in by_dtype.values():
+        for dtype, members in by_dtype.items():
             bucket = Bucket([group["params"][i] for i in members],
                             [first + i for i in members])
             buckets.append(bucket)
             if self.eager_state:
-                names = rule.state_names(plain)
                 for name in names:
-                    bucket.state_buffer(name).fill_(rule.initial_state(name, plain))
+                    bucket.state_buffer(name).fill_(initial[dtype, name])
                 for i, p in enumerate(bucket.params):
                     bucket.register(i, self.state[p], names, self.has_step)
         self._buckets.append(buckets)
