@@ -98,11 +98,15 @@ def plain_value(value, what):
     and tuples and lists converted item by item (keeping their type); anything else as it
     is (the rule's ``check_group`` judges it). Raises ``ValueError`` naming ``what`` for an
     integer too large for a float (instead of the ``OverflowError`` a float conversion
-    gives later)."""
+    gives later) and, as torch.optim does, for a tensor of other than one element."""
     if isinstance(value, (tuple, list)):
         return type(value)(plain_value(item, f"{what}[{i}]") for i, item in enumerate(value))
-    if (hasattr(value, "detach") and hasattr(value, "numel") and value.numel() == 1) or (
-            isinstance(value, (np.ndarray, np.generic)) and value.size == 1):
+    if hasattr(value, "detach") and hasattr(value, "numel"):
+        if value.numel() != 1:   # torch.optim's error for a tensor hyperparameter
+            raise ValueError(f"Tensor {what} must be 1-element, got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        value = value.item()
+    elif isinstance(value, (np.ndarray, np.generic)) and value.size == 1:
         value = value.item()
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         check_real(value, what)   # too large for a float: every entry's ValueError

@@ -1,11 +1,17 @@
-"""Buckets: one param group's parameters of one dtype, rebound to views of one flat tensor.
+"""Buckets: one param group's parameters of one dtype, rebound to slices of one flat tensor.
 
 At construction every parameter's values are copied into the bucket's flat parameter
-tensor and the parameter is rebound to a view of it (``p.data = flat[a:b].view_as(p)``),
-as FSDP's and DeepSpeed's flat parameters do. The bucket also owns a flat gradient tensor
-(gradients are pointed at its views, so autograd accumulates into them), one flat tensor
-per state buffer (``exp_avg``, ...), and one step count per parameter. The optimizer's
-``state[p]`` entries hold views of these, in ``torch.optim``'s layout.
+tensor and the parameter is rebound to its slice of it, as FSDP's and DeepSpeed's flat
+parameters do. The bucket also owns a flat gradient tensor (gradients are pointed at its
+slices, so autograd accumulates into them), one flat tensor per state buffer
+(``exp_avg``, ...), and one step count per parameter. The optimizer's ``state[p]`` entries
+hold slices of these, in ``torch.optim``'s layout.
+
+Each slice is a tensor with a storage object of its own (:func:`slices`): a non-owning
+view of exactly its bytes of the flat memory, which it keeps alive. So tools that tell
+tied weights by their storage (safetensors, accelerate's ``save_state``, ``torch.save``)
+see separate, non-overlapping tensors, while the kernel still updates the whole flat
+buffer in one call.
 
 A step over a bucket is one kernel call when every parameter's gradient is its view of the
 flat gradient buffer and all have the same step count; a gradient autograd allocated itself
@@ -39,6 +45,18 @@ def check_tensor(tensor, what, owner):
         raise TypeError(f"{owner} supports {SUPPORTED_TEXT}; {what} is {describe(tensor)}")
 
 
+def slices(flat, shapes, offsets):
+    """Tensors over ``flat[a:b]`` for consecutive ``offsets`` ``a, b``, with ``shapes``,
+    each with its own storage object covering exactly its slice of ``flat``'s memory
+    (``torch.from_numpy`` of a NumPy view): its ``untyped_storage()`` starts at the
+    slice and is ``(b - a) * itemsize`` bytes long, so no two share a storage, none
+    overlaps another, and ``torch.save`` of one writes only its bytes. The memory is
+    ``flat``'s, not a copy; each slice keeps it alive (through the NumPy view)."""
+    array = flat.numpy()
+    return [torch.from_numpy(array[a:b].reshape(tuple(shape)))
+            for shape, a, b in zip(shapes, offsets, offsets[1:])]
+
+
 def scalar_dtype():
     """The dtype torch.optim gives ``state['step']`` (float32 unless the default is float64)."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -58,7 +76,8 @@ class Bucket:
         with torch.no_grad():
             for p, a, b in zip(self.params, self.offsets, self.offsets[1:]):
                 self.param[a:b].copy_(p.detach().reshape(-1))
-                p.data = self.param[a:b].view_as(p)
+            for p, view in zip(self.params, self._views(self.param)):
+                p.data = view    # its own storage over its slice of the flat buffer
         self.grad_views = self._views(self.grad)
         self.param_addresses = [p.data_ptr() for p in self.params]
         self.grad_addresses = [g.data_ptr() for g in self.grad_views]
@@ -73,9 +92,9 @@ class Bucket:
         self.known = [None] * len(self.params)  # (entry, items) last registered per param
 
     def _views(self, flat):
-        """Per-param views of a flat tensor, shaped like the params."""
-        return [flat[a:b].view_as(p)
-                for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+        """Per-param slices of a flat tensor, shaped like the params, each with its own
+        storage object (:func:`slices`)."""
+        return slices(flat, [p.shape for p in self.params], self.offsets)
 
     # --- state buffers and torch.optim's per-param entries ------------------------
 

@@ -38,21 +38,33 @@ def _amp_value(value, name, owner):
     return number
 
 
+def _copied(value):
+    """A ``state_dict()['state']`` value with its tensors cloned: a param's entry (a dict),
+    or whatever a user stored under a key of their own (``opt.state['key'] = 1``, which
+    torch.optim's ``state_dict`` passes through as it is)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value.clone() if torch.is_tensor(value) else value
+
+
 class Optimizer(torch.optim.Optimizer):
     """Shared machinery of ``fastopt.torch``'s optimizers (see the package docstring).
 
     Subclasses set ``rule`` (a :mod:`fastopt.optim` class), ``has_step`` (whether
     torch.optim keeps ``state['step']`` for the rule) and ``eager_state`` (whether torch
-    creates the state at construction, as Adagrad does).
+    creates the state of the constructor's params at construction, as Adagrad does).
     """
 
     rule = None
     has_step = True
     eager_state = False
 
-    #: ``torch.amp.GradScaler.step`` hands the scaling to ``step``: it sets ``grad_scale``
-    #: (a tensor) and ``found_inf`` before calling it and deletes both after.
-    _step_supports_amp_scaling = True
+    #: True with ``fused=True``, as torch's fused optimizers: ``torch.amp.GradScaler.step``
+    #: then hands the unscaling to ``step`` (it sets ``grad_scale``, a tensor, and
+    #: ``found_inf`` before calling it and deletes both after). False by default, so
+    #: GradScaler unscales the gradients itself and frameworks that clip them (Lightning
+    #: under mixed precision) accept the optimizer, as they accept torch's unfused ones.
+    _step_supports_amp_scaling = False
 
     def __init__(self, params, defaults, *, clip_grad_norm=None, grad_scale=1.0,
                  skip_if_nonfinite=False):
@@ -69,7 +81,16 @@ class Optimizer(torch.optim.Optimizer):
         self.last_step_skipped = False
         #: Global L2 norm of the unscaled gradients at the last step, when computed.
         self.last_grad_norm = None
-        super().__init__(params, defaults)
+        if defaults.get("fused"):
+            self._step_supports_amp_scaling = True
+        # With eager_state, as torch.optim.Adagrad.__init__: state for every param given
+        # to the constructor (frozen ones too); add_param_group's params get theirs at
+        # their first step, as in torch.
+        self._constructing = True
+        try:
+            super().__init__(params, defaults)
+        finally:
+            self._constructing = False
 
     @property
     def grad_scale(self):
@@ -78,13 +99,15 @@ class Optimizer(torch.optim.Optimizer):
 
         Setting a number sets the option (validated at the next ``step``). Setting a
         tensor, as GradScaler does, overrides the option until ``del opt.grad_scale``
-        (GradScaler deletes it after the step), which restores the option untouched."""
+        (GradScaler deletes it after the step), which restores the option untouched.
+        Setting ``None`` (GradScaler's "already unscaled", as torch's fused optimizers
+        read it) clears the override and leaves the option as it is."""
         amp = self._amp_grad_scale
         return self._loss_scale if amp is None else amp
 
     @grad_scale.setter
     def grad_scale(self, value):
-        if torch.is_tensor(value):
+        if value is None or torch.is_tensor(value):
             self._amp_grad_scale = value
         else:
             self._loss_scale = value
@@ -107,8 +130,10 @@ class Optimizer(torch.optim.Optimizer):
         """The group's hyperparameters as plain numbers, validated by the rule (its
         ``check_group`` and ``rule_keys``: AdamW refuses ``decoupled_weight_decay``
         False), then as Python floats (``validation.as_floats``: the scalar arithmetic
-        runs in float64)."""
-        plain = {k: plain_value(v, k) for k, v in group.items() if k != "params"}
+        runs in float64). Keys that are not the class's hyperparameters (set by a
+        framework or the user) pass as they are."""
+        plain = {k: plain_value(v, k) if k in self.defaults else v
+                 for k, v in group.items() if k != "params"}
         for key in ("differentiable", "capturable"):
             if plain.get(key):
                 raise ValueError(f"{self._owner} does not support {key}=True (its kernels "
@@ -133,9 +158,11 @@ class Optimizer(torch.optim.Optimizer):
                 check_tensor(p, f"params[{first + i}]", self._owner)
             rule, plain = self._hyperparameters(group)
             names = rule.state_names(plain) if self.eager_state else []
+            # Checked casts, now, whether the state is made now (the constructor's params)
+            # or at the group's first step (added groups, as torch.optim.Adagrad does).
             initial = {(p.dtype, name): float(rule.initial_value(name, _NUMPY_DTYPES[p.dtype],
                                                                  plain))
-                       for p in group["params"] for name in names}   # checked casts
+                       for p in group["params"] for name in names}
         except Exception:
             self.param_groups.pop()
             raise
@@ -146,7 +173,7 @@ class Optimizer(torch.optim.Optimizer):
             bucket = Bucket([group["params"][i] for i in members],
                             [first + i for i in members])
             buckets.append(bucket)
-            if self.eager_state:
+            if self.eager_state and self._constructing:
                 for name in names:
                     bucket.state_buffer(name).fill_(initial[dtype, name])
                 for i, p in enumerate(bucket.params):
@@ -262,9 +289,7 @@ class Optimizer(torch.optim.Optimizer):
         class. Unlike torch.optim, the tensors are copies, not the live (flat) state:
         a checkpoint never aliases this optimizer's buffers."""
         saved = super().state_dict()
-        saved["state"] = {
-            index: {k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()}
-            for index, entry in saved["state"].items()}
+        saved["state"] = {key: _copied(value) for key, value in saved["state"].items()}
         return saved
 
     def load_state_dict(self, state_dict):
