@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 
 import fastopt
-from fastopt import kernels, reference
+from fastopt import kernels, reference, threads
 from fastopt.optim.segments import SegmentStep
 
 #: Default sizes and dtypes of the benchmarks (``fastopt bench`` and asv).
@@ -201,10 +201,17 @@ def torch_call(case, shapes, dtype, impl, seed=0):
     return optimizer.step
 
 
+#: Steps a fastopt.torch case runs before it is timed: past the probe in which fastopt
+#: chooses its serial or parallel twin by timing the loop (:mod:`fastopt.threads`).
+SETTLE = threads.WARMUP + 2 * threads.BLOCK * threads.PROBES + 1
+
+
 def adapter_call(case, shapes, dtype, seed=0):
     """``fastopt.torch.<Rule>.step`` over tensors of ``shapes`` (flattened by the adapter at
-    construction; the first step binds the gradients to the flat buffer, so the calls
-    measured take the fast path, as in a training loop)."""
+    construction), after :data:`SETTLE` steps. Each gradient is a tensor of its own, as
+    autograd allocates it after ``zero_grad()`` (torch's default, ``set_to_none=True``):
+    ``step`` reads it in place, one kernel call per tensor over its slice of the flat
+    buffers."""
     torch = import_torch()
     import fastopt.torch as fastopt_torch
 
@@ -213,8 +220,41 @@ def adapter_call(case, shapes, dtype, seed=0):
     optimizer = getattr(fastopt_torch, case.torch_class)(tensors, **case.options)
     for tensor, grad in zip(tensors, grads):
         tensor.grad = torch.from_numpy(grad)
-    optimizer.step()
+    for _ in range(SETTLE):
+        optimizer.step()
     return optimizer.step
+
+
+def backward_loop_call(case, shapes, dtype, impl, seed=0):
+    """One training-loop iteration on tensors of ``shapes``: ``zero_grad()`` (torch's
+    default, ``set_to_none=True``), the backward of a tiny loss (``sum(p.sum())``: a read
+    of every param forward, a freshly allocated gradient of ones for each backward), then
+    ``step()``; with ``fastopt.torch.<Rule>`` (``impl`` ``"adapter"``) or
+    ``torch.optim.<Rule>`` of ``impl`` (``"fused"``, ...). Both sides pay the same
+    forward and backward, so the difference is the step on autograd's own gradients.
+    Warmed up past fastopt's twin choice (:mod:`fastopt.threads`: its probe alternates
+    the serial and the parallel twin over the first few dozen steps), as in a training
+    loop that has settled."""
+    torch = import_torch()
+    if impl == "adapter":
+        import fastopt.torch as fastopt_torch
+        make = partial(getattr(fastopt_torch, case.torch_class), **case.options)
+    elif impl not in case.torch_impls:
+        raise Unavailable(f"torch.optim.{case.torch_class} has no {impl} implementation")
+    else:
+        make = partial(getattr(torch.optim, case.torch_class), **case.options,
+                       **TORCH_IMPLS[impl])
+    params, _ = make_arrays(shapes, dtype, seed)
+    tensors = [torch.from_numpy(p).requires_grad_(True) for p in params]
+    optimizer = make(tensors)
+
+    def iteration():
+        optimizer.zero_grad()
+        sum(tensor.sum() for tensor in tensors).backward()
+        optimizer.step()
+    for _ in range(SETTLE):
+        iteration()
+    return iteration
 
 
 def loop_call(case, shapes, dtype, variant, seed=0):
