@@ -100,7 +100,10 @@ Works with ``torch.optim.lr_scheduler`` (hyperparameters are read from the group
 step; a one-element tensor ``lr`` is read as a number, a tensor of other size is a
 ``ValueError`` as in torch), ``add_param_group``,
 ``torch.nn.utils.clip_grad_norm_``, ``DistributedDataParallel`` and
-``torch.distributed.optim.ZeroRedundancyOptimizer(optimizer_class=fastopt.torch.Adam)``.
+``torch.distributed.optim.ZeroRedundancyOptimizer(optimizer_class=fastopt.torch.Adam)``;
+tested inside Hugging Face ``Trainer``, Lightning (clipping under mixed precision
+included), accelerate (``save_state``/``load_state``) and ``torch.compile``
+(``tests/frameworks``).
 """
 
 import torch as _torch  # noqa: F401  (fails early, with torch's message, if absent)
