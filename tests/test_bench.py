@@ -78,19 +78,12 @@ def test_bench_adapter_section(tmp_path, monkeypatch):
             assert _positive(row[key]), (key, row[key])
 
 
-def test_adapter_cases_step_on_gradients_of_their_own(monkeypatch):
+def test_adapter_cases_step_on_gradients_of_their_own(adam_kernel_sizes):
     """The adapter's step reads each gradient where it lies (one kernel call per tensor),
     as after ``zero_grad()`` and a backward; the loop case is zero_grad (to None), a
     backward and a step, for fastopt.torch and torch fused alike."""
     pytest.importorskip("torch")
-    sizes = []
-    original = fastopt.optim.Adam.kernel_args   # built once per kernel call
-
-    def counting_kernel_args(self, seg, *args):
-        sizes.append(seg.param.size)
-        return original(self, seg, *args)
-
-    monkeypatch.setattr(fastopt.optim.Adam, "kernel_args", counting_kernel_args)
+    sizes = adam_kernel_sizes
     shapes = cases.mlp_shapes(4, layers=2)
     step = cases.adapter_call(cases.CASES["adam"], shapes, np.float32)
     sizes.clear()

@@ -130,22 +130,7 @@ def test_matches_torch_optim_every_step(config, dtype):
             assert ours[index]["step"].item() == theirs[index]["step"].item() == 30
 
 
-@pytest.fixture
-def adam_update_sizes(monkeypatch):
-    """The segment size of every kernel call ``fastopt.optim.Adam``'s rule makes, counted
-    where its arguments are built (``kernel_args``: once per kernel call)."""
-    sizes = []
-    original = fastopt.optim.Adam.kernel_args
-
-    def counting_kernel_args(self, seg, *args):
-        sizes.append(seg.param.size)
-        return original(self, seg, *args)
-
-    monkeypatch.setattr(fastopt.optim.Adam, "kernel_args", counting_kernel_args)
-    return sizes
-
-
-def test_one_kernel_call_per_group_flat_storage_and_in_place_grads(adam_update_sizes):
+def test_one_kernel_call_per_group_flat_storage_and_in_place_grads(adam_kernel_sizes):
     """zero_grad(set_to_none=False) binds the grads to the flat gradient buffer: backward
     accumulates there and each step is one kernel call per group."""
     model = make_model()
@@ -157,7 +142,7 @@ def test_one_kernel_call_per_group_flat_storage_and_in_place_grads(adam_update_s
         assert p.data_ptr() == start + a * size      # rebound to its slice of the flat buffer
         assert torch.equal(p, b)                     # values kept
     batch = make_batch()
-    calls = adam_update_sizes
+    calls = adam_kernel_sizes
     for i in range(3):
         opt.zero_grad(set_to_none=False)
         backward(model, batch)
@@ -174,7 +159,7 @@ def test_one_kernel_call_per_group_flat_storage_and_in_place_grads(adam_update_s
 
 
 def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place(
-        adam_update_sizes):
+        adam_kernel_sizes):
     """zero_grad() is torch's (set_to_none=True); step then reads each gradient where
     autograd allocated it (no copy into the flat gradient buffer, p.grad not rebound),
     one kernel call per param, and matches torch.optim.Adam."""
@@ -183,7 +168,7 @@ def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place
     ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
     (bucket,) = opt._buckets[0]
     batch = make_batch()
-    calls = adam_update_sizes
+    calls = adam_kernel_sizes
     for _ in range(3):
         opt.zero_grad()
         ref_opt.zero_grad()
@@ -836,3 +821,27 @@ def test_pickling_the_optimizer_says_to_use_state_dict():
     opt = ft.Adam(make_model().parameters())
     with pytest.raises(TypeError, match="state_dict"):
         copy.deepcopy(opt)
+
+
+@pytest.mark.parametrize("change", ["new value", "tensor changed in place", "list edited"])
+def test_a_group_changed_between_steps_is_validated_again(change):
+    """Steps reuse a group's validation while it holds the same immutable values; any
+    change (a new value, a tensor or list edited in place) is checked at the next step."""
+    param = nn.Parameter(torch.ones(4))
+    opt = ft.Adam([param], lr=torch.tensor(0.1) if change.startswith("tensor") else 0.1,
+                  betas=[0.9, 0.999] if change == "list edited" else (0.9, 0.999))
+    for _ in range(2):
+        param.grad = torch.ones(4)
+        opt.step()
+    before = param.detach().clone()
+    group = opt.param_groups[0]
+    if change == "new value":
+        group["lr"] = -1.0
+    elif change.startswith("tensor"):
+        group["lr"].fill_(-1.0)
+    else:
+        group["betas"][0] = 1.5
+    param.grad = torch.ones(4)
+    with pytest.raises(ValueError):
+        opt.step()
+    assert torch.equal(param.detach(), before)

@@ -240,22 +240,35 @@ class Bucket:
         """The kernel calls of one step over ``runs`` (gradients ``grads``, from
         :meth:`grads`): per run, ``(run, initial values of its fresh state buffers, kernel
         arguments)``, from fastopt's scalar precomputation (``rule.kernel_args``) on 1-D
-        NumPy views of the flat buffers. Raises before anything is written (a scalar that
+        NumPy views of the flat buffers; runs with the same step number share one
+        ``kernel_args`` call (its arrays swapped for theirs, found by identity). Raises before anything is written (a scalar that
         overflows the dtype, say); writes nothing but zero-filled flat state buffers no
         entry points at yet."""
         for name in names:
             self.state_buffer(name)
-        calls = []
+        calls, templates = [], {}
         for run, grad in zip(runs, grads):
             first, stop, step, fresh, _ = run
             a, b = self.offsets[first], self.offsets[stop]
-            planned = SegmentStep(self.np_param[a:b],
-                                  {name: self.np_state[name][a:b] for name in names},
-                                  step + 1, frozenset(fresh))
-            initial = {name: rule.initial_value(name, planned.param.dtype, group)
-                       for name in fresh}
-            calls.append((run, initial, rule.kernel_args(planned, group, grad, grad_scale,
-                                                         False)))
+            param = self.np_param[a:b]
+            state = {name: self.np_state[name][a:b] for name in names}
+            template = templates.get((step, fresh))
+            if template is None:   # the rule's scalars for this step number, computed once
+                planned = SegmentStep(param, state, step + 1, frozenset(fresh))
+                initial = {name: rule.initial_value(name, param.dtype, group)
+                           for name in fresh}
+                args = rule.kernel_args(planned, group, grad, grad_scale, False)
+                roles = {id(param): "param", id(grad): "grad",
+                         **{id(buffer): name for name, buffer in state.items()}}
+                slots = [roles.get(id(arg)) if isinstance(arg, np.ndarray) else None
+                         for arg in args]
+                templates[(step, fresh)] = (initial, slots, args)
+            else:                  # same scalars: the rule's arguments with this run's arrays
+                initial, slots, template_args = template
+                arrays = {"param": param, "grad": grad, **state}
+                args = tuple(arrays[slot] if slot else arg
+                             for slot, arg in zip(slots, template_args))
+            calls.append((run, initial, args))
         return calls
 
     def run(self, calls, kernel, state, has_step):

@@ -7,6 +7,7 @@ source of truth): for each group this class calls the rule's ``check_group``,
 """
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -47,6 +48,12 @@ def _copied(value):
     return value.clone() if torch.is_tensor(value) else value
 
 
+def _immutable(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, tuple) and all(_immutable(v) for v in value)
+
+
 class Optimizer(torch.optim.Optimizer):
     """Shared machinery of ``fastopt.torch``'s optimizers (see the package docstring).
 
@@ -71,6 +78,7 @@ class Optimizer(torch.optim.Optimizer):
         check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite)
         self._buckets = []  # one list of Buckets per param group
         self._twins, self._largest = StepTwins(self._owner), 0
+        self._hyper_cache = {}   # id(group) -> (group, its values, _hyperparameters result)
         #: Loop options, optimizer-wide, as fastopt.optim's (change them between steps).
         self.clip_grad_norm = clip_grad_norm
         self._loss_scale = grad_scale      # the float option behind the grad_scale property
@@ -145,6 +153,24 @@ class Optimizer(torch.optim.Optimizer):
         rule.check_group(plain)
         rule.check_rule_keys(plain, f"{self._owner}: a param group")
         return rule, as_floats(plain)
+
+    def _step_hyperparameters(self, group):
+        """:meth:`_hyperparameters` for a step, reused while the group holds the very same
+        immutable values (Python numbers, bools, strings, ``None``, tuples of them) as at
+        its last validation: a scheduler or a user that sets a new value (a new object)
+        triggers a full check, and a group holding a tensor or a list (which can change
+        in place) is checked at every step."""
+        values = tuple(group.values())
+        cached = self._hyper_cache.get(id(group))
+        if (cached is not None and cached[0] is group and len(cached[1]) == len(values)
+                and all(map(operator.is_, cached[1], values))):
+            return cached[2]
+        result = self._hyperparameters(group)
+        if all(_immutable(v) for k, v in group.items() if k != "params"):
+            self._hyper_cache[id(group)] = (group, values, result)
+        else:
+            self._hyper_cache.pop(id(group), None)
+        return result
 
     # --- groups ---------------------------------------------------------------------
 
@@ -234,7 +260,7 @@ class Optimizer(torch.optim.Optimizer):
             self._amp_grad_scale, "grad_scale", self._owner)
         found_inf = getattr(self, "found_inf", None)   # set by GradScaler.step
         found_inf = found_inf is not None and _amp_value(found_inf, "found_inf", self._owner)
-        rules = [self._hyperparameters(group) for group in self.param_groups]
+        rules = [self._step_hyperparameters(group) for group in self.param_groups]
         plans = []
         for (rule, plain), buckets in zip(rules, self._buckets):
             names = rule.state_names(plain)
