@@ -18,6 +18,16 @@ class UsageError(Exception):
     """A bad option: printed as one line, exit status 2, no traceback."""
 
 
+def check_option(check, value, option, *args, **kwargs):
+    """``check(value, option, *args, **kwargs)`` (a :mod:`fastopt.validation` check, so the
+    command line says what the Python API says), its ``TypeError``/``ValueError`` turned
+    into a :class:`UsageError`; returns what ``check`` returns."""
+    try:
+        return check(value, option, *args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="fastopt", description="fastopt: optimizer update rules compiled with Numba. "

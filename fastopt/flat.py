@@ -20,6 +20,8 @@ def check_float_array(array, name):
     """Raise ``TypeError`` unless ``array`` is a NumPy float32/float64 array."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
+    if isinstance(array, np.ma.MaskedArray):   # its mask cannot be honoured by a kernel
+        raise TypeError(f"{name} is a masked array; pass its .filled(0) or .data")
     if array.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
 
@@ -81,8 +83,12 @@ class Flat:
                     return buffer.grad[:0]
         for buffer in self.buffers:
             if np.shares_memory(param_view, buffer.param):
-                start = (param_view.__array_interface__["data"][0]
-                         - buffer.param.__array_interface__["data"][0]) // buffer.param.itemsize
+                start, skew = divmod(param_view.__array_interface__["data"][0]
+                                     - buffer.param.__array_interface__["data"][0],
+                                     buffer.param.itemsize)
+                if skew or param_view.dtype != buffer.param.dtype:
+                    raise ValueError("param view is not an element-aligned slice of "
+                                     "this Flat's buffer")
                 return buffer.grad[start:start + param_view.size]
         raise ValueError("param view is not in this Flat's buffers")
 

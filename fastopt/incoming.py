@@ -17,6 +17,8 @@ import numbers
 
 import numpy as np
 
+from .validation import check_real, short_repr   # short_repr: re-exported for its users
+
 #: The largest step count accepted: every whole number up to it is exact in a float64.
 MAX_STEP = 2 ** 53
 
@@ -96,24 +98,16 @@ def plain_value(value, what):
     and tuples and lists converted item by item (keeping their type); anything else as it
     is (the rule's ``check_group`` judges it). Raises ``ValueError`` naming ``what`` for an
     integer too large for a float (instead of the ``OverflowError`` a float conversion
-    gives later)."""
+    gives later) and, as torch.optim does, for a tensor of other than one element."""
     if isinstance(value, (tuple, list)):
         return type(value)(plain_value(item, f"{what}[{i}]") for i, item in enumerate(value))
-    if (hasattr(value, "detach") and hasattr(value, "numel") and value.numel() == 1) or (
-            isinstance(value, (np.ndarray, np.generic)) and value.size == 1):
+    if hasattr(value, "detach") and hasattr(value, "numel"):
+        if value.numel() != 1:   # torch.optim's error for a tensor hyperparameter
+            raise ValueError(f"Tensor {what} must be 1-element, got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        value = value.item()
+    elif isinstance(value, (np.ndarray, np.generic)) and value.size == 1:
         value = value.item()
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        try:
-            float(value)
-        except OverflowError:
-            raise ValueError(f"Invalid {what}: {short_repr(value)} (too large for a float)") \
-                from None
+        check_real(value, what)   # too large for a float: every entry's ValueError
     return value
-
-
-def short_repr(value, limit=60):
-    """``repr(value)``, shortened: a forged state dict may hold a 10,000-digit int."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -14,9 +14,6 @@ bfloat16 as ``ml_dtypes.bfloat16`` arrays or ``torch.bfloat16`` tensors, float16
 ``np.float16`` / ``torch.float16`` (see :mod:`fastopt.precision`).
 """
 
-import math
-import numbers
-
 import numpy as np
 
 from . import kernels
@@ -24,6 +21,11 @@ from .incoming import step_count
 from .kernels.config import unused
 from .optim.adam import Adam, step_scalars
 from .precision import HALF_FORMATS, kernel_view
+from .validation import check_bool, check_real
+
+#: ``step_scalars``' sources for the overflow check of the cast to float32: as
+#: ``Adam.scalar_sources``, but the gradient factor is blamed on ``loss_scale``.
+_SCALAR_SOURCES = (*Adam.scalar_sources[:-1], ("loss_scale", "clip_factor / loss_scale"))
 
 
 def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999),
@@ -36,14 +38,15 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
         p = master * (1 - lr*weight_decay)     if adamw else master
         g = float32(grad) * s                  + (0 if adamw else weight_decay * p)
         exp_avg    = b1 * exp_avg    + (1 - b1) * g
-        exp_avg_sq = b2 * exp_avg_sq + (1 - b2) * g * g
-        master = p - (lr / (1 - b1**t)) * exp_avg
-                     / (sqrt(exp_avg_sq) / sqrt(1 - b2**t) + eps)
+        exp_avg_sq = b2 * exp_avg_sq + ((1 - b2) * g) * g
+        master = p - (lr / (1 - b1**t)) * (exp_avg
+                     / (sqrt(exp_avg_sq) / sqrt(1 - b2**t) + eps))
         out = round_to_nearest_even(master)    # bf16 or fp16, if ``out`` is given
 
     The bias corrections and ``s`` are computed in float64 once per call, then cast to
-    float32 (:func:`fastopt.optim.adam.step_scalars`, shared with :class:`fastopt.Adam`),
-    so ``master`` and the state are bitwise what ``fastopt.Adam`` / ``AdamW`` give on the
+    float32 (:func:`fastopt.optim.adam.step_scalars`, shared with :class:`fastopt.Adam`;
+    a value beyond float32's range is a ``ValueError`` naming its argument, as
+    :func:`fastopt.validation.cast_scalars` does for the optimizers), so ``master`` and the state are bitwise what ``fastopt.Adam`` / ``AdamW`` give on the
     widened gradient with ``grad_scale=loss_scale``; the copy is bitwise torch's
     ``master.to(torch.bfloat16)`` (or ``float16``), NaN staying NaN. Differences from
     ``torch.optim.Adam``: the order of float32 operations (results agree to rounding,
@@ -102,15 +105,14 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
         raise TypeError(f"lr must be a real number (evaluate a schedule first), got {lr!r}")
     Adam.check_group(None, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                 amsgrad=False, maximize=False))
-    if not isinstance(adamw, (bool, np.bool_)):
-        raise TypeError(f"adamw must be a bool, got {adamw!r}")
-    _check_real("loss_scale", loss_scale, positive=True)
-    _check_real("clip_factor", clip_factor, positive=False)
+    adamw = check_bool(adamw, "adamw")
+    loss_scale = check_real(loss_scale, "loss_scale", 0.0, low_open=True, finite=True)
+    clip_factor = check_real(clip_factor, "clip_factor", 0.0, finite=True)
     # As the optimizers' loop options: 1/loss_scale, then times the clip factor (float64).
-    factor = 1.0 / float(loss_scale) * float(clip_factor)
+    factor = 1.0 / loss_scale * clip_factor
     scalars = step_scalars(np.float32, t, lr=float(lr), betas=tuple(map(float, betas)),
                            eps=float(eps), weight_decay=float(weight_decay),
-                           decoupled=bool(adamw), grad_scale=factor)
+                           decoupled=adamw, grad_scale=factor, sources=_SCALAR_SOURCES)
     copy_v = named[4][1] if out is not None else unused(np.uint16)
     kernels.adam(master_v.reshape(n), grad_v.reshape(n), exp_avg_v.reshape(n),
                  exp_avg_sq_v.reshape(n), unused(np.float32), copy_v.reshape(-1), *scalars,
@@ -136,13 +138,4 @@ def _check_disjoint(named):
             if a.size and b.size and np.may_share_memory(a, b):
                 raise ValueError(f"{first} and {second} share memory; each must be its "
                                  f"own buffer")
-
-
-def _check_real(key, value, *, positive):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{key} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or not (value > 0 if positive else value >= 0):
-        raise ValueError(f"Invalid {key}: {value!r} (must be finite and "
-                         f"{'> 0' if positive else '>= 0'})")
 

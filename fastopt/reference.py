@@ -12,11 +12,12 @@ import numpy as np
 
 
 def _gradient(param, grad, grad_scale, maximize, weight_decay):
-    """The gradient every rule sees: scaled, negated to maximize, plus L2 decay."""
+    """The gradient every rule sees: scaled, negated to maximize, plus L2 decay (none at
+    all when ``weight_decay`` is 0, as in torch: ``0 * inf`` would be NaN)."""
     g = grad * param.dtype.type(grad_scale)
     if maximize:
         g = -g
-    return g + weight_decay * param
+    return g + weight_decay * param if weight_decay != 0 else g
 
 
 def sgd(param, grad, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -44,7 +45,7 @@ def adagrad(param, grad, state, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
     r = state.get("sum", np.full_like(param, initial_accumulator_value))
     r = r + g * g
     clr = lr / (1 + (t - 1) * lr_decay)
-    return param - clr * g / (np.sqrt(r) + eps), {"step": t, "sum": r}
+    return param - clr * (g / (np.sqrt(r) + eps)), {"step": t, "sum": r}
 
 
 def rmsprop(param, grad, state, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
@@ -64,7 +65,8 @@ def rmsprop(param, grad, state, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0
         c = state.get("grad_avg", np.zeros_like(param))
         c = c + (1 - alpha) * (g - c)
         new["grad_avg"] = c
-        r = r - c * c
+        # torch's addcmul is a fused multiply-add: an Inf r stays Inf, not Inf - Inf
+        r = np.where(np.isfinite(r), r - c * c, r)
     d = np.sqrt(r + eps) if eps_in_sqrt else np.sqrt(r) + eps
     step = g / d
     if momentum > 0:
@@ -93,7 +95,7 @@ def adam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_de
         new["max_exp_avg_sq"] = v
     m_hat = m / (1 - beta1 ** t)
     v_hat = v / (1 - beta2 ** t)
-    return param - lr * m_hat / (np.sqrt(v_hat) + eps), new
+    return param - lr * (m_hat / (np.sqrt(v_hat) + eps)), new
 
 
 def adamw(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,

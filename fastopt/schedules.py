@@ -26,11 +26,10 @@ Differences from torch, all past the end of a schedule or where torch divides by
 
 import dataclasses
 import math
-import numbers
-import operator
 from dataclasses import dataclass
 
 from .incoming import short_repr
+from .validation import check_bool, check_int, check_real
 
 __all__ = ["constant", "step_decay", "exponential", "cosine", "warmup_linear_decay",
            "one_cycle"]
@@ -40,27 +39,25 @@ __all__ = ["constant", "step_decay", "exponential", "cosine", "warmup_linear_dec
 _NAMES = tuple(__all__)
 
 
+#: The largest step count a schedule takes: integers up to 2**53 are exact as floats, so
+#: the closed forms (which mix steps with floats) stay exact.
+MAX_STEPS = 2 ** 53
+
+
 def _check_real(schedule, name, bound, ok):
-    """Validate ``schedule.<name>`` as a finite real number with ``ok(value)``; store it
-    as a Python float."""
-    value = getattr(schedule, name)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and ok(value)):
+    """Validate ``schedule.<name>`` as a finite real number with ``ok(value)``
+    (:func:`fastopt.validation.check_real`); store it as a Python float."""
+    value = check_real(getattr(schedule, name), name, finite=True)
+    if not ok(value):
         raise ValueError(f"Invalid {name}: {value!r} (must be finite and {bound})")
     object.__setattr__(schedule, name, value)
 
 
 def _check_int(schedule, name, low):
-    """Validate ``schedule.<name>`` as an integer >= ``low``; store it as a Python int."""
-    value = getattr(schedule, name)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if value < low:
-        raise ValueError(f"Invalid {name}: {value!r} (must be >= {low})")
-    object.__setattr__(schedule, name, value)
+    """Validate ``schedule.<name>`` as an integer in ``[low, MAX_STEPS]``
+    (:func:`fastopt.validation.check_int`); store it as a Python int."""
+    object.__setattr__(schedule, name, check_int(getattr(schedule, name), name, low,
+                                                 MAX_STEPS))
 
 
 def _check_warmup(schedule):
@@ -77,15 +74,11 @@ class _Schedule:
     """Base: ``__call__`` validates the step, ``_at(step)`` computes the rate."""
 
     def __call__(self, step):
-        if isinstance(step, bool):
-            raise TypeError(f"step must be an integer, got {step!r}")
+        step = check_int(step, "step", 0, MAX_STEPS)
         try:
-            step = operator.index(step)
-        except TypeError:
-            raise TypeError(f"step must be an integer, got {step!r}") from None
-        if step < 0:
-            raise ValueError(f"Invalid step: {step!r} (must be >= 0)")
-        return float(self._at(step))
+            return float(self._at(step))
+        except OverflowError:   # gamma ** step beyond float64, for gamma > 1
+            return math.inf
 
     def _warmup(self, step):
         """Linear warmup from ``warmup_start_factor * lr`` at step 0 toward ``lr`` at step
@@ -274,8 +267,7 @@ class one_cycle(_Schedule):
                              "'cos' or 'linear')")
         _check_real(self, "div_factor", "> 0", lambda v: v > 0.0)
         _check_real(self, "final_div_factor", "> 0", lambda v: v > 0.0)
-        if not isinstance(self.three_phase, bool):
-            raise TypeError(f"three_phase must be a bool, got {self.three_phase!r}")
+        object.__setattr__(self, "three_phase", check_bool(self.three_phase, "three_phase"))
 
     def _phases(self):
         """``(end_step, start_lr, end_lr)`` per phase, as ``OneCycleLR`` builds them."""

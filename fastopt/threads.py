@@ -48,6 +48,7 @@ import warnings
 import numba
 
 from .kernels import config
+from .validation import check_int
 
 POLICIES = ("auto", "size", "serial")
 
@@ -77,12 +78,11 @@ def num_threads(n):
     """Run the enclosed code with ``n`` Numba threads; restore the previous count after.
 
     fastopt never changes the thread count by itself (not at import, not in a step).
-    ``n`` must be between 1 and ``numba.config.NUMBA_NUM_THREADS`` (set that environment
+    ``n`` must be an integer (``TypeError`` otherwise; NumPy's too, not a bool) between 1
+    and ``numba.config.NUMBA_NUM_THREADS`` (``ValueError`` otherwise; set that environment
     variable before the process starts to allow more).
     """
-    limit = numba.config.NUMBA_NUM_THREADS
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
-        raise ValueError(f"Invalid number of threads: {n!r} (must be an int in [1, {limit}])")
+    n = check_int(n, "num_threads", 1, numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     numba.set_num_threads(n)
     try:

@@ -73,8 +73,29 @@ def test_bench_adapter_section(tmp_path, monkeypatch):
         ("adam", "mlp tiny", 50, 25 * (64 + 8)), ("sgd", "mlp tiny", 50, 25 * (64 + 8))]
     for row in rows:
         for key in ("adapter", "torch_fused", "torch_foreach", "speedup_torch_fused",
-                    "speedup_torch_foreach"):
+                    "speedup_torch_foreach", "adapter_loop", "torch_fused_loop",
+                    "speedup_torch_fused_loop"):
             assert _positive(row[key]), (key, row[key])
+
+
+def test_adapter_cases_step_on_gradients_of_their_own(adam_kernel_sizes):
+    """The adapter's step reads each gradient where it lies (one kernel call per tensor),
+    as after ``zero_grad()`` and a backward; the loop case is zero_grad (to None), a
+    backward and a step, for fastopt.torch and torch fused alike."""
+    pytest.importorskip("torch")
+    sizes = adam_kernel_sizes
+    shapes = cases.mlp_shapes(4, layers=2)
+    step = cases.adapter_call(cases.CASES["adam"], shapes, np.float32)
+    sizes.clear()
+    step()
+    assert sizes == [16, 4, 16, 4]
+    for impl in ("adapter", "fused"):
+        iteration = cases.backward_loop_call(cases.CASES["adam"], shapes, np.float32, impl)
+        sizes.clear()
+        iteration()
+        assert sizes == ([16, 4, 16, 4] if impl == "adapter" else [])
+    with pytest.raises(cases.Unavailable):
+        cases.backward_loop_call(cases.CASES["rmsprop"], shapes, np.float32, "fused")
 
 
 def test_bench_loop_section(tmp_path, monkeypatch):

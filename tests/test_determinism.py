@@ -11,7 +11,7 @@ import pytest
 import fastopt
 from cases import CASES, RULES, case_id
 from fastopt.kernels import PARALLEL_THRESHOLD
-from fastopt.kernels.reductions import BLOCK, norm_and_finite, sum_squares
+from fastopt.kernels.reductions import BLOCK, block_table, norm_and_finite, sum_squares
 
 N = 200_003
 STEPS = 4
@@ -93,11 +93,13 @@ def test_norm_and_finite_is_bitwise_deterministic(dtype):
             results.append(norm_and_finite(buffers))
     assert results[0] == results[1] == results[2]
     assert results[0][1] is True
-    # the parallel and serial twins write the same partials, bit for bit
-    partials = [np.empty((N + BLOCK - 1) // BLOCK) for _ in range(2)]
-    sum_squares.parallel(buffers[0], partials[0])
-    sum_squares.serial(buffers[0], partials[1])
-    assert partials[0].tobytes() == partials[1].tobytes()
+    # the parallel and serial twins write the same partials and member sums, bit for bit
+    flat = np.concatenate(buffers)
+    offsets, block_offsets = block_table(tuple(b.size for b in buffers))
+    outputs = [(np.empty(block_offsets[-1]), np.empty(len(buffers))) for _ in range(2)]
+    sum_squares.parallel(flat, offsets, block_offsets, *outputs[0])
+    sum_squares.serial(flat, offsets, block_offsets, *outputs[1])
+    assert [a.tobytes() for a in outputs[0]] == [a.tobytes() for a in outputs[1]]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

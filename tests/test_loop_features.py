@@ -231,8 +231,9 @@ def test_num_threads_restores_the_previous_count():
     with pytest.raises(RuntimeError), fastopt.num_threads(1):
         raise RuntimeError("inside")
     assert numba.get_num_threads() == previous
-    for bad in (0, numba.config.NUMBA_NUM_THREADS + 1, 1.5, True):
-        with pytest.raises(ValueError, match="threads"):
+    for bad, error in ((0, ValueError), (numba.config.NUMBA_NUM_THREADS + 1, ValueError),
+                       (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match="num_threads"):
             with fastopt.num_threads(bad):
                 pass
 
@@ -277,3 +278,36 @@ def test_nan_gradient_without_skip_clips_as_torch_does():
     params = [np.zeros(2), np.zeros(1)]
     fastopt.SGD(params, lr=0.1, clip_grad_norm=1.0).step(grads)
     assert np.isnan(params[1]).all()   # the finite gradient's parameter too, as in torch
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_norm_does_not_depend_on_the_layout(dtype):
+    """One flat buffer and the same values as separate arrays give the same bits of the
+    global norm (README "Guarantees"): each parameter is reduced in blocks anchored at its
+    own first element, and the per-parameter sums are added exactly. The sizes put block
+    boundaries of the flat buffer inside parameters; magnitudes differ by 1e6 so that a
+    different grouping of the float64 partial sums changes the last bits."""
+    rng = np.random.default_rng(7)
+    sizes = (5000, 9001, 1, 3 * BLOCK + 17, 0, 12345)
+    values = [(rng.standard_normal(n) * 10.0 ** (3 * (i % 3) - 3)).astype(dtype)
+              for i, n in enumerate(sizes)]
+    flat = fastopt.flatten(values)
+    flat_grads = flat.grads
+    for g, v in zip(flat_grads, values):
+        g[...] = v
+    norms = set()
+    for threads in (1, 2):
+        with fastopt.num_threads(min(threads, numba.config.NUMBA_NUM_THREADS)):
+            opt = fastopt.SGD(flat, lr=0.0, clip_grad_norm=1e300)
+            opt.step()
+            norms.add(opt.last_grad_norm)
+            arrays = [np.zeros_like(v) for v in values]
+            separate = fastopt.SGD(arrays, lr=0.0, clip_grad_norm=1e300)
+            separate.step([v.copy() for v in values])
+            norms.add(separate.last_grad_norm)
+            norms.add(fastopt.clip_grad_norm(flat, 1e300))
+            norms.add(fastopt.clip_grad_norm([v.copy() for v in values], 1e300))
+            norms.add(fastopt.clip_grad_norm(values[::-1], 1e300))   # order: no matter
+    assert len(norms) == 1, norms
+    exact = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in values))
+    assert norms.pop() == pytest.approx(exact, rel=1e-14)

@@ -4,9 +4,12 @@
   numerically, e.g. RMSprop's alpha <= 1) on any size, including 0 and 1 element and odd
   sizes around SIMD widths: every rule via its optimizer equals ``fastopt.reference``
   within tests/test_reference.py's tolerances.
-* Invalid hyperparameters (negative, NaN, betas outside [0, 1), wrong types): always the
-  documented error (ValueError for a bad value, TypeError for a bad type), at construction
-  and when set between steps, and then nothing is written.
+* Invalid hyperparameters (negative, NaN, betas outside [0, 1), RMSprop's alpha above 1,
+  ints too large for a float, wrong types, bools): always the documented error
+  (ValueError for a bad value, TypeError for a bad type), at construction and when set
+  between steps, and then nothing is written.
+* A finite lr or eps beyond float32's range: a ValueError naming it at the step of a
+  float32 optimizer, nothing written; a float64 optimizer takes it.
 
 ``deadline=None``: the first example of a rule compiles (or loads) its kernel.
 """
@@ -103,7 +106,9 @@ FLAG_KEYS = {
     "adam": ["amsgrad", "maximize"], "adamw": ["amsgrad", "maximize"],
 }
 negative = st.floats(max_value=-1e-300, allow_nan=False)
-wrong_number_types = st.sampled_from(["0.1", None, [0.1], complex(0.1, 0), True, b"1"])
+wrong_number_types = st.sampled_from(["0.1", None, [0.1], complex(0.1, 0), True, b"1",
+                                      np.bool_(True)])
+huge_ints = st.integers(min_value=2 ** 1024, max_value=2 ** 1100)   # beyond any float
 wrong_flag_types = st.sampled_from(["yes", 1, 0.0, None, [True]])
 
 
@@ -111,14 +116,19 @@ wrong_flag_types = st.sampled_from(["yes", 1, 0.0, None, [True]])
 def invalid_options(draw):
     """``(rule, {key: bad value}, expected error, the key the message must name)``."""
     rule = draw(st.sampled_from(list(RULES)))
-    kinds = ["negative", "nan", "number type", "flag type"]
+    kinds = ["negative", "nan", "number type", "flag type", "huge int"]
     if rule in ("adam", "adamw"):
         kinds += ["beta range", "beta nan", "beta type", "betas type"]
+    if rule == "rmsprop":
+        kinds += ["alpha above 1"]
     kind = draw(st.sampled_from(kinds))
-    if kind in ("negative", "nan", "number type"):
+    if kind == "alpha above 1":
+        return rule, {"alpha": draw(st.floats(min_value=1.0, exclude_min=True))}, ValueError, \
+            "alpha"
+    if kind in ("negative", "nan", "number type", "huge int"):
         key = draw(st.sampled_from(NUMBER_KEYS[rule]))
         value = {"negative": negative, "nan": st.just(math.nan),
-                 "number type": wrong_number_types}[kind]
+                 "number type": wrong_number_types, "huge int": huge_ints}[kind]
         return rule, {key: draw(value)}, TypeError if kind == "number type" else ValueError, key
     if kind == "flag type":
         key = draw(st.sampled_from(FLAG_KEYS[rule]))
@@ -151,3 +161,23 @@ def test_invalid_hyperparameters_raise_the_documented_error_and_write_nothing(ba
         opt.step([grad], zero_grad=True)
     assert_unchanged(opt, params, before)
     np.testing.assert_array_equal(grad, 0.5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(list(RULES)), st.sampled_from(["lr", "eps"]),
+       st.floats(min_value=3.5e38, max_value=1e300), st.sampled_from([1, 5, 17]))
+def test_a_scalar_beyond_float32_is_refused_for_float32_only(rule, key, value, size):
+    if key not in RULES[rule][0].defaults:     # SGD has no eps
+        key = "lr"
+    cls = RULES[rule][0]
+    params = [np.linspace(-1, 1, size).astype(np.float32)]
+    opt = cls(params, lr=0.01)
+    grad = np.full(size, 0.5, np.float32)
+    opt.step([grad])
+    before = snapshot(opt, params)
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=f"Invalid {key}: .*float32"):
+        opt.step([grad])
+    assert_unchanged(opt, params, before)
+    wide = [np.linspace(-1, 1, size)]
+    cls(wide, **{key: value}).step([np.full(size, 0.5)])    # float64 takes it

@@ -239,7 +239,9 @@ def compare_amp_runs(ours, theirs, bad_step=4, ours_grads=1.0):
 
 
 def test_grad_scaler_matches_fused_adam():
-    ours_model, ours, ours_hist = amp_run(lambda m: ft.Adam(m.parameters(), lr=0.01))
+    """fused=True, as torch's: GradScaler hands the unscaling to step."""
+    ours_model, ours, ours_hist = amp_run(lambda m: ft.Adam(m.parameters(), lr=0.01,
+                                                            fused=True))
     _, _, theirs_hist = amp_run(lambda m: torch.optim.Adam(m.parameters(), lr=0.01, fused=True))
     compare_amp_runs(ours_hist, theirs_hist)
     # GradScaler's attributes are gone; the float option is untouched.
@@ -247,9 +249,23 @@ def test_grad_scaler_matches_fused_adam():
     assert not ours.last_step_skipped
 
 
+@pytest.mark.parametrize("name", ["Adagrad", "RMSprop", "Adam", "AdamW"])  # with a step count
+def test_grad_scaler_unfused_by_default_matches_torchs_unfused_class(name):
+    """Without fused=True (torch's default), GradScaler unscales the gradients itself
+    (in place) and skips step on Inf, as with torch's unfused classes: frameworks that
+    clip unscaled gradients (Lightning) accept the optimizer."""
+    options = CLASSES[name]
+    assert not getattr(ft, name)(make_model().parameters(), **options)._step_supports_amp_scaling
+    _, ours, ours_hist = amp_run(lambda m: getattr(ft, name)(m.parameters(), **options))
+    _, _, theirs_hist = amp_run(
+        lambda m: getattr(torch.optim, name)(m.parameters(), foreach=False, **options))
+    compare_amp_runs(ours_hist, theirs_hist, ours_grads=None)
+    assert ours.grad_scale == 1.0 and not hasattr(ours, "found_inf")
+
+
 def test_grad_scaler_with_unscale_and_clip_grad_norm():
     """The usual clipping recipe: scaler.unscale_(opt); clip_grad_norm_; scaler.step(opt)."""
-    _, ours, ours_hist = amp_run(lambda m: ft.Adam(m.parameters(), lr=0.01),
+    _, ours, ours_hist = amp_run(lambda m: ft.Adam(m.parameters(), lr=0.01, fused=True),
                                  unscale_and_clip=0.05)
     _, _, theirs_hist = amp_run(
         lambda m: torch.optim.Adam(m.parameters(), lr=0.01, fused=True), unscale_and_clip=0.05)
@@ -260,8 +276,8 @@ def test_grad_scaler_with_unscale_and_clip_grad_norm():
 def test_grad_scaler_combines_with_the_grad_scale_option():
     """The loss also multiplied by 8 by hand, with grad_scale=8.0: GradScaler passes the
     product of its scale and the option; the option survives the step."""
-    _, ours, ours_hist = amp_run(lambda m: ft.Adam(m.parameters(), lr=0.01, grad_scale=8.0),
-                                 loss_factor=8.0)
+    _, ours, ours_hist = amp_run(
+        lambda m: ft.Adam(m.parameters(), lr=0.01, grad_scale=8.0, fused=True), loss_factor=8.0)
     _, _, theirs_hist = amp_run(lambda m: torch.optim.Adam(m.parameters(), lr=0.01, fused=True))
     compare_amp_runs(ours_hist, theirs_hist, ours_grads=8.0)
     assert ours.grad_scale == 8.0 and not hasattr(ours, "found_inf")
@@ -269,8 +285,8 @@ def test_grad_scaler_combines_with_the_grad_scale_option():
 
 def test_grad_scaler_attribute_protocol():
     model = make_model()
-    opt = ft.SGD(model.parameters(), lr=0.1, grad_scale=2.0)
-    assert ft.SGD._step_supports_amp_scaling
+    opt = ft.SGD(model.parameters(), lr=0.1, grad_scale=2.0, fused=True)
+    assert opt._step_supports_amp_scaling
     opt.grad_scale = torch.tensor(4.0)           # what GradScaler sets
     assert torch.is_tensor(opt.grad_scale)
     del opt.grad_scale                           # what GradScaler does after the step
@@ -294,6 +310,35 @@ def test_grad_scaler_attribute_protocol():
             opt.step()
         assert_bitwise_equal(snapshot(model, opt), before)
         del opt.grad_scale
+
+
+def test_grad_scale_none_as_grad_scaler_sets_it_leaves_the_option():
+    """GradScaler sets ``grad_scale = None`` on a fused optimizer whose gradients it has
+    already unscaled (torch before 2.6 always; torch.optim's fused classes read None as
+    "no scale"), and ``found_inf``; it deletes both after the step. That used to
+    overwrite the float option with None and break every later step."""
+    model, batch = make_model(), make_batch()
+    opt = ft.SGD(model.parameters(), lr=0.1, grad_scale=2.0, fused=True)
+    reference = ft.SGD(make_model().parameters(), lr=0.1, grad_scale=2.0)
+    for step in range(3):
+        opt.zero_grad()
+        reference.zero_grad()
+        loss_of(model, batch).backward()
+        for p, q in zip(model.parameters(), reference.param_groups[0]["params"]):
+            q.grad = p.grad.clone()
+        opt.grad_scale, opt.found_inf = None, torch.tensor(0.0)   # what GradScaler sets
+        assert opt.grad_scale == 2.0
+        opt.step()
+        del opt.grad_scale, opt.found_inf
+        reference.step()
+        assert opt.grad_scale == 2.0
+        for p, q in zip(model.parameters(), reference.param_groups[0]["params"]):
+            assert torch.equal(p, q)   # the option (2.0) applied, as without GradScaler
+    opt.grad_scale, opt.found_inf = None, torch.tensor(1.0)
+    before = snapshot(model, opt)
+    opt.step()
+    assert opt.last_step_skipped
+    assert_bitwise_equal(snapshot(model, opt), before)
 
 
 # --- options: signatures and validation --------------------------------------------------
@@ -333,6 +378,8 @@ def test_bad_loop_options(options, error):
     opt = ft.Adam(model.parameters(), lr=0.01)
     loss_of(model, make_batch()).backward()
     opt.step()
+    if options == {"grad_scale": None}:
+        return   # as an attribute, None is GradScaler's "no scale" (test above)
     setattr(opt, name, options[name])
     before = snapshot(model, opt)
     with pytest.raises(error, match=name):

@@ -63,3 +63,47 @@ def test_defaults_match_torch(rule):
                   if p.default is not inspect.Parameter.empty} - set(cls.defaults)
     assert torch_only <= {"foreach", "fused", "capturable", "differentiable",
                           "decoupled_weight_decay"}, torch_only
+
+
+#: Extreme inputs, float32: (params, gradients per step). A spike of 3e19 squared
+#: overflows float32 (3.4e38) unless multiplied by (1 - beta2) first, as torch does.
+EXTREMES = {
+    "gradient-spikes": ([1.0, -1.0, 0.5, 2.0, 1.0, 0.0],
+                        [[3e19, -3e19, 1e30, 3e38, 1.0, 1e-30]] * 3),
+    "infinite-params": ([np.inf, -np.inf, 1.0, 0.5, -2.0, 0.0],
+                        [[0.5, -0.5, 1.0, 2.0, -1.0, 0.25]] * 3),
+}
+
+
+@pytest.mark.parametrize("inputs", list(EXTREMES))
+@pytest.mark.parametrize("case", TORCH_CASES, ids=case_id)
+def test_overflow_and_infinities_as_torch(case, inputs):
+    """Where torch's float32 result is finite, Inf or NaN, so is fastopt's (and the
+    reference's), element by element, for params and every state buffer: no overflow
+    torch does not have (``(1 - b2) * (g * g)`` made ``exp_avg_sq`` Inf for a 3e19
+    spike), and an infinite param stays infinite with ``weight_decay=0`` (no ``0 * p``
+    term, which is NaN). Finite values agree to float32 rounding."""
+    rule, options = case
+    cls, ref, lr = RULES[rule]
+    start, grad_steps = (np.array(v, np.float32) for v in EXTREMES[inputs])
+    ours = [start.copy()]
+    opt = cls(ours, lr=lr, **options)
+    theirs = torch.tensor(start, requires_grad=True)
+    torch_opt = getattr(torch.optim, TORCH_CLASS[rule])([theirs], lr=lr, foreach=False,
+                                                        **options)
+    want, ref_state = start.copy(), {}
+    for grad in grad_steps:
+        theirs.grad = torch.from_numpy(grad.copy())
+        with np.errstate(over="ignore", invalid="ignore"):   # torch's own Inf/NaN
+            torch_opt.step()
+            want, ref_state = ref(want, grad, ref_state, lr=lr, **options)
+        opt.step([grad])
+    pairs = [("param", ours[0], theirs.detach().numpy(), want)]
+    pairs += [(name, value, torch_opt.state[theirs][name].numpy(), ref_state[name])
+              for name, value in opt.state[0].items() if name != "step"]
+    for name, got, torch_value, reference_value in pairs:
+        for other in (torch_value, reference_value):
+            np.testing.assert_array_equal(np.isfinite(got), np.isfinite(other), err_msg=name)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(other), err_msg=name)
+        finite = np.isfinite(got)
+        np.testing.assert_allclose(got[finite], torch_value[finite], rtol=1e-5, err_msg=name)

@@ -19,6 +19,7 @@ BAD_HYPERPARAMETERS = [
     ("adagrad", {"initial_accumulator_value": -0.1}, ValueError, "initial_accumulator_value"),
     ("adagrad", {"eps": -1e-10}, ValueError, "eps"),
     ("rmsprop", {"alpha": -0.1}, ValueError, "alpha"),
+    ("rmsprop", {"alpha": 1.5}, ValueError, r"alpha: 1.5 \(must be in \[0.0, 1.0\]\)"),
     ("rmsprop", {"eps": float("nan")}, ValueError, "eps"),
     ("rmsprop", {"momentum": -0.9}, ValueError, "momentum"),
     ("rmsprop", {"nesterov": True}, ValueError, "nesterov"),

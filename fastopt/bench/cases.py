@@ -16,7 +16,8 @@ from functools import partial
 import numpy as np
 
 import fastopt
-from fastopt import kernels, precision, reference
+from fastopt import kernels, precision, reference, threads
+from fastopt.optim.segments import SegmentStep
 
 #: Default sizes and dtypes of the benchmarks (``fastopt bench`` and asv).
 SIZES = (1_000, 100_000, 1_000_000, 10_000_000)
@@ -142,10 +143,9 @@ def kernel_args(case, size, dtype, seed=0):
     flat.grads[0][...] = grad
     opt = case.optimizer(flat, **case.options)
     (seg,), group = opt._segments[0], opt.param_groups[0]
-    opt._ensure_state(seg, group)
-    seg.fresh = set()   # past the first step: momentum buffers exist
-    seg.step = STEP
-    return opt.kernel_args(seg, group, seg.own_grad, 1.0, False)
+    state, _ = opt.new_state(seg.param, seg.state, group)
+    steady = SegmentStep(seg.param, state, STEP, frozenset())   # momentum buffers exist
+    return opt.kernel_args(steady, group, seg.own_grad, 1.0, False)
 
 
 #: Rules whose kernel reads half-precision gradients and writes a half copy.
@@ -228,10 +228,17 @@ def torch_call(case, shapes, dtype, impl, seed=0):
     return optimizer.step
 
 
+#: Steps a fastopt.torch case runs before it is timed: past the probe in which fastopt
+#: chooses its serial or parallel twin by timing the loop (:mod:`fastopt.threads`).
+SETTLE = threads.WARMUP + 2 * threads.BLOCK * threads.PROBES + 1
+
+
 def adapter_call(case, shapes, dtype, seed=0):
     """``fastopt.torch.<Rule>.step`` over tensors of ``shapes`` (flattened by the adapter at
-    construction; the first step binds the gradients to the flat buffer, so the calls
-    measured take the fast path, as in a training loop)."""
+    construction), after :data:`SETTLE` steps. Each gradient is a tensor of its own, as
+    autograd allocates it after ``zero_grad()`` (torch's default, ``set_to_none=True``):
+    ``step`` reads it in place, one kernel call per tensor over its slice of the flat
+    buffers."""
     torch = import_torch()
     import fastopt.torch as fastopt_torch
 
@@ -240,8 +247,41 @@ def adapter_call(case, shapes, dtype, seed=0):
     optimizer = getattr(fastopt_torch, case.torch_class)(tensors, **case.options)
     for tensor, grad in zip(tensors, grads):
         tensor.grad = torch.from_numpy(grad)
-    optimizer.step()
+    for _ in range(SETTLE):
+        optimizer.step()
     return optimizer.step
+
+
+def backward_loop_call(case, shapes, dtype, impl, seed=0):
+    """One training-loop iteration on tensors of ``shapes``: ``zero_grad()`` (torch's
+    default, ``set_to_none=True``), the backward of a tiny loss (``sum(p.sum())``: a read
+    of every param forward, a freshly allocated gradient of ones for each backward), then
+    ``step()``; with ``fastopt.torch.<Rule>`` (``impl`` ``"adapter"``) or
+    ``torch.optim.<Rule>`` of ``impl`` (``"fused"``, ...). Both sides pay the same
+    forward and backward, so the difference is the step on autograd's own gradients.
+    Warmed up past fastopt's twin choice (:mod:`fastopt.threads`: its probe alternates
+    the serial and the parallel twin over the first few dozen steps), as in a training
+    loop that has settled."""
+    torch = import_torch()
+    if impl == "adapter":
+        import fastopt.torch as fastopt_torch
+        make = partial(getattr(fastopt_torch, case.torch_class), **case.options)
+    elif impl not in case.torch_impls:
+        raise Unavailable(f"torch.optim.{case.torch_class} has no {impl} implementation")
+    else:
+        make = partial(getattr(torch.optim, case.torch_class), **case.options,
+                       **TORCH_IMPLS[impl])
+    params, _ = make_arrays(shapes, dtype, seed)
+    tensors = [torch.from_numpy(p).requires_grad_(True) for p in params]
+    optimizer = make(tensors)
+
+    def iteration():
+        optimizer.zero_grad()
+        sum(tensor.sum() for tensor in tensors).backward()
+        optimizer.step()
+    for _ in range(SETTLE):
+        iteration()
+    return iteration
 
 
 def loop_call(case, shapes, dtype, variant, seed=0):

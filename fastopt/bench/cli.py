@@ -14,7 +14,8 @@ import os
 import platform
 import sys
 
-from ..cli import UsageError
+from ..cli import UsageError, check_option
+from ..validation import check_int, check_real
 from . import cases, loops, measure, report, suites
 
 
@@ -102,17 +103,15 @@ def parse_options(args):
             threads = [int(t) for t in _split(args.threads)]
         except ValueError:
             raise UsageError(f"--threads: {args.threads!r} is not a list of integers") from None
-        bad = [t for t in threads if not 1 <= t <= top]
-        if bad or not threads:
-            raise UsageError(f"--threads: {bad or args.threads!r} out of range 1..{top} "
-                             "(NUMBA_NUM_THREADS)")
+        if not threads:
+            raise UsageError(f"--threads: {args.threads!r} lists no thread count")
+        for count in threads:   # at most NUMBA_NUM_THREADS
+            check_option(check_int, count, "--threads", 1, top)
     else:
         import numba
         threads = [numba.get_num_threads()]
-    if args.repeat < 1:
-        raise UsageError(f"--repeat: {args.repeat} must be at least 1")
-    if not args.min_time > 0:
-        raise UsageError(f"--min-time: {args.min_time} must be positive")
+    check_option(check_int, args.repeat, "--repeat", 1)
+    check_option(check_real, args.min_time, "--min-time", 0.0, low_open=True, finite=True)
     if args.no_model and args.model_only:
         raise UsageError("--no-model and --model-only exclude each other")
     return dict(rules=rules, dtypes=dtypes, sizes=sizes, threads=threads,
@@ -143,6 +142,16 @@ def _meta(options, torch_version):
             "repeat": options["timing"]["repeat"], "min_time": options["timing"]["min_time"]}
 
 
+def _finish(args, result):
+    """Write ``--json`` if asked; the exit status."""
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+            handle.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
 def _run_loops(args, options, result, use_torch):
     """``--loops``: the loop table (fastopt.bench.loops)."""
     thread_counts = options["threads"] if args.threads else sorted({1, options["threads"][0]})
@@ -159,12 +168,7 @@ def _run_loops(args, options, result, use_torch):
           "what fastopt's loop-timed choice settled on (fastopt.threads)")
     if not use_torch:
         print("\ntorch is not installed: the torch loop is skipped")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
-            handle.write("\n")
-    sys.stdout.flush()
-    return 0
+    return _finish(args, result)
 
 
 def run(args):
@@ -237,8 +241,10 @@ def run(args):
             print()
             print(report.adapter_table(result["adapter"]))
             print("\nfastopt.torch: the whole step() of fastopt's torch.optim subclass "
-                  "(one flat buffer per group and dtype); t.*: torch.optim on the same "
-                  "50 tensors")
+                  "(one flat buffer per group and dtype) on gradients of their own, as "
+                  "autograd allocates them after zero_grad(); t.*: torch.optim on the same "
+                  "50 tensors; loop: zero_grad() + backward of sum(p.sum()) + step(), "
+                  "fastopt.torch and torch fused (same forward and backward on both)")
         if loop_rules:
             print()
             print(report.loop_table(result["loop"]))
@@ -248,9 +254,4 @@ def run(args):
                   "torch clip_grad_norm_ then the fused step; x t.clip: its time over clip")
         if not use_torch and not args.no_torch:
             print("\ntorch is not installed: torch.optim columns are empty")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
-            handle.write("\n")
-    sys.stdout.flush()
-    return 0
+    return _finish(args, result)

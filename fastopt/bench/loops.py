@@ -14,7 +14,7 @@ does to the other (:mod:`fastopt.threads`). Two loops, the MLP 512-1024-1024-10
 
 Each configuration has its own model and optimizer, all in one process: after a warm-up
 long enough for fastopt's loop-timed twin choice to decide, blocks of steps alternate
-between the configurations (A/B/C, ``ROUNDS`` times), and each reports the median time
+between the configurations (A/B/C then C/B/A, ``ROUNDS`` rounds), and each reports the median time
 per iteration. Alternating blocks in one process keeps the comparison fair on a machine
 whose speed drifts (separate processes measured minutes apart differed by 2x here).
 """
@@ -31,8 +31,8 @@ SIZES = (512, 1024, 1024, 10)
 BATCH = 64
 LR = 1e-4
 WARMUP = 48     # > fastopt.threads WARMUP + one probe (3 + 32 steps)
-ROUNDS = 12
-BLOCK = 8       # timed steps per block (after one untimed step)
+ROUNDS = 20
+BLOCK = 6       # timed steps per block (after one untimed step)
 LOOPS = ("torch", "numpy")
 
 
@@ -117,8 +117,9 @@ def loop_row(loop, threads, rounds=ROUNDS, block=BLOCK, warmup=WARMUP, progress=
         for name, (iteration, _) in built.items():
             _block(iteration, warmup, name.endswith("1 thread"))
         times = {name: [] for name in built}
-        for _ in range(rounds):
-            for name, (iteration, _) in built.items():
+        order = list(built.items())
+        for round_ in range(rounds):   # A B C, C B A, ...: no configuration always first
+            for name, (iteration, _) in (order if round_ % 2 == 0 else order[::-1]):
                 times[name] += _block(iteration, block, name.endswith("1 thread"))
             if progress is not None:
                 progress.step(f"loop {loop} {threads} thr")

@@ -66,14 +66,17 @@ def model_table(rows):
 
 
 ADAPTER_HEADERS = ["rule", "dtype", "workload", "tensors", "elements", "thr",
-                   "fastopt.torch", "t.fused", "t.foreach", "x fused", "x foreach"]
+                   "fastopt.torch", "t.fused", "t.foreach", "x fused", "x foreach",
+                   "loop", "t.fused loop", "x fused loop"]
 
 
 def adapter_table(rows):
     body = [[r["rule"], r["dtype"], r["workload"], r["tensors"], fmt_size(r["elements"]),
              r["threads"], fmt_time(r["adapter"]), fmt_time(r["torch_fused"]),
              fmt_time(r["torch_foreach"]), fmt_ratio(r["speedup_torch_fused"]),
-             fmt_ratio(r["speedup_torch_foreach"])] for r in rows]
+             fmt_ratio(r["speedup_torch_foreach"]), fmt_time(r["adapter_loop"]),
+             fmt_time(r["torch_fused_loop"]), fmt_ratio(r["speedup_torch_fused_loop"])]
+            for r in rows]
     return table(ADAPTER_HEADERS, body, ["<", "<", "<"] + [">"] * (len(ADAPTER_HEADERS) - 3))
 
 

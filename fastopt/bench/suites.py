@@ -183,7 +183,7 @@ def model_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
     return rows
 
 
-ADAPTER_KEYS = ("adapter", "torch_fused", "torch_foreach")
+ADAPTER_KEYS = ("adapter", "torch_fused", "torch_foreach", "adapter_loop", "torch_fused_loop")
 
 
 def adapter_count(rules, dtypes, thread_counts):
@@ -193,10 +193,17 @@ def adapter_count(rules, dtypes, thread_counts):
 
 def adapter_rows(rules, dtypes, thread_counts, timing, progress=None):
     """``fastopt.torch.<Rule>.step()`` against ``torch.optim`` fused and foreach on an
-    MLP-shaped model of 50 tensors (:data:`~.cases.ADAPTER_WIDTHS`), whole step."""
+    MLP-shaped model of 50 tensors (:data:`~.cases.ADAPTER_WIDTHS`), whole step on
+    gradients of their own (as autograd allocates them after ``zero_grad()``); and whole
+    ``zero_grad(); backward(); step()`` iterations (:func:`~.cases.backward_loop_call`),
+    fastopt.torch against torch fused."""
     def makers_for(case, shapes, dtype):
         makers = {"adapter": lambda: cases.adapter_call(case, shapes, dtype)}
         makers.update(_torch_makers(case, shapes, dtype, ("fused", "foreach")))
+        makers["adapter_loop"] = lambda: cases.backward_loop_call(case, shapes, dtype,
+                                                                  "adapter")
+        makers["torch_fused_loop"] = lambda: cases.backward_loop_call(case, shapes, dtype,
+                                                                      "fused")
         return makers
 
     workloads = {name: cases.mlp_shapes(width)
@@ -206,6 +213,7 @@ def adapter_rows(rules, dtypes, thread_counts, timing, progress=None):
     for row in rows:
         for impl in ("fused", "foreach"):
             row[f"speedup_torch_{impl}"] = _ratio(row[f"torch_{impl}"], row["adapter"])
+        row["speedup_torch_fused_loop"] = _ratio(row["torch_fused_loop"], row["adapter_loop"])
     return rows
 
 

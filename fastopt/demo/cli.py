@@ -7,8 +7,9 @@ import time
 
 import numpy as np
 
-from ..cli import UsageError
+from ..cli import UsageError, check_option
 from ..threads import num_threads
+from ..validation import check_int
 from .rules import RULES
 
 LAYERS = (64, 64, 10)
@@ -43,12 +44,9 @@ def configure(parser):
 
 def run(args):
     rules = parse_rules(args.rules)
-    if args.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    check_option(check_int, args.epochs, "--epochs", 1)
+    check_option(check_int, args.batch_size, "--batch-size", 1)
+    check_option(check_int, args.seed, "--seed", 0)
     threads = check_threads(args.threads)
     tqdm = require_extras()
     check_writable(args.plot, "--plot")
@@ -141,11 +139,7 @@ def check_threads(threads):
     if threads is None:
         return None
     import numba
-    limit = numba.config.NUMBA_NUM_THREADS
-    if not 1 <= threads <= limit:
-        raise UsageError(f"--threads must be between 1 and {limit} (NUMBA_NUM_THREADS), "
-                         f"got {threads}")
-    return threads
+    return check_option(check_int, threads, "--threads", 1, numba.config.NUMBA_NUM_THREADS)
 
 
 def require_extras():

@@ -20,7 +20,7 @@ def adagrad(param, grad, state_sum, param_copy, clr, eps, weight_decay, grad_sca
 
         g = widen(grad[i]) * grad_scale + weight_decay * param[i]
         s = s + g * g
-        param[i] -= clr * g / (sqrt(s) + eps)
+        param[i] -= clr * (g / (sqrt(s) + eps))
         param_copy[i] = half(param[i])                  # only if write_copy
         grad[i] = 0                                     # only if zero_grad
 
@@ -36,15 +36,22 @@ def adagrad(param, grad, state_sum, param_copy, clr, eps, weight_decay, grad_sca
     ``param_copy`` (when ``write_copy``, same length) receives the updated float32
     ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
     torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
+
+    The order of operations is torch's, so float32 overflows where torch's does and
+    nowhere else: ``clr * (g / (sqrt(s) + eps))`` (``addcdiv``; ``(clr * g) / ...`` can
+    overflow where torch's quotient is finite), and no ``weight_decay * p`` term when
+    ``weight_decay`` is 0 (an infinite ``p`` would make ``g`` NaN).
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale
+        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
+            g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
         s = state_sum[i] + g * g
         state_sum[i] = s
-        q = p - clr * g / (np.sqrt(s) + eps)
+        q = p - clr * (g / (np.sqrt(s) + eps))
         param[i] = q
         if write_copy:
             param_copy[i] = narrow_to(param_copy, q)

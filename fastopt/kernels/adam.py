@@ -23,11 +23,17 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
         p  = param[i] * param_decay                # AdamW: param_decay = 1 - lr*wd
         g  = widen(grad[i]) * grad_scale + weight_decay * p   # Adam's coupled (L2) decay
         m  = beta1 * m + (1 - beta1) * g
-        v  = beta2 * v + (1 - beta2) * g * g
-        vmax = max(vmax, v)                        # only if amsgrad
-        param[i] = p - step_size * m / (sqrt(v or vmax) * inv_sqrt_bias_correction2 + eps)
+        v  = beta2 * v + ((1 - beta2) * g) * g
+        vmax = maximum(vmax, v)                    # only if amsgrad; NaN propagates
+        param[i] = p - step_size * (m / (sqrt(v or vmax) * inv_sqrt_bias_correction2 + eps))
         param_copy[i] = half(param[i])             # only if write_copy
         grad[i] = 0                                # only if zero_grad
+
+    The order of operations is torch's, so float32 overflows where torch's does and
+    nowhere else: ``((1 - beta2) * g) * g`` (``addcmul``; ``(1 - beta2) * (g * g)``
+    would make ``v`` Inf for ``|g|`` above ~1.8e19), ``step_size * (m / denominator)``
+    (``addcdiv``), no ``weight_decay * p`` term when ``weight_decay`` is 0 (an
+    infinite ``p`` would make ``g`` NaN), and amsgrad's maximum propagates NaN.
 
     Arguments (all arrays 1-D, C-contiguous, one dtype, float32 or float64, except
     ``grad`` and ``param_copy``; every scalar of the state's dtype, precomputed by the
@@ -54,17 +60,20 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
     """
     for i in prange(param.shape[0]):
         p = param[i] * param_decay
-        g = widen(grad[i]) * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale
+        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
+            g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
         m = beta1 * exp_avg[i] + one_minus_beta1 * g
-        v = beta2 * exp_avg_sq[i] + one_minus_beta2 * (g * g)
+        v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
         exp_avg[i] = m
         exp_avg_sq[i] = v
-        if amsgrad:
-            v = max(max_exp_avg_sq[i], v)
+        if amsgrad:   # torch.maximum's: a NaN on either side gives NaN
+            vmax = max_exp_avg_sq[i]
+            v = v if vmax <= v or v != v else vmax
             max_exp_avg_sq[i] = v
-        q = p - step_size * m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)
+        q = p - step_size * (m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps))
         param[i] = q
         if write_copy:
             param_copy[i] = narrow_to(param_copy, q)

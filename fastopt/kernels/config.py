@@ -32,6 +32,7 @@ import warnings
 import numba
 import numpy as np
 
+from ..validation import env_int
 from . import layer
 
 layer.make_tbb_findable()
@@ -41,7 +42,7 @@ ERROR_MODEL = "numpy"
 
 #: Elements below which the serial twin runs (chosen by ``fastopt bench --threshold``;
 #: see README "Performance").
-PARALLEL_THRESHOLD = int(os.environ.get("FASTOPT_PARALLEL_THRESHOLD", 1 << 16))
+PARALLEL_THRESHOLD = env_int("FASTOPT_PARALLEL_THRESHOLD", 1 << 16, low=0)  # bad: warns
 
 _cache_ok = None
 

@@ -21,8 +21,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     For each element ``i``::
 
         g = widen(grad[i]) * grad_scale + weight_decay * param[i]
-        r = alpha * r + (1 - alpha) * g * g
-        c = c + (1 - alpha) * (g - c);  q = r - c * c   # centered (c: grad_avg)
+        r = alpha * r + ((1 - alpha) * g) * g
+        c = c + (1 - alpha) * (g - c);  q = r - c * c   # centered (c: grad_avg;
+                                                        # q = r where r is Inf)
         q = r                                           # not centered
         d = sqrt(q + eps) if eps_in_sqrt else sqrt(q) + eps
         b = momentum * b + g / d                        # use_momentum
@@ -47,18 +48,27 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     ``param_copy`` (when ``write_copy``, same length) receives the updated float32
     ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
     torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
+
+    The order of operations is torch's, so float32 overflows where torch's does and
+    nowhere else: ``((1 - alpha) * g) * g`` (``addcmul``), ``lr * (g / d)`` (``addcdiv``),
+    no ``weight_decay * p`` term when ``weight_decay`` is 0, and centered ``r - c * c``
+    is ``r`` when ``r`` is Inf: torch's ``addcmul`` is one fused multiply-add, whose
+    ``c * c`` cannot overflow on its own, so ``Inf - Inf`` (NaN) never happens there.
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale
+        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
+            g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
-        r = alpha * square_avg[i] + one_minus_alpha * (g * g)
+        r = alpha * square_avg[i] + one_minus_alpha * g * g
         square_avg[i] = r
         if centered:
             c = grad_avg[i] + one_minus_alpha * (g - grad_avg[i])
             grad_avg[i] = c
-            r = r - c * c
+            if r - r == r - r:   # r finite (else keep r: Inf stays Inf, as torch's)
+                r = r - c * c
         if eps_in_sqrt:
             d = np.sqrt(r + eps)
         else:

@@ -45,10 +45,15 @@ def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_scale,
     ``param_copy`` (when ``write_copy``, same length) receives the updated float32
     ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
     torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
+
+    The order of operations is torch's; in particular there is no ``weight_decay * p``
+    term when ``weight_decay`` is 0 (an infinite ``p`` would make ``g`` NaN).
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_scale + weight_decay * p
+        g = widen(grad[i]) * grad_scale
+        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
+            g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
         if use_momentum:

@@ -4,7 +4,8 @@ import numpy as np
 
 from .. import kernels
 from ..kernels.config import unused
-from .base import Optimizer, check_flag, check_lr, check_number
+from ..validation import cast_scalars, check_flag, check_lr, check_number
+from .base import Optimizer
 
 
 class Adagrad(Optimizer):
@@ -23,6 +24,10 @@ class Adagrad(Optimizer):
     defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                     eps=1e-10, maximize=False)
     kernel = kernels.adagrad
+    #: Per scalar of the kernel call, in order: the hyperparameter an overflow of the
+    #: buffers' dtype is blamed on, and the scalar's formula (``validation.cast_scalars``).
+    scalar_sources = (("lr", "lr / (1 + (t - 1) * lr_decay)"), ("eps", "eps"),
+                      ("weight_decay", "weight_decay"), ("grad_scale", "1 / grad_scale"))
 
     def check_group(self, group):
         check_lr(group)
@@ -39,7 +44,8 @@ class Adagrad(Optimizer):
         return group["initial_accumulator_value"]
 
     def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        dt = seg.param.dtype.type
         clr = group["lr"] / (1 + (seg.step - 1) * group["lr_decay"])
-        return (seg.param, grad, seg.state["sum"], unused(np.uint16), dt(clr), dt(group["eps"]),
-                dt(group["weight_decay"]), dt(grad_scale), zero_grad, False)
+        scalars = cast_scalars(seg.param.dtype, (
+            clr, group["eps"], group["weight_decay"], grad_scale), self.scalar_sources)
+        return (seg.param, grad, seg.state["sum"], unused(np.uint16), *scalars, zero_grad,
+                False)

@@ -6,7 +6,8 @@ import numpy as np
 
 from .. import kernels
 from ..kernels.config import unused
-from .base import Optimizer, check_flag, check_lr, check_number
+from ..validation import cast_scalars, check_flag, check_lr, check_number
+from .base import Optimizer
 
 
 class Adam(Optimizer):
@@ -29,6 +30,13 @@ class Adam(Optimizer):
                     amsgrad=False, maximize=False)
     decoupled = False
     kernel = kernels.adam
+    #: Per scalar of the kernel call, in order: the hyperparameter an overflow of the
+    #: buffers' dtype is blamed on, and the scalar's formula (``validation.cast_scalars``).
+    scalar_sources = (("lr", "lr / (1 - beta1**t)"), ("betas", "beta1"),
+                      ("betas", "1 - beta1"), ("betas", "beta2"), ("betas", "1 - beta2"),
+                      ("betas", "1 / sqrt(1 - beta2**t)"), ("eps", "eps"),
+                      ("weight_decay", "weight_decay"), ("lr", "1 - lr * weight_decay"),
+                      ("grad_scale", "1 / grad_scale"))
 
     def check_group(self, group):
         check_lr(group)
@@ -60,28 +68,35 @@ class Adam(Optimizer):
             state.get("max_exp_avg_sq", unused(seg.param.dtype)), unused(np.uint16),
             *step_scalars(seg.param.dtype, seg.step, lr=group["lr"], betas=group["betas"],
                           eps=group["eps"], weight_decay=group["weight_decay"],
-                          decoupled=self.decoupled, grad_scale=grad_scale),
+                          decoupled=self.decoupled, grad_scale=grad_scale,
+                          sources=self.scalar_sources),
             group["amsgrad"], zero_grad, False)
 
 
-def step_scalars(dtype, t, *, lr, betas, eps, weight_decay, decoupled, grad_scale):
+def step_scalars(dtype, t, *, lr, betas, eps, weight_decay, decoupled, grad_scale,
+                 sources=Adam.scalar_sources):
     """The scalar arguments of :func:`fastopt.kernels.adam` for step ``t`` (counted from
     1), in its order, each cast to ``dtype``: ``step_size, beta1, 1 - beta1, beta2,
     1 - beta2, inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale``.
 
-    Derived in float64, once per step, before the cast (as optax does):
+    Derived in float64, once per step, before the cast (as optax does), whatever kind of
+    numbers the caller passes (NumPy float32 scalars would compute in float32):
     ``step_size = lr / (1 - beta1**t)``, ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``;
     Adam's weight decay is coupled (added to the gradient), AdamW's (``decoupled``)
-    multiplies the parameter by ``1 - lr*weight_decay``. The one place both
-    :class:`Adam` and :func:`fastopt.offload.adam_step` take these from.
+    multiplies the parameter by ``1 - lr*weight_decay``. The cast is
+    :func:`fastopt.validation.cast_scalars`: a finite value beyond ``dtype``'s range is a
+    ``ValueError`` naming the hyperparameter of ``sources`` (per scalar,
+    ``(hyperparameter, formula)``; :attr:`Adam.scalar_sources` by default). The one
+    place both :class:`Adam` and :func:`fastopt.offload.adam_step` take these from.
     """
-    dt = np.dtype(dtype).type
-    beta1, beta2 = betas
+    lr, eps, weight_decay, grad_scale = map(float, (lr, eps, weight_decay, grad_scale))
+    beta1, beta2 = map(float, betas)
     step_size = lr / (1.0 - beta1 ** t)
     inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** t)
     coupled, param_decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
-    return (dt(step_size), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-            dt(inv_sqrt_bc2), dt(eps), dt(coupled), dt(param_decay), dt(grad_scale))
+    return cast_scalars(np.dtype(dtype), (
+        step_size, beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_sqrt_bc2, eps,
+        coupled, param_decay, grad_scale), sources)
 
 
 class AdamW(Adam):

@@ -3,13 +3,13 @@
 A rule subclasses :class:`Optimizer` and supplies ``defaults``, ``check_group`` (its
 hyperparameter validation), ``state_names`` (the state buffers a group needs), ``kernel``
 and ``kernel_args`` (the scalars precomputed in float64, cast to the buffer's dtype, and
-the kernel's full argument tuple for one segment); ``update`` calls the kernel with them.
+the kernel's full argument tuple for one segment); ``step`` computes every segment's
+arguments first, then calls the kernel with them.
 Everything that is the same for every rule lives here. These methods read only class
 attributes and their arguments: ``fastopt.torch`` calls them on a rule instance made
 without ``__init__``, and ``fastopt.bench`` takes its kernel arguments from them.
 """
 
-import math
 import numbers
 import operator
 
@@ -18,47 +18,21 @@ import numpy as np
 from ..flat import Flat, check_float_array
 from ..incoming import plain_value, short_repr, state_array, step_count
 from ..threads import StepTwins
-from .loop import check_loop_options, loop_scale
-from .segments import build_segments, check_param
+# check_number, check_flag and check_lr live in fastopt.validation; re-exported here for
+# the rules and for older callers that import them from this module.
+from ..validation import (as_floats, cast_scalars, check_flag, check_loop_options, check_lr,
+                          check_number, check_real)
+from .loop import loop_scale
+from .segments import SegmentStep, build_segments, check_param
 
-
-def check_number(group, key, low=None, high=None, *, low_open=False, high_open=False):
-    """Validate ``group[key]`` as a real number in the given bounds (NaN never passes)."""
-    value = group[key]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{key} must be a real number, got {value!r}")
-    ok = not math.isnan(value)
-    if low is not None:
-        ok = ok and (value > low if low_open else value >= low)
-    if high is not None:
-        ok = ok and (value < high if high_open else value <= high)
-    if not ok:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}, "
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        bound = f"in {lo}{hi}" if low is not None and high is not None else (
-            f">= {low}" if high is None else f"<= {high}")
-        raise ValueError(f"Invalid {key}: {value!r} (must be {bound})")
-
-
-def check_lr(group):
-    """``lr`` is a number >= 0, or a schedule: a callable of the step count (0 for the
-    first step) returning one, evaluated once per step (``fastopt.schedules``)."""
-    if not callable(group["lr"]):
-        check_number(group, "lr", 0.0)
+__all__ = ["Optimizer", "check_number", "check_flag", "check_lr", "resolve_lr"]
 
 
 def resolve_lr(group, steps_taken):
-    """The group with a schedule's ``lr`` evaluated for this step (validated)."""
+    """The group with a schedule's ``lr`` evaluated for this step (validated, a float)."""
     if not callable(group["lr"]):
         return group
-    resolved = {**group, "lr": group["lr"](steps_taken)}
-    check_number(resolved, "lr", 0.0)
-    return resolved
-
-
-def check_flag(group, key):
-    if not isinstance(group[key], (bool, np.bool_)):
-        raise TypeError(f"{key} must be a bool, got {group[key]!r}")
+    return {**group, "lr": check_real(group["lr"](steps_taken), "lr", 0.0)}
 
 
 class Optimizer:
@@ -113,7 +87,8 @@ class Optimizer:
     def _check_hyperparameters(self):
         """Validate the loop options and every group, skipping the work when nothing
         changed since the last successful check (a value replaced, or a list edited in
-        place, triggers a full check)."""
+        place, triggers a full check). Returns the groups with every number as a Python
+        float (:func:`fastopt.validation.as_floats`), for the step's arithmetic."""
         snapshot = [self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite]
         for group in self.param_groups:
             snapshot.append(len(group))
@@ -122,13 +97,14 @@ class Optimizer:
         if (old is not None and len(old[0]) == len(snapshot)
                 and all(map(operator.is_, old[0], snapshot))
                 and all(tuple(value) == frozen for value, frozen in old[1])):
-            return   # the very same objects as last time, and no list edited in place
+            return old[2]   # the very same objects as last time, no list edited in place
         self._check_loop_options()
         for group in self.param_groups:
             self.check_group(group)
         lists = [(v, tuple(v)) for group in self.param_groups
                  for k, v in group.items() if k != "params" and isinstance(v, list)]
-        self._validated = (snapshot, lists)
+        self._validated = (snapshot, lists, [as_floats(group) for group in self.param_groups])
+        return self._validated[2]
 
     def add_param_group(self, group):
         """Add a param group (dict with ``"params"``; missing keys take the defaults)."""
@@ -163,6 +139,11 @@ class Optimizer:
         self._segments.append(segments)
         self._largest = max([self._largest] + [seg.param.size for seg in segments])
         self._validated = None
+        # What every step walks, computed once: (group number, segment) pairs, and the
+        # segments' flatten() gradient views when every segment has one (else None).
+        self._work = [(g, seg) for g, segs in enumerate(self._segments) for seg in segs]
+        self._own_views = ([seg.own_grad for _, seg in self._work] if all(
+            seg.own_grad is not None for _, seg in self._work) else None)
 
     @staticmethod
     def _check_overlap(arrays):
@@ -252,7 +233,14 @@ class Optimizer:
         into a scratch buffer first (one extra copy of the gradient).
 
         ``zero_grad=True`` writes zero to each gradient element after reading it, in the
-        same pass. Everything is validated before any buffer is written.
+        same pass.
+
+        Atomic: everything that can fail is done before the first write. Every segment's
+        kernel arguments (new state buffers, the step number, the scalars cast to the
+        buffers' dtype with overflow checked) are computed first; only then are the step
+        counts advanced and the kernels run. A refused step raises ``TypeError`` or
+        ``ValueError`` and changes nothing: params, state, step counts, gradients,
+        ``last_grad_norm``/``last_step_skipped``.
 
         Every rule sees ``g = grad / grad_scale * clip`` (negated with ``maximize``), one
         factor folded into the kernel's ``grad_scale`` argument: no extra pass. With
@@ -271,30 +259,40 @@ class Optimizer:
             twins.leave()
 
     def _step(self, grads, zero_grad):
-        work = [(group, seg) for group, segments in zip(self.param_groups, self._segments)
-                for seg in segments]
-        if grads is None and all(seg.own_grad is not None for _, seg in work):
-            views = [seg.own_grad for _, seg in work]      # flatten() buffers: no checks
+        work = self._work
+        if grads is None and self._own_views is not None:
+            views = self._own_views                        # flatten() buffers: no checks
+            last_grads = self._last_grads
         else:
             grads, given = self._resolve_grads(grads)
             if given:
                 self._check_grads(grads, zero_grad)
-            self._last_grads = grads
-            work = [(group, seg) for group, seg in work if grads[seg.members[0][0]] is not None]
+            last_grads = grads
+            work = [(g, seg) for g, seg in work if grads[seg.members[0][0]] is not None]
             views = None
-        self._check_hyperparameters()
-        resolved = [resolve_lr(group, seg.step) for group, seg in work]
+        groups = self._check_hyperparameters()
+        resolved = [resolve_lr(groups[g], seg.step) for g, seg in work]
         if views is None:
             views = [seg.grad_view(grads) for _, seg in work]
-        scale, self.last_grad_norm = loop_scale(views, self.clip_grad_norm, self.grad_scale,
-                                                self.skip_if_nonfinite)
-        self.last_step_skipped = scale is None
-        if scale is None:
-            return
-        for (_, seg), group, grad in zip(work, resolved, views):
-            self._ensure_state(seg, group)
-            seg.step += 1
-            self.update(seg, group, grad, -scale if group["maximize"] else scale, zero_grad)
+        if zero_grad:
+            _check_zeroable(work, views)
+        scale, norm = loop_scale(lambda: [(view, seg.blocks) for (_, seg), view in
+                                          zip(work, views)],
+                                 self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite)
+        calls = []
+        if scale is not None:
+            for (_, seg), group, grad in zip(work, resolved, views):
+                state, fresh = self.new_state(seg.param, seg.state, group)
+                planned = SegmentStep(seg.param, state, seg.step + 1, fresh)
+                sign = -scale if group["maximize"] else scale
+                calls.append((seg, planned, grad,
+                              self.kernel_args(planned, group, grad, sign, zero_grad)))
+        # Nothing can fail from here on: commit, then run the kernels.
+        self._last_grads = last_grads
+        self.last_step_skipped, self.last_grad_norm = scale is None, norm
+        for seg, planned, grad, args in calls:
+            seg.state, seg.step = planned.state, planned.step
+            self.kernel(*args)
             if zero_grad and grad is seg._gather:
                 for index in seg.indices:
                     grads[index].fill(0)
@@ -324,21 +322,29 @@ class Optimizer:
         precomputed in float64 and cast to the buffer's dtype (rule-specific)."""
         raise NotImplementedError
 
-    def update(self, seg, group, grad, grad_scale, zero_grad):
-        """One kernel call over ``seg`` with gradient ``grad`` (a 1-D view)."""
-        self.kernel(*self.kernel_args(seg, group, grad, grad_scale, zero_grad))
-
     def initial_state(self, name, group):
         """Initial value of state buffer ``name`` (zeros unless a rule says otherwise)."""
         return 0.0
 
-    def _ensure_state(self, seg, group):
-        """Allocate missing state buffers; ``seg.fresh`` names those just allocated."""
-        seg.fresh = set()
+    def initial_value(self, name, dtype, group):
+        """:meth:`initial_state` as a scalar of ``dtype`` (``ValueError`` if it does not
+        fit: ``validation.cast_scalars``)."""
+        value, = cast_scalars(dtype, [self.initial_state(name, group)],
+                              [(f"initial {name}", f"initial {name}")])
+        return value
+
+    def new_state(self, param, state, group):
+        """``(state, fresh)``: ``state`` (a dict of buffers by name, not changed) plus a
+        buffer like ``param`` for every name the group needs that it lacks, filled with
+        :meth:`initial_value`; ``fresh`` names those (an empty frozenset when none)."""
+        fresh = _NOTHING
         for name in self.state_names(group):
-            if name not in seg.state:
-                seg.state[name] = np.full_like(seg.param, self.initial_state(name, group))
-                seg.fresh.add(name)
+            if name not in state:
+                if not fresh:
+                    state, fresh = dict(state), set()
+                state[name] = np.full_like(param, self.initial_value(name, param.dtype, group))
+                fresh.add(name)
+        return state, fresh
 
     @property
     def state(self):
@@ -488,6 +494,18 @@ class Optimizer:
 #: Keys torch.optim writes into param groups that fastopt's rules do not use.
 _TORCH_ONLY_KEYS = {"foreach", "fused", "capturable", "differentiable", "initial_lr",
                     "decoupled_weight_decay"}
+
+
+_NOTHING = frozenset()
+
+
+def _check_zeroable(work, views):
+    """With ``zero_grad``, every gradient buffer the step reads must be writable."""
+    for (_, seg), view in zip(work, views):
+        if not view.flags.writeable:
+            first, last = seg.indices[0], seg.indices[-1]
+            name = f"grads[{first}]" if first == last else f"grads[{first}:{last + 1}]"
+            raise ValueError(f"{name} is read-only, so zero_grad=True cannot zero it")
 
 
 def _span(array):

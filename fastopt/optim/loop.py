@@ -1,37 +1,18 @@
 """Training-loop options shared by :class:`fastopt.optim.Optimizer` and ``fastopt.torch``:
 global-norm clipping, loss-scale unscaling and the non-finite skip, as one factor.
 
-Both front ends validate with :func:`check_loop_options` and compute the factor the
-kernel multiplies every gradient by with :func:`loop_scale`, so the semantics are defined
-once: ``g = grad / grad_scale * min(1, clip_grad_norm / (norm + 1e-6))``.
+Both front ends validate with :func:`fastopt.validation.check_loop_options` (re-exported
+here) and compute the factor the kernel multiplies every gradient by with
+:func:`loop_scale`, so the semantics are defined once:
+``g = grad / grad_scale * min(1, clip_grad_norm / (norm + 1e-6))``.
 """
 
 import math
-import numbers
-
-import numpy as np
 
 from ..kernels.reductions import norm_and_finite
+from ..validation import check_loop_options
 
-
-def check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite):
-    """Raise ``TypeError``/``ValueError`` naming the option unless ``clip_grad_norm`` is
-    None or a number > 0, ``grad_scale`` a finite number > 0 and ``skip_if_nonfinite`` a
-    bool."""
-    if clip_grad_norm is not None:
-        _check_positive("clip_grad_norm", clip_grad_norm)
-    _check_positive("grad_scale", grad_scale)
-    if not math.isfinite(grad_scale):
-        raise ValueError(f"Invalid grad_scale: {grad_scale!r} (must be finite)")
-    if not isinstance(skip_if_nonfinite, (bool, np.bool_)):
-        raise TypeError(f"skip_if_nonfinite must be a bool, got {skip_if_nonfinite!r}")
-
-
-def _check_positive(key, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{key} must be a real number, got {value!r}")
-    if not value > 0:  # NaN fails too
-        raise ValueError(f"Invalid {key}: {value!r} (must be > 0)")
+__all__ = ["check_loop_options", "loop_scale"]
 
 
 def loop_scale(buffers, clip_grad_norm, grad_scale, skip_if_nonfinite):
@@ -40,8 +21,10 @@ def loop_scale(buffers, clip_grad_norm, grad_scale, skip_if_nonfinite):
     skipped (``skip_if_nonfinite`` and an Inf/NaN gradient); ``norm`` is the global L2
     norm of the unscaled gradients, or ``None`` when it was not needed.
 
-    ``buffers``: 1-D gradient arrays, exactly those the step will read, in a fixed order
-    (a callable returning them is accepted, to defer building them). They are read once
+    ``buffers``: the gradients the step will read, as
+    :func:`~fastopt.kernels.reductions.norm_and_finite` takes them (1-D arrays, or
+    ``(buffer, block table)`` pairs; a callable returning them is accepted, to defer
+    building them). They are read once
     (:func:`fastopt.kernels.reductions.norm_and_finite`), and only when
     ``clip_grad_norm`` is set or ``skip_if_nonfinite`` is true. The options are assumed
     valid (:func:`check_loop_options`).

@@ -4,7 +4,8 @@ import numpy as np
 
 from .. import kernels
 from ..kernels.config import unused
-from .base import Optimizer, check_flag, check_lr, check_number
+from ..validation import cast_scalars, check_flag, check_lr, check_number
+from .base import Optimizer
 
 
 class RMSprop(Optimizer):
@@ -23,15 +24,24 @@ class RMSprop(Optimizer):
     Defaults as ``torch.optim.RMSprop``: lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0 (L2),
     momentum=0, centered=False, maximize=False; fastopt's extras nesterov=False,
     eps_in_sqrt=False. The seed's delta is 1e-6. Kernel: :func:`fastopt.kernels.rmsprop`.
+
+    ``alpha`` must be in [0, 1]: stricter than torch, which accepts any ``alpha >= 0``,
+    though ``alpha > 1`` makes ``1 - alpha`` negative and the running average of
+    squares (the root's argument) negative, so every update NaN.
     """
 
     defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                     centered=False, maximize=False, nesterov=False, eps_in_sqrt=False)
     kernel = kernels.rmsprop
+    #: Per scalar of the kernel call, in order: the hyperparameter an overflow of the
+    #: buffers' dtype is blamed on, and the scalar's formula (``validation.cast_scalars``).
+    scalar_sources = (("lr", "lr"), ("alpha", "alpha"), ("alpha", "1 - alpha"),
+                      ("eps", "eps"), ("weight_decay", "weight_decay"),
+                      ("grad_scale", "1 / grad_scale"), ("momentum", "momentum"))
 
     def check_group(self, group):
         check_lr(group)
-        check_number(group, "alpha", 0.0)
+        check_number(group, "alpha", 0.0, 1.0)
         check_number(group, "eps", 0.0)
         check_number(group, "weight_decay", 0.0)
         check_number(group, "momentum", 0.0)
@@ -49,12 +59,13 @@ class RMSprop(Optimizer):
         return names
 
     def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        dt, dtype, state = seg.param.dtype.type, seg.param.dtype, seg.state
+        dtype, state = seg.param.dtype, seg.state
         alpha = group["alpha"]
+        scalars = cast_scalars(dtype, (
+            group["lr"], alpha, 1.0 - alpha, group["eps"], group["weight_decay"], grad_scale,
+            group["momentum"]), self.scalar_sources)
         return (
             seg.param, grad, state["square_avg"], state.get("grad_avg", unused(dtype, 0)),
-            state.get("momentum_buffer", unused(dtype, 1)), unused(np.uint16),
-            dt(group["lr"]), dt(alpha), dt(1.0 - alpha), dt(group["eps"]),
-            dt(group["weight_decay"]), dt(grad_scale), dt(group["momentum"]),
+            state.get("momentum_buffer", unused(dtype, 1)), unused(np.uint16), *scalars,
             group["centered"], group["momentum"] > 0, group["nesterov"],
             group["eps_in_sqrt"], zero_grad, False)

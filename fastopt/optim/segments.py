@@ -9,6 +9,7 @@ is copied: a segment's ``param`` is a 1-D view of the user's memory.
 import numpy as np
 
 from ..flat import check_float_array
+from ..kernels.reductions import block_table
 
 
 def _owner(array):
@@ -22,20 +23,31 @@ def _address(array):
     return array.__array_interface__["data"][0]
 
 
+def plain(array):
+    """``array`` as a base-class ``np.ndarray`` over the same memory (``np.matrix`` and
+    other subclasses reshape and slice in their own ways; the kernels need plain arrays)."""
+    return array if type(array) is np.ndarray else array.view(np.ndarray)
+
+
 def _flat_view(arrays):
     """A 1-D view spanning ``arrays`` if they are consecutive, gap-free views of one
-    C-contiguous owner in this order; else ``None``."""
+    C-contiguous owner of their dtype, in this order, starting a whole number of
+    elements into it; else ``None``. (A view at another byte offset, e.g. a float32 view
+    one byte into the owner, is not any slice of the owner: it stays an array of its own.)"""
     first, owner = arrays[0], _owner(arrays[0])
     if not owner.flags.c_contiguous or owner.dtype != first.dtype:
+        return None
+    skipped = _address(first) - _address(owner)
+    if skipped % first.itemsize:
         return None
     address = _address(first)
     for array in arrays:
         if _owner(array) is not owner or _address(array) != address:
             return None
         address += array.nbytes
-    start = (_address(first) - _address(owner)) // first.itemsize
+    start = skipped // first.itemsize
     stop = start + (address - _address(first)) // first.itemsize
-    return owner.reshape(-1)[start:stop]
+    return plain(owner).reshape(-1)[start:stop]
 
 
 class Segment:
@@ -50,32 +62,52 @@ class Segment:
         self.members = members
         self.state = {}
         self.step = 0
-        self.fresh = set()
         self.own_grad = None   # 1-D gradient view when the params came from flatten()
         self._gather = None
+        self._blocks = None
 
     @property
     def indices(self):
         return [m[0] for m in self.members]
 
+    @property
+    def blocks(self):
+        """The members' :func:`~fastopt.kernels.reductions.block_table`, for the norm."""
+        if self._blocks is None:
+            self._blocks = block_table(tuple(m[2] for m in self.members))
+        return self._blocks
+
     def grad_view(self, grads):
         """The segment's gradient as one 1-D buffer: a view when ``grads`` of its members
         tile one buffer in order (no copy), else gathered once into scratch memory."""
+        if len(self.members) == 1:
+            return plain(grads[self.members[0][0]]).reshape(-1)
         members = [grads[i] for i in self.indices]
-        if len(members) == 1:
-            return members[0].reshape(-1)
         view = _flat_view(members)
         if view is not None:
             return view
         if self._gather is None:
             self._gather = np.empty_like(self.param)
         for (_, offset, size, _), grad in zip(self.members, members):
-            self._gather[offset:offset + size] = grad.reshape(-1)
+            self._gather[offset:offset + size] = plain(grad).reshape(-1)
         return self._gather
 
     def member_view(self, buffer, member):
         _, offset, size, shape = member
         return buffer[offset:offset + size].reshape(shape)
+
+
+class SegmentStep:
+    """What one step over a segment (or a run of a torch bucket) will use, computed before
+    anything is written: the 1-D ``param`` view, the ``state`` buffers by name (the
+    segment's own, plus any allocated for this step and not yet attached), the ``step``
+    number being taken (1 for the first) and the names of the ``fresh`` (just allocated)
+    buffers. A rule's ``kernel_args`` reads these four attributes."""
+
+    __slots__ = ("param", "state", "step", "fresh")
+
+    def __init__(self, param, state, step, fresh):
+        self.param, self.state, self.step, self.fresh = param, state, step, fresh
 
 
 def check_param(array, name):
@@ -94,7 +126,7 @@ def build_segments(params, first_index):
     def close():
         if run:
             arrays = [params[i] for i in run]
-            view = _flat_view(arrays) if len(run) > 1 else arrays[0].reshape(-1)
+            view = _flat_view(arrays) if len(run) > 1 else plain(arrays[0]).reshape(-1)
             if view is None:  # not one buffer after all: one segment each
                 for i in run:
                     segments.append(_single(params[i], first_index + i))
@@ -118,4 +150,4 @@ def build_segments(params, first_index):
 
 
 def _single(array, index):
-    return Segment(array.reshape(-1), [(index, 0, array.size, array.shape)])
+    return Segment(plain(array).reshape(-1), [(index, 0, array.size, array.shape)])

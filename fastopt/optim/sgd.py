@@ -4,7 +4,8 @@ import numpy as np
 
 from .. import kernels
 from ..kernels.config import unused
-from .base import Optimizer, check_flag, check_lr, check_number
+from ..validation import cast_scalars, check_flag, check_lr, check_number
+from .base import Optimizer
 
 
 class SGD(Optimizer):
@@ -29,6 +30,11 @@ class SGD(Optimizer):
     defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                     nesterov=False, maximize=False)
     kernel = kernels.sgd
+    #: Per scalar of the kernel call, in order: the hyperparameter an overflow of the
+    #: buffers' dtype is blamed on, and the scalar's formula (``validation.cast_scalars``).
+    scalar_sources = (("lr", "lr"), ("weight_decay", "weight_decay"),
+                      ("grad_scale", "1 / grad_scale"), ("momentum", "momentum"),
+                      ("momentum", "momentum"), ("dampening", "1 - dampening"))
 
     def check_group(self, group):
         check_lr(group)
@@ -44,7 +50,6 @@ class SGD(Optimizer):
         return ["momentum_buffer"] if group["momentum"] != 0 else []
 
     def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        dt = seg.param.dtype.type
         momentum = group["momentum"]
         use_momentum = momentum != 0
         if use_momentum and "momentum_buffer" not in seg.fresh:
@@ -52,6 +57,8 @@ class SGD(Optimizer):
         else:  # first step: b = g
             decay, gain = 0.0, 1.0
         buffer = seg.state["momentum_buffer"] if use_momentum else unused(seg.param.dtype)
-        return (seg.param, grad, buffer, unused(np.uint16), dt(group["lr"]), dt(group["weight_decay"]),
-                dt(grad_scale), dt(momentum), dt(decay), dt(gain),
+        scalars = cast_scalars(seg.param.dtype, (
+            group["lr"], group["weight_decay"], grad_scale, momentum, decay, gain),
+            self.scalar_sources)
+        return (seg.param, grad, buffer, unused(np.uint16), *scalars,
                 use_momentum, group["nesterov"], zero_grad, False)

@@ -17,10 +17,17 @@ truth), run on zero-copy NumPy views of CPU tensors. torch is optional
 float16/bfloat16 params (or sparse gradients) raise ``TypeError`` naming what is supported.
 
 **Flat storage.** At construction each param group's params are copied, per dtype, into
-one flat tensor and rebound to views of it (``p.data = flat[a:b].view_as(p)``), as FSDP's
-and DeepSpeed's flat parameters do; user code does not change. Replacing a param's
-``.data`` afterwards (``module.to(...)``, ``load_state_dict(assign=True)``,
-``share_memory()``) detaches it from the buffer: ``step`` then raises ``RuntimeError``.
+one flat tensor and rebound to their slices of it, as FSDP's and DeepSpeed's flat
+parameters do; user code does not change. Each slice (param, gradient, state buffer) is
+a tensor with a storage object of its own, a non-owning view of exactly its bytes of the
+flat memory (``torch.from_numpy`` of a NumPy view), which keeps that memory alive: tools
+that tell tied weights by their storage see separate, non-overlapping tensors, so
+``safetensors.torch.save_model``, accelerate's ``save_state`` and ``torch.save(p)``
+(which writes only ``p``'s bytes) work as with torch.optim. Loading weights in place
+(``model.load_state_dict``, ``safetensors.torch.load_model``, accelerate's
+``load_state``) keeps them in the flat buffer. Replacing a param's ``.data`` afterwards
+(``module.to(...)``, ``load_state_dict(assign=True)``, ``share_memory()``) detaches it
+from the buffer: ``step`` then raises ``RuntimeError``.
 
 **Gradients and zero_grad.** ``zero_grad()`` is torch's: ``set_to_none=True`` by default,
 so a param that gets no gradient in a step is not updated (its momentum and moments do not
@@ -42,7 +49,9 @@ if torch's default dtype is float64; SGD keeps no step). ``state[p]`` entries ar
 the flat state buffers; ``state_dict()`` returns copies. ``load_state_dict`` accepts
 torch.optim's checkpoints (and torch.optim accepts ours) and copies the state into the flat
 buffers; state set directly in ``state[p]`` (as ``ZeroRedundancyOptimizer`` does) is
-adopted the same way at the next step. Before torch replaces anything, ``load_state_dict``
+adopted the same way at the next step. Entries under keys that are not params
+(``opt.state["key"] = 1``) pass through ``state_dict`` and ``load_state_dict`` as in
+torch. Before torch replaces anything, ``load_state_dict``
 validates the groups as they will be installed (as at construction: NaN or negative
 ``lr``, betas outside [0, 1), ...), every ``step`` (a whole number in [0, 2**53]) and
 every state tensor (dense, CPU, real, the param's shape); a refused load raises and
@@ -65,24 +74,36 @@ optimizers). A skipped step writes no param, state or step count. ``opt.last_ste
 and ``opt.last_grad_norm`` (of the unscaled gradients; ``None`` when not computed) report
 the last step.
 
-**torch.amp.GradScaler.** The classes set ``_step_supports_amp_scaling = True``, so
-``scaler.step(opt)`` leaves the unscaling to the optimizer, as with torch's fused Adam: it
-sets ``opt.grad_scale`` (a tensor) and ``opt.found_inf`` before calling ``opt.step()`` and
-deletes them after. ``step`` then skips the update when ``found_inf`` is non-zero (nothing
+**torch.amp.GradScaler.** By default GradScaler treats the classes as torch's unfused
+ones: ``scaler.step(opt)`` unscales the gradients in place (or ``scaler.unscale_(opt)``
+did), checks them for Inf/NaN and calls ``opt.step()`` only if finite. So frameworks that
+clip the unscaled gradients under mixed precision (Lightning's ``gradient_clip_val`` with
+``precision="16-mixed"``/``"bf16-mixed"``) accept them, as they accept torch's unfused
+classes and refuse its fused ones. With ``fused=True`` (as torch's fused SGD, Adagrad,
+Adam, AdamW; RMSprop has no ``fused`` in torch) the optimizer sets
+``_step_supports_amp_scaling = True`` and ``scaler.step(opt)`` leaves the unscaling to it,
+as with torch's fused Adam: it sets ``opt.grad_scale`` (a tensor) and ``opt.found_inf``
+before calling ``opt.step()`` and deletes them after. ``step`` then skips the update when ``found_inf`` is non-zero (nothing
 written; ``last_step_skipped`` is True) and otherwise folds ``1/grad_scale`` into the
 kernel's factor: no unscaling pass, and ``p.grad`` keeps the *scaled* gradients after the
 step (torch's fused Adam unscales them in place; call ``scaler.unscale_(opt)`` first when
 you need them unscaled, e.g. to clip with ``clip_grad_norm_`` or to log, which works as with
 any torch optimizer). ``grad_scale`` is therefore a property: setting a number sets the
 float option; setting a tensor (GradScaler's protocol) overrides the option until
-``del opt.grad_scale``, which restores the option untouched. GradScaler multiplies its scale
+``del opt.grad_scale``, which restores the option untouched; setting ``None`` (what
+GradScaler sets when it already unscaled the gradients) clears the override and leaves the
+option. GradScaler multiplies its scale
 by the option, so a hand-applied loss scale (``grad_scale=8.0`` with the loss multiplied by
 8) combines with it correctly.
 
 Works with ``torch.optim.lr_scheduler`` (hyperparameters are read from the group at every
-step; a one-element tensor ``lr`` is read as a number), ``add_param_group``,
+step; a one-element tensor ``lr`` is read as a number, a tensor of other size is a
+``ValueError`` as in torch), ``add_param_group``,
 ``torch.nn.utils.clip_grad_norm_``, ``DistributedDataParallel`` and
-``torch.distributed.optim.ZeroRedundancyOptimizer(optimizer_class=fastopt.torch.Adam)``.
+``torch.distributed.optim.ZeroRedundancyOptimizer(optimizer_class=fastopt.torch.Adam)``;
+tested inside Hugging Face ``Trainer``, Lightning (clipping under mixed precision
+included), accelerate (``save_state``/``load_state``) and ``torch.compile``
+(``tests/frameworks``).
 """
 
 import torch as _torch  # noqa: F401  (fails early, with torch's message, if absent)

@@ -1,11 +1,17 @@
-"""Buckets: one param group's parameters of one dtype, rebound to views of one flat tensor.
+"""Buckets: one param group's parameters of one dtype, rebound to slices of one flat tensor.
 
 At construction every parameter's values are copied into the bucket's flat parameter
-tensor and the parameter is rebound to a view of it (``p.data = flat[a:b].view_as(p)``),
-as FSDP's and DeepSpeed's flat parameters do. The bucket also owns a flat gradient tensor
-(gradients are pointed at its views, so autograd accumulates into them), one flat tensor
-per state buffer (``exp_avg``, ...), and one step count per parameter. The optimizer's
-``state[p]`` entries hold views of these, in ``torch.optim``'s layout.
+tensor and the parameter is rebound to its slice of it, as FSDP's and DeepSpeed's flat
+parameters do. The bucket also owns a flat gradient tensor (gradients are pointed at its
+slices, so autograd accumulates into them), one flat tensor per state buffer
+(``exp_avg``, ...), and one step count per parameter. The optimizer's ``state[p]`` entries
+hold slices of these, in ``torch.optim``'s layout.
+
+Each slice is a tensor with a storage object of its own (:func:`slices`): a non-owning
+view of exactly its bytes of the flat memory, which it keeps alive. So tools that tell
+tied weights by their storage (safetensors, accelerate's ``save_state``, ``torch.save``)
+see separate, non-overlapping tensors, while the kernel still updates the whole flat
+buffer in one call.
 
 A step over a bucket is one kernel call when every parameter's gradient is its view of the
 flat gradient buffer and all have the same step count; a gradient autograd allocated itself
@@ -17,7 +23,8 @@ import numpy as np
 import torch
 
 from ..flat import offsets
-from ..optim.segments import Segment
+from ..kernels.reductions import block_table
+from ..optim.segments import SegmentStep
 
 SUPPORTED = (torch.float32, torch.float64)
 SUPPORTED_TEXT = "dense (strided) float32/float64 CPU tensors"
@@ -38,6 +45,18 @@ def check_tensor(tensor, what, owner):
         raise TypeError(f"{owner} supports {SUPPORTED_TEXT}; {what} is {describe(tensor)}")
 
 
+def slices(flat, shapes, offsets):
+    """Tensors over ``flat[a:b]`` for consecutive ``offsets`` ``a, b``, with ``shapes``,
+    each with its own storage object covering exactly its slice of ``flat``'s memory
+    (``torch.from_numpy`` of a NumPy view): its ``untyped_storage()`` starts at the
+    slice and is ``(b - a) * itemsize`` bytes long, so no two share a storage, none
+    overlaps another, and ``torch.save`` of one writes only its bytes. The memory is
+    ``flat``'s, not a copy; each slice keeps it alive (through the NumPy view)."""
+    array = flat.numpy()
+    return [torch.from_numpy(array[a:b].reshape(tuple(shape)))
+            for shape, a, b in zip(shapes, offsets, offsets[1:])]
+
+
 def scalar_dtype():
     """The dtype torch.optim gives ``state['step']`` (float32 unless the default is float64)."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -49,14 +68,16 @@ class Bucket:
 
     def __init__(self, params, indices):
         self.params, self.indices = list(params), list(indices)
-        self.offsets = offsets([p.numel() for p in self.params])
+        self.sizes = tuple(p.numel() for p in self.params)
+        self.offsets = offsets(self.sizes)
         dtype, total = self.params[0].dtype, self.offsets[-1]
         self.param = torch.empty(total, dtype=dtype)
         self.grad = torch.zeros(total, dtype=dtype)
         with torch.no_grad():
             for p, a, b in zip(self.params, self.offsets, self.offsets[1:]):
                 self.param[a:b].copy_(p.detach().reshape(-1))
-                p.data = self.param[a:b].view_as(p)
+            for p, view in zip(self.params, self._views(self.param)):
+                p.data = view    # its own storage over its slice of the flat buffer
         self.grad_views = self._views(self.grad)
         self.param_addresses = [p.data_ptr() for p in self.params]
         self.grad_addresses = [g.data_ptr() for g in self.grad_views]
@@ -71,9 +92,9 @@ class Bucket:
         self.known = [None] * len(self.params)  # (entry, items) last registered per param
 
     def _views(self, flat):
-        """Per-param views of a flat tensor, shaped like the params."""
-        return [flat[a:b].view_as(p)
-                for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+        """Per-param slices of a flat tensor, shaped like the params, each with its own
+        storage object (:func:`slices`)."""
+        return slices(flat, [p.shape for p in self.params], self.offsets)
 
     # --- state buffers and torch.optim's per-param entries ------------------------
 
@@ -209,20 +230,55 @@ class Bucket:
                 return True
         return False
 
-    def run(self, runs, grads, rule, group, names, grad_scale, state, has_step):
-        """Apply ``rule.update`` (fastopt's scalar precomputation and kernel call) to each
-        run, on 1-D NumPy views of the flat buffers and the run's gradient (``grads``,
-        from :meth:`grads`); advance steps; register state."""
+    def grad_pieces(self, runs, grads):
+        """The gradients of ``runs`` (from :meth:`grads`) as ``norm_and_finite`` takes
+        them: each with the block table of its params."""
+        return [(grad, block_table(self.sizes[first:stop]))
+                for (first, stop, *_), grad in zip(runs, grads)]
+
+    def prepare(self, runs, grads, rule, group, names, grad_scale):
+        """The kernel calls of one step over ``runs`` (gradients ``grads``, from
+        :meth:`grads`): per run, ``(run, initial values of its fresh state buffers, kernel
+        arguments)``, from fastopt's scalar precomputation (``rule.kernel_args``) on 1-D
+        NumPy views of the flat buffers; runs with the same step number share one
+        ``kernel_args`` call (its arrays swapped for theirs, found by identity). Raises before anything is written (a scalar that
+        overflows the dtype, say); writes nothing but zero-filled flat state buffers no
+        entry points at yet."""
         for name in names:
             self.state_buffer(name)
-        for (first, stop, step, fresh, _), grad in zip(runs, grads):
+        calls, templates = [], {}
+        for run, grad in zip(runs, grads):
+            first, stop, step, fresh, _ = run
+            a, b = self.offsets[first], self.offsets[stop]
+            param = self.np_param[a:b]
+            state = {name: self.np_state[name][a:b] for name in names}
+            template = templates.get((step, fresh))
+            if template is None:   # the rule's scalars for this step number, computed once
+                planned = SegmentStep(param, state, step + 1, frozenset(fresh))
+                initial = {name: rule.initial_value(name, param.dtype, group)
+                           for name in fresh}
+                args = rule.kernel_args(planned, group, grad, grad_scale, False)
+                roles = {id(param): "param", id(grad): "grad",
+                         **{id(buffer): name for name, buffer in state.items()}}
+                slots = [roles.get(id(arg)) if isinstance(arg, np.ndarray) else None
+                         for arg in args]
+                templates[(step, fresh)] = (initial, slots, args)
+            else:                  # same scalars: the rule's arguments with this run's arrays
+                initial, slots, template_args = template
+                arrays = {"param": param, "grad": grad, **state}
+                args = tuple(arrays[slot] if slot else arg
+                             for slot, arg in zip(slots, template_args))
+            calls.append((run, initial, args))
+        return calls
+
+    def run(self, calls, kernel, state, has_step):
+        """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
+        register the state entries."""
+        for (first, stop, step, fresh, _), initial, args in calls:
             a, b = self.offsets[first], self.offsets[stop]
             for name in fresh:
-                self.np_state[name][a:b] = rule.initial_state(name, group)
-            seg = Segment(self.np_param[a:b], [])
-            seg.state = {name: self.np_state[name][a:b] for name in names}
-            seg.step, seg.fresh = step + 1, set(fresh)
-            rule.update(seg, group, grad, grad_scale, False)
+                self.np_state[name][a:b] = initial[name]
+            kernel(*args)
             if has_step:
                 self.np_steps[first:stop] += 1
             if fresh or (has_step and step == 0):

@@ -2,18 +2,25 @@
 
 The formulas, validation and scalar precomputation live in :mod:`fastopt.optim` (one
 source of truth): for each group this class calls the rule's ``check_group``,
-``state_names``, ``initial_state`` and ``update`` on zero-copy NumPy views
+``state_names``, ``initial_value`` and ``kernel_args`` on zero-copy NumPy views
 (``tensor.numpy()``) of the flat tensors a :class:`~fastopt.torch.buckets.Bucket` owns.
 """
 
 import math
+import operator
 
+import numpy as np
 import torch
 
 from ..incoming import plain_value, state_array, step_count
-from ..optim.loop import check_loop_options, loop_scale
+from ..optim.loop import loop_scale
 from ..threads import StepTwins
+from ..validation import as_floats, check_loop_options
 from .buckets import Bucket, check_tensor
+
+
+#: The NumPy dtype of each supported torch dtype (for ``validation.cast_scalars``).
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
 def _amp_value(value, name, owner):
@@ -32,27 +39,46 @@ def _amp_value(value, name, owner):
     return number
 
 
+def _copied(value):
+    """A ``state_dict()['state']`` value with its tensors cloned: a param's entry (a dict),
+    or whatever a user stored under a key of their own (``opt.state['key'] = 1``, which
+    torch.optim's ``state_dict`` passes through as it is)."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value.clone() if torch.is_tensor(value) else value
+
+
+def _immutable(value):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, tuple) and all(_immutable(v) for v in value)
+
+
 class Optimizer(torch.optim.Optimizer):
     """Shared machinery of ``fastopt.torch``'s optimizers (see the package docstring).
 
     Subclasses set ``rule`` (a :mod:`fastopt.optim` class), ``has_step`` (whether
     torch.optim keeps ``state['step']`` for the rule) and ``eager_state`` (whether torch
-    creates the state at construction, as Adagrad does).
+    creates the state of the constructor's params at construction, as Adagrad does).
     """
 
     rule = None
     has_step = True
     eager_state = False
 
-    #: ``torch.amp.GradScaler.step`` hands the scaling to ``step``: it sets ``grad_scale``
-    #: (a tensor) and ``found_inf`` before calling it and deletes both after.
-    _step_supports_amp_scaling = True
+    #: True with ``fused=True``, as torch's fused optimizers: ``torch.amp.GradScaler.step``
+    #: then hands the unscaling to ``step`` (it sets ``grad_scale``, a tensor, and
+    #: ``found_inf`` before calling it and deletes both after). False by default, so
+    #: GradScaler unscales the gradients itself and frameworks that clip them (Lightning
+    #: under mixed precision) accept the optimizer, as they accept torch's unfused ones.
+    _step_supports_amp_scaling = False
 
     def __init__(self, params, defaults, *, clip_grad_norm=None, grad_scale=1.0,
                  skip_if_nonfinite=False):
         check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite)
         self._buckets = []  # one list of Buckets per param group
         self._twins, self._largest = StepTwins(self._owner), 0
+        self._hyper_cache = {}   # id(group) -> (group, its values, _hyperparameters result)
         #: Loop options, optimizer-wide, as fastopt.optim's (change them between steps).
         self.clip_grad_norm = clip_grad_norm
         self._loss_scale = grad_scale      # the float option behind the grad_scale property
@@ -63,7 +89,16 @@ class Optimizer(torch.optim.Optimizer):
         self.last_step_skipped = False
         #: Global L2 norm of the unscaled gradients at the last step, when computed.
         self.last_grad_norm = None
-        super().__init__(params, defaults)
+        if defaults.get("fused"):
+            self._step_supports_amp_scaling = True
+        # With eager_state, as torch.optim.Adagrad.__init__: state for every param given
+        # to the constructor (frozen ones too); add_param_group's params get theirs at
+        # their first step, as in torch.
+        self._constructing = True
+        try:
+            super().__init__(params, defaults)
+        finally:
+            self._constructing = False
 
     @property
     def grad_scale(self):
@@ -72,13 +107,15 @@ class Optimizer(torch.optim.Optimizer):
 
         Setting a number sets the option (validated at the next ``step``). Setting a
         tensor, as GradScaler does, overrides the option until ``del opt.grad_scale``
-        (GradScaler deletes it after the step), which restores the option untouched."""
+        (GradScaler deletes it after the step), which restores the option untouched.
+        Setting ``None`` (GradScaler's "already unscaled", as torch's fused optimizers
+        read it) clears the override and leaves the option as it is."""
         amp = self._amp_grad_scale
         return self._loss_scale if amp is None else amp
 
     @grad_scale.setter
     def grad_scale(self, value):
-        if torch.is_tensor(value):
+        if value is None or torch.is_tensor(value):
             self._amp_grad_scale = value
         else:
             self._loss_scale = value
@@ -100,8 +137,11 @@ class Optimizer(torch.optim.Optimizer):
     def _hyperparameters(self, group):
         """The group's hyperparameters as plain numbers, validated by the rule (its
         ``check_group`` and ``rule_keys``: AdamW refuses ``decoupled_weight_decay``
-        False)."""
-        plain = {k: plain_value(v, k) for k, v in group.items() if k != "params"}
+        False), then as Python floats (``validation.as_floats``: the scalar arithmetic
+        runs in float64). Keys that are not the class's hyperparameters (set by a
+        framework or the user) pass as they are."""
+        plain = {k: plain_value(v, k) if k in self.defaults else v
+                 for k, v in group.items() if k != "params"}
         for key in ("differentiable", "capturable"):
             if plain.get(key):
                 raise ValueError(f"{self._owner} does not support {key}=True (its kernels "
@@ -112,7 +152,25 @@ class Optimizer(torch.optim.Optimizer):
         rule = self._rule_for(plain)
         rule.check_group(plain)
         rule.check_rule_keys(plain, f"{self._owner}: a param group")
-        return rule, plain
+        return rule, as_floats(plain)
+
+    def _step_hyperparameters(self, group):
+        """:meth:`_hyperparameters` for a step, reused while the group holds the very same
+        immutable values (Python numbers, bools, strings, ``None``, tuples of them) as at
+        its last validation: a scheduler or a user that sets a new value (a new object)
+        triggers a full check, and a group holding a tensor or a list (which can change
+        in place) is checked at every step."""
+        values = tuple(group.values())
+        cached = self._hyper_cache.get(id(group))
+        if (cached is not None and cached[0] is group and len(cached[1]) == len(values)
+                and all(map(operator.is_, cached[1], values))):
+            return cached[2]
+        result = self._hyperparameters(group)
+        if all(_immutable(v) for k, v in group.items() if k != "params"):
+            self._hyper_cache[id(group)] = (group, values, result)
+        else:
+            self._hyper_cache.pop(id(group), None)
+        return result
 
     # --- groups ---------------------------------------------------------------------
 
@@ -125,20 +183,25 @@ class Optimizer(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 check_tensor(p, f"params[{first + i}]", self._owner)
             rule, plain = self._hyperparameters(group)
+            names = rule.state_names(plain) if self.eager_state else []
+            # Checked casts, now, whether the state is made now (the constructor's params)
+            # or at the group's first step (added groups, as torch.optim.Adagrad does).
+            initial = {(p.dtype, name): float(rule.initial_value(name, _NUMPY_DTYPES[p.dtype],
+                                                                 plain))
+                       for p in group["params"] for name in names}
         except Exception:
             self.param_groups.pop()
             raise
         buckets, by_dtype = [], {}
         for i, p in enumerate(group["params"]):
             by_dtype.setdefault(p.dtype, []).append(i)
-        for members in by_dtype.values():
+        for dtype, members in by_dtype.items():
             bucket = Bucket([group["params"][i] for i in members],
                             [first + i for i in members])
             buckets.append(bucket)
-            if self.eager_state:
-                names = rule.state_names(plain)
+            if self.eager_state and self._constructing:
                 for name in names:
-                    bucket.state_buffer(name).fill_(rule.initial_state(name, plain))
+                    bucket.state_buffer(name).fill_(initial[dtype, name])
                 for i, p in enumerate(bucket.params):
                     bucket.register(i, self.state[p], names, self.has_step)
         self._buckets.append(buckets)
@@ -166,6 +229,12 @@ class Optimizer(torch.optim.Optimizer):
         in place. Everything is checked before any parameter or state is written.
         Returns ``closure()``'s loss when a closure is given.
 
+        Atomic as :meth:`fastopt.optim.Optimizer.step`: every group is validated and
+        every kernel call's arguments (scalars cast with overflow checked) are computed
+        before any parameter, state or step count is written; a refused step changes
+        none of them (a non-contiguous gradient may have been copied into the flat
+        gradient buffer, which leaves its values as they were).
+
         Loop options as :meth:`fastopt.optim.Optimizer.step`: the rule sees
         ``grad / grad_scale * clip`` (one factor in the kernel call); with
         ``clip_grad_norm`` or ``skip_if_nonfinite``, one read pass over exactly the
@@ -191,9 +260,9 @@ class Optimizer(torch.optim.Optimizer):
             self._amp_grad_scale, "grad_scale", self._owner)
         found_inf = getattr(self, "found_inf", None)   # set by GradScaler.step
         found_inf = found_inf is not None and _amp_value(found_inf, "found_inf", self._owner)
+        rules = [self._step_hyperparameters(group) for group in self.param_groups]
         plans = []
-        for group, buckets in zip(self.param_groups, self._buckets):
-            rule, plain = self._hyperparameters(group)
+        for (rule, plain), buckets in zip(rules, self._buckets):
             names = rule.state_names(plain)
             for bucket in buckets:
                 runs = bucket.plan(names, self.state, self.has_step, self._owner)
@@ -202,14 +271,20 @@ class Optimizer(torch.optim.Optimizer):
             self.last_step_skipped, self.last_grad_norm = True, None
             return loss
         grads = [bucket.grads(runs) for bucket, runs, *_ in plans]
-        scale, self.last_grad_norm = loop_scale(
-            [grad for run_grads in grads for grad in run_grads], clip, grad_scale, skip)
-        self.last_step_skipped = scale is None
-        if scale is None:
-            return loss
-        for (bucket, runs, rule, plain, names), run_grads in zip(plans, grads):
-            sign = -scale if plain.get("maximize", False) else scale
-            bucket.run(runs, run_grads, rule, plain, names, sign, self.state, self.has_step)
+        scale, norm = loop_scale(
+            lambda: [piece for (bucket, runs, *_), run_grads in zip(plans, grads)
+                     for piece in bucket.grad_pieces(runs, run_grads)],
+            clip, grad_scale, skip)
+        calls = []
+        if scale is not None:
+            for (bucket, runs, rule, plain, names), run_grads in zip(plans, grads):
+                sign = -scale if plain.get("maximize", False) else scale
+                calls.append((bucket, rule, bucket.prepare(runs, run_grads, rule, plain,
+                                                           names, sign)))
+        # Nothing can fail from here on: run the kernels, advance the steps.
+        self.last_step_skipped, self.last_grad_norm = scale is None, norm
+        for bucket, rule, prepared in calls:
+            bucket.run(prepared, rule.kernel, self.state, self.has_step)
         return loss
 
     def zero_grad(self, set_to_none: bool = True):
@@ -240,9 +315,7 @@ class Optimizer(torch.optim.Optimizer):
         class. Unlike torch.optim, the tensors are copies, not the live (flat) state:
         a checkpoint never aliases this optimizer's buffers."""
         saved = super().state_dict()
-        saved["state"] = {
-            index: {k: v.clone() if torch.is_tensor(v) else v for k, v in entry.items()}
-            for index, entry in saved["state"].items()}
+        saved["state"] = {key: _copied(value) for key, value in saved["state"].items()}
         return saved
 
     def load_state_dict(self, state_dict):

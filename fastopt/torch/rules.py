@@ -2,8 +2,10 @@
 
 Each class only names its :mod:`fastopt.optim` rule and builds the ``defaults`` dict
 torch.optim would (same keys, so ``state_dict`` param groups interchange). The formulas
-are in the rule classes' docstrings. ``foreach`` and ``fused`` are accepted and ignored:
-fastopt's kernel always updates a whole flat buffer in one fused pass.
+are in the rule classes' docstrings. ``foreach`` is accepted and ignored: fastopt's kernel
+always updates a whole flat buffer in one fused pass. ``fused=True`` changes only how
+``torch.amp.GradScaler`` treats the optimizer, as it does for torch's fused classes: it
+hands the unscaling to ``step`` (see :mod:`fastopt.torch`).
 ``differentiable=True`` and ``capturable=True`` raise ``ValueError``. Every class also
 takes fastopt's keyword-only loop options ``clip_grad_norm``, ``grad_scale`` and
 ``skip_if_nonfinite`` (see :mod:`fastopt.torch`).
@@ -33,10 +35,24 @@ class SGD(Optimizer):
 
 class Adagrad(Optimizer):
     """``torch.optim.Adagrad`` on fastopt's Adagrad kernel (:class:`fastopt.optim.Adagrad`).
-    State ``step`` and ``sum``, created at construction as torch.optim does."""
+    State ``step`` and ``sum``, as torch.optim.Adagrad (2.13) creates it: at construction
+    for every param given to the constructor (frozen ones too), at their first step for
+    params added by ``add_param_group``; ``sum`` starts at the constructor's
+    ``initial_accumulator_value`` in every group (torch reads ``defaults``, never a
+    group's own value)."""
 
     rule = optim.Adagrad
     eager_state = True
+
+    def _hyperparameters(self, group):
+        """The group checked as it is, then with the constructor's
+        ``initial_accumulator_value`` (the one torch fills ``sum`` with) in place of its
+        own."""
+        rule, plain = super()._hyperparameters(group)
+        value = self.defaults["initial_accumulator_value"]
+        if group.get("initial_accumulator_value", value) is value:
+            return rule, plain
+        return super()._hyperparameters({**group, "initial_accumulator_value": value})
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0,
                  initial_accumulator_value=0, eps=1e-10, foreach=None, *, maximize=False,
