@@ -31,11 +31,9 @@ def adagrad(param, grad, state_sum, param_copy, clr, eps, weight_decay, grad_sca
     ``maximize``). Option (compile-time; from Python, pass it last; from ``@njit`` code,
     call ``adagrad.variant(zero_grad=...).parallel``): ``zero_grad, write_copy``.
 
-    ``grad`` may instead hold half-precision bits over a float32 ``param`` (bfloat16 as
-    ``uint16``, float16 as ``int16``; :mod:`fastopt.kernels.halves`), widened exactly;
-    ``param_copy`` (when ``write_copy``, same length) receives the updated float32
-    ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
-    torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
+    Mixed precision (:mod:`fastopt.kernels.halves`): ``grad`` may hold bfloat16/float16
+    bits over a float32 ``param``; with ``write_copy`` the updated ``param`` is also
+    written, rounded, into ``param_copy`` (else ``kernels.unused(np.uint16)``).
 
     The order of operations is torch's, so float32 overflows where torch's does and
     nowhere else: ``clr * (g / (sqrt(s) + eps))`` (``addcdiv``; ``(clr * g) / ...`` can

@@ -43,11 +43,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     order; from ``@njit`` code, call ``rmsprop.variant(centered=..., ...).parallel``):
     ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad, write_copy``.
 
-    ``grad`` may instead hold half-precision bits over a float32 ``param`` (bfloat16 as
-    ``uint16``, float16 as ``int16``; :mod:`fastopt.kernels.halves`), widened exactly;
-    ``param_copy`` (when ``write_copy``, same length) receives the updated float32
-    ``param`` rounded to nearest even (``uint16``: bfloat16, ``int16``: float16, as
-    torch's ``.to()``), else ``kernels.unused(np.uint16)`` (untouched).
+    Mixed precision (:mod:`fastopt.kernels.halves`): ``grad`` may hold bfloat16/float16
+    bits over a float32 ``param``; with ``write_copy`` the updated ``param`` is also
+    written, rounded, into ``param_copy`` (else ``kernels.unused(np.uint16)``).
 
     The order of operations is torch's, so float32 overflows where torch's does and
     nowhere else: ``((1 - alpha) * g) * g`` (``addcmul``), ``lr * (g / d)`` (``addcdiv``),
