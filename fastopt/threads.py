@@ -106,19 +106,22 @@ class StepTwins:
         self._plan = []           # the twins of the probe steps still to come
         self._periods = {"serial": [], "parallel": []}
         self._last = None         # (perf_counter at the last enter, the twin it ran)
+        self._flagged = False     # whether this step set the serial flag (leave resets it)
 
     def enter(self, elements):
         if not self._busy.acquire(blocking=False):
             raise RuntimeError(f"{self._owner}.step was called from two threads at once; "
                                "an optimizer steps from one thread at a time (give each "
                                "thread its own optimizer, or hold a lock around step)")
+        if elements < config.PARALLEL_THRESHOLD:
+            return                    # the serial twin anyway: nothing to choose or time
         current = policy
-        if current == "size" or elements < config.PARALLEL_THRESHOLD:
+        if current == "size":
             self._last = None
             return
         if current == "serial":
             self._last = None
-            config.set_serial(True)
+            self._serial()
             return
         now = time.perf_counter()
         if self._last is not None and self._plan is not None:
@@ -126,10 +129,16 @@ class StepTwins:
         twin = self._next_twin()
         self._last = (now, twin) if self._plan else None
         if twin == "serial":
-            config.set_serial(True)
+            self._serial()
+
+    def _serial(self):
+        config.set_serial(True)
+        self._flagged = True
 
     def leave(self):
-        config.set_serial(False)
+        if self._flagged:
+            config.set_serial(False)
+            self._flagged = False
         self._busy.release()
 
     def _next_twin(self):

@@ -263,11 +263,13 @@ def unused(dtype, slot=0):
     this (serial twin, 2^16 elements); 0.31 with one dummy for both unused buffers and
     0.13 with two (parallel twin, 2^20).
     """
-    return _UNUSED[np.dtype(dtype), slot]
+    found = _UNUSED.get((dtype, slot))    # the hot path: a dtype or a scalar type
+    return found if found is not None else _UNUSED[np.dtype(dtype), slot]
 
 
 _UNUSED = {(np.dtype(t), slot): np.empty(0, dtype=t)
            for t in (np.float32, np.float64, np.uint16, np.int16) for slot in (0, 1)}
+_UNUSED.update({(np.dtype(key).type, slot): array for (key, slot), array in _UNUSED.items()})
 
 
 def kernel(body=None, *, flags=()):

@@ -79,8 +79,10 @@ def step_scalars(dtype, t, *, lr, betas, eps, weight_decay, decoupled, grad_scal
     1), in its order, each cast to ``dtype``: ``step_size, beta1, 1 - beta1, beta2,
     1 - beta2, inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale``.
 
-    Derived in float64, once per step, before the cast (as optax does), whatever kind of
-    numbers the caller passes (NumPy float32 scalars would compute in float32):
+    Derived in float64, once per step, before the cast (as optax does): the caller passes
+    Python floats (the optimizers' groups go through :func:`fastopt.validation.as_floats`;
+    :func:`fastopt.offload.adam_step` converts its arguments), since NumPy float32
+    scalars would compute in float32:
     ``step_size = lr / (1 - beta1**t)``, ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``;
     Adam's weight decay is coupled (added to the gradient), AdamW's (``decoupled``)
     multiplies the parameter by ``1 - lr*weight_decay``. The cast is
@@ -89,8 +91,7 @@ def step_scalars(dtype, t, *, lr, betas, eps, weight_decay, decoupled, grad_scal
     ``(hyperparameter, formula)``; :attr:`Adam.scalar_sources` by default). The one
     place both :class:`Adam` and :func:`fastopt.offload.adam_step` take these from.
     """
-    lr, eps, weight_decay, grad_scale = map(float, (lr, eps, weight_decay, grad_scale))
-    beta1, beta2 = map(float, betas)
+    beta1, beta2 = betas
     step_size = lr / (1.0 - beta1 ** t)
     inv_sqrt_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** t)
     coupled, param_decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
