@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from fastopt.bench import cases, triad
+from fastopt.bench import cases, ceiling, triad
 from fastopt.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,19 +38,20 @@ def test_bench_json(tmp_path, capsys):
                  *QUICK])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "adam" in printed and "of triad" in printed and "model 200x" in printed
+    assert "adam" in printed and "of ceiling" in printed and "model 200x" in printed
     result = json.loads(path.read_text())
     torch_ok = result["meta"]["torch"] is not None
     (row,) = result["kernels"]
     assert (row["rule"], row["dtype"], row["size"]) == ("adam", "float32", 1000)
     assert row["bytes_per_element"] == 28
     keys = ["step", "kernel", "numpy", "gbps", "triad", "triad_gbps", "triad_fraction",
-            "roofline_ratio", "speedup_numpy"]
+            "roofline_ratio", "speedup_numpy", "ceiling", "ceiling_fraction"]
     if torch_ok:
         keys += ["torch_fused", "torch_foreach", "torch_single", "speedup_torch_fused",
                  "speedup_torch_best"]
     for key in keys:
         assert _positive(row[key]), (key, row[key])
+    assert row["ceiling_fraction"] == pytest.approx(row["ceiling"] / row["kernel"])
     assert [(r["rule"], r["workload"], r["tensors"], r["elements"])
             for r in result["model"]] == [("adam", "step 1e3", 1, 1000),
                                           ("adam", "model 200x", 200, 1_000_000)]
@@ -178,6 +179,36 @@ def test_bytes_per_element(rule, dtype):
     itemsize = np.dtype(dtype).itemsize
     assert cases.CASES[rule].bytes_per_element(dtype) == HAND_COUNT[rule] * itemsize
     assert triad.bytes_per_element(dtype) == 3 * itemsize  # reads b, c; writes a
+
+
+@pytest.mark.parametrize("rule", cases.RULES)
+@pytest.mark.parametrize("dtype", cases.DTYPES)
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+def test_ceiling_moves_exactly_the_case_buffers(rule, dtype, twin):
+    """The ceiling kernel runs over the kernel's own buffers (same names, dtypes, sizes),
+    changes exactly ``Case.writes``, leaves the rest unchanged, uses a value of each of
+    ``Case.reads`` (found in a written buffer at the same index: every load is used), and
+    so moves ``bytes_per_element`` bytes per element."""
+    case = cases.CASES[rule]
+    size = 1001
+    call = ceiling.ceiling_call(case, size, dtype, twin=twin)
+    arrays = call.buffers
+    kernel_arrays = ceiling.buffers(case, size, dtype)
+    assert set(arrays) == set(case.reads) | set(case.writes)
+    for name, array in arrays.items():
+        assert (array.dtype, array.shape) == (kernel_arrays[name].dtype, (size,)), name
+    rng = np.random.default_rng(1)
+    for array in arrays.values():
+        array[...] = rng.standard_normal(size)      # distinct values in every buffer
+    before = {name: array.copy() for name, array in arrays.items()}
+    call()
+    changed = {name for name in arrays if not np.array_equal(arrays[name], before[name])}
+    assert changed == set(case.writes)
+    for name in case.reads:
+        assert any((arrays[out] == before[name]).any() for out in case.writes), name
+    moved = sum(arrays[name].itemsize for name in case.reads)
+    moved += sum(arrays[name].itemsize for name in case.writes)
+    assert moved == case.bytes_per_element(dtype)
 
 
 @pytest.mark.parametrize("rule", cases.RULES)

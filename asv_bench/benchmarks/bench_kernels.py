@@ -1,7 +1,8 @@
 """Every rule x dtype x size: the kernel, the whole ``opt.step()``, nanoseconds per
-element, the roofline ratio against the triad, and peak memory of a step."""
+element, the ratio to the kernel's no-arithmetic ceiling, the roofline ratio against the
+triad, and peak memory of a step."""
 
-from fastopt.bench import cases, measure, triad
+from fastopt.bench import cases, ceiling, measure, triad
 
 PARAMS = [list(cases.RULES), list(cases.DTYPES), list(cases.SIZES)]
 PARAM_NAMES = ["rule", "dtype", "size"]
@@ -38,6 +39,17 @@ class Kernel:
                                     triad_time, dtype)
 
     track_roofline_ratio.unit = "ratio"
+
+    def track_ceiling_ratio(self, rule, dtype, size):
+        """Kernel time over its no-arithmetic ceiling's (the same loads and stores,
+        :mod:`fastopt.bench.ceiling`), timed interleaved in this process; 1 is the
+        ceiling, lower is better."""
+        times = measure.interleaved(
+            {"kernel": self.call, "ceiling": ceiling.ceiling_call(self.case, size, dtype)},
+            **TRACK_TIMING)
+        return times["kernel"] / times["ceiling"]
+
+    track_ceiling_ratio.unit = "ratio"
 
 
 class Step:

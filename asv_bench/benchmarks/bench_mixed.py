@@ -48,7 +48,7 @@ class OffloadStep:
 
     def track_of_ceiling(self, size):
         """fastopt's time over the ceiling's (1 is the memory wall)."""
-        times = mixed.interleaved({"f": self.fastopt, "c": self.ceiling},
+        times = measure.interleaved({"f": self.fastopt, "c": self.ceiling},
                                   TRACK_TIMING["repeat"], TRACK_TIMING["min_time"])
         return times["f"] / times["c"]
 
@@ -60,7 +60,7 @@ class OffloadStep:
             torch_call = mixed.torch_call(size)
         except ImportError:
             raise NotImplementedError("torch is not installed") from None
-        times = mixed.interleaved({"f": self.fastopt, "t": torch_call},
+        times = measure.interleaved({"f": self.fastopt, "t": torch_call},
                                   TRACK_TIMING["repeat"], TRACK_TIMING["min_time"])
         return times["t"] / times["f"]
 

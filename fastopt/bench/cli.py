@@ -3,8 +3,9 @@
 Prints, per rule, dtype, size and thread count: the whole ``opt.step()`` and the bare
 kernel, the NumPy reference, ``torch.optim`` fused / foreach / single-tensor (where torch
 is installed), fastopt's speed-ups, the kernel's effective GB/s (bytes it must move over
-its time) and that as a fraction of a STREAM triad measured in the same run at the same
-size and thread count. Then whole steps on one 1,000-element tensor and on a 200-tensor
+its time), a STREAM triad's GB/s at the same size and thread count (a machine figure),
+and "of ceiling": the time of a kernel with the same loads and stores and no arithmetic
+(:mod:`fastopt.bench.ceiling`), timed interleaved with the kernel, over the kernel's. Then whole steps on one 1,000-element tensor and on a 200-tensor
 model against torch. ``--threshold`` instead times the serial and parallel twin of each
 kernel over sizes 2^10..2^20 and reports where the parallel one starts to win.
 """
@@ -230,7 +231,9 @@ def run(args):
             print("\nstep: whole opt.step(); kernel: the bare kernel call; numpy: "
                   "fastopt.reference; t.*: torch.optim fused/foreach/single-tensor; x: "
                   "speed-up of step over that; GB/s: kernel bytes moved / kernel time; "
-                  "of triad: that over the triad's GB/s (same size, threads)")
+                  "triad GB/s: the machine's (same size, threads); of ceiling: the time "
+                  "of the same loads and stores without arithmetic over the kernel's, "
+                  "timed interleaved with it (1.00: at the ceiling)")
         if model:
             if kernels:
                 print()

@@ -47,6 +47,25 @@ def time_call(func, *, repeat=REPEAT, min_time=MIN_TIME, warmup=True):
     return statistics.median(samples)
 
 
+def interleaved(calls, repeat=REPEAT, min_time=MIN_TIME):
+    """Median seconds per call of each of ``calls`` (name -> function), timed in rounds:
+    each round runs every function's loop once (A/B/A/B), so drift on a shared machine
+    hits all alike and their ratios are stable. Each is called once first (compilation,
+    first touch), and its loop lasts at least ``min_time``."""
+    loops = {}
+    for name, func in calls.items():
+        func()
+        loops[name] = loops_for(func, min_time)
+    samples = {name: [] for name in calls}
+    for _ in range(max(1, repeat)):
+        for name, func in calls.items():
+            start = time.perf_counter()
+            for _ in range(loops[name]):
+                func()
+            samples[name].append((time.perf_counter() - start) / loops[name])
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
 def max_threads():
     """The most threads Numba may use in this process (``NUMBA_NUM_THREADS``)."""
     import numba

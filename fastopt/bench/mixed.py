@@ -18,8 +18,6 @@ implementation runs its loop once, so drift on a shared machine hits all alike.
 """
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 from numba import prange
@@ -105,22 +103,6 @@ def deepspeed_call(size):
     return sequence_call(size, DeepSpeedCPUAdam, adamw_mode=False)
 
 
-def interleaved(calls, repeat, min_time):
-    """Median seconds per call of each of ``calls`` (name -> function), interleaved."""
-    loops = {}
-    for name, func in calls.items():
-        func()                                               # compile, first touch
-        loops[name] = measure.loops_for(func, min_time)
-    samples = {name: [] for name in calls}
-    for _ in range(repeat):
-        for name, func in calls.items():
-            start = time.perf_counter()
-            for _ in range(loops[name]):
-                func()
-            samples[name].append((time.perf_counter() - start) / loops[name])
-    return {name: statistics.median(times) for name, times in samples.items()}
-
-
 BYTES = {"fastopt": 28, "ceiling": 28, "torch 3-pass": 48, "deepspeed 3-pass": 48}
 
 
@@ -132,7 +114,7 @@ def run(sizes=SIZES, deepspeed=False, repeat=measure.REPEAT, min_time=measure.MI
                  "torch 3-pass": torch_call(size)}
         if deepspeed:
             calls["deepspeed 3-pass"] = deepspeed_call(size)
-        times = interleaved(calls, repeat, min_time)
+        times = measure.interleaved(calls, repeat, min_time)
         for name, seconds in times.items():
             rows.append((size, name, seconds, BYTES[name] * size / seconds / 1e9,
                          seconds / times["fastopt"]))

@@ -1,8 +1,9 @@
 """The measurements behind ``fastopt bench``, returned as lists of plain dicts.
 
-* :func:`kernel_rows`: per rule, dtype, size and thread count: the kernel, the whole
-  ``opt.step()``, the NumPy reference, ``torch.optim`` (fused, foreach, single-tensor),
-  and the triad at the same size and thread count. Times are seconds per step.
+* :func:`kernel_rows`: per rule, dtype, size and thread count: the kernel and its
+  no-arithmetic ceiling (:mod:`.ceiling`, timed interleaved), the whole ``opt.step()``,
+  the NumPy reference, ``torch.optim`` (fused, foreach, single-tensor), and the triad at
+  the same size and thread count (a machine figure). Times are seconds per step.
 * :func:`model_rows`: whole steps against torch on :data:`~.cases.STEP_SHAPES` (one
   1,000-element tensor: Python overhead) and :data:`~.cases.MODEL_SHAPES` (200 tensors,
   1e6 elements, one flat buffer for fastopt).
@@ -11,7 +12,7 @@
 
 import numpy as np
 
-from . import cases, measure, triad
+from . import cases, ceiling, measure, triad
 
 TORCH_KEYS = tuple(f"torch_{impl}" for impl in cases.TORCH_IMPLS)
 
@@ -69,7 +70,7 @@ def _speedups(row, own):
 
 
 def kernel_count(rules, dtypes, sizes, thread_counts, torch=True):
-    per_case = 3 + (len(TORCH_KEYS) if torch else 0)
+    per_case = 4 + (len(TORCH_KEYS) if torch else 0)
     return len(dtypes) * len(sizes) * len(thread_counts) * (1 + per_case * len(rules))
 
 
@@ -95,14 +96,18 @@ def _kernel_row(case, dtype, size, threads, timing, torch, triad_time, triad_gbp
     shapes = [(size,)]
     row = {"rule": case.rule, "options": case.options, "dtype": dtype, "size": size,
            "threads": threads, "bytes_per_element": case.bytes_per_element(dtype)}
+    label = f"{case.rule} {dtype} {size}"
+    row.update(kernel_and_ceiling(case, size, dtype, timing))
+    if progress:
+        progress.step(f"{label} kernel")
+        progress.step(f"{label} ceiling")
     makers = {
-        "kernel": lambda: cases.kernel_call(case, size, dtype),
         "step": lambda: cases.step_call(case, shapes, dtype),
         "numpy": lambda: cases.reference_call(case, size, dtype),
     }
     if torch:
         makers.update(_torch_makers(case, shapes, dtype, cases.TORCH_IMPLS))
-    _measure(row, makers, timing, progress, f"{case.rule} {dtype} {size}")
+    _measure(row, makers, timing, progress, label)
     for key in TORCH_KEYS:
         row.setdefault(key, None)
     _speedups(row, "step")
@@ -115,6 +120,17 @@ def _kernel_row(case, dtype, size, threads, timing, torch, triad_time, triad_gbp
     row["roofline_ratio"] = triad.roofline_ratio(row["kernel"], row["bytes_per_element"],
                                                  triad_time, dtype)
     return row
+
+
+def kernel_and_ceiling(case, size, dtype, timing):
+    """``{"kernel", "ceiling", "ceiling_fraction"}``: seconds per call of ``case``'s kernel
+    and of its no-arithmetic ceiling (same buffers, size, threads and twin rule), timed
+    interleaved (:func:`measure.interleaved`), and ceiling time over kernel time: the
+    fraction of the achievable speed the kernel reaches (1.0: at the ceiling)."""
+    times = measure.interleaved({"kernel": cases.kernel_call(case, size, dtype),
+                                 "ceiling": ceiling.ceiling_call(case, size, dtype)},
+                                **timing)
+    return {**times, "ceiling_fraction": times["ceiling"] / times["kernel"]}
 
 
 WORKLOADS = {
