@@ -97,6 +97,34 @@ def test_mixed_kernel_vectorized(rule, fmt, twin):
                        NEEDED[KERNELS[rule]] + HALF_NEEDED[fmt], f"{rule} {fmt} ({twin})")
 
 
+#: The norm pass squares in float64 (a float32 square can overflow): its lane loop must
+#: widen with packed ``vcvtps2pd`` (after the packed half loads) and add in packed float64.
+NORM_NEEDED = {
+    "float32": [rf"\bvcvtps2pd\b{PACKED}"],
+    "bfloat16": [rf"\bvpslld\b{PACKED}", rf"\bvcvtps2pd\b{PACKED}"],
+    "float16": [rf"\bvcvtph2ps\b{PACKED}", rf"\bvcvtps2pd\b{PACKED}"],
+    "float64": [],
+}
+NORM_BITS = {"float32": "float32", "bfloat16": "uint16", "float16": "int16",
+             "float64": "float64"}
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("fmt", list(NORM_NEEDED))
+def test_norm_pass_vectorized(fmt, twin):
+    """``sum_squares`` (the global-norm pass) compiles to packed float64 arithmetic."""
+    import numpy as np
+
+    from fastopt.kernels.reductions import block_table, sum_squares
+    grad = np.ones(3 * 64 + 5, dtype=NORM_BITS[fmt])
+    offsets, block_offsets = block_table((grad.shape[0],))
+    args = (grad, offsets, block_offsets, np.empty(int(block_offsets[-1])), np.empty(1))
+    asm = _assembly(sum_squares.variant(), twin, args)
+    for pattern in NORM_NEEDED[fmt] + [rf"\b(vaddpd|vfn?m(add|sub)\d+pd)\b{PACKED}",
+                                       rf"\b(vmulpd|vfn?m(add|sub)\d+pd)\b{PACKED}"]:
+        assert re.search(pattern, asm), f"sum_squares {fmt} ({twin}): no {pattern!r}"
+
+
 def _array_address_ranges(args):
     import numpy as np
     return [(a.__array_interface__["data"][0], a.nbytes, k)
