@@ -188,7 +188,16 @@ def step_call(case, shapes, dtype, seed=0):
     flat = fastopt.flatten(params)
     for view, grad in zip(flat.grads, grads):
         view[...] = grad
-    return case.optimizer(flat, **case.options).step
+    return settled(case.optimizer(flat, **case.options).step)
+
+
+def settled(call):
+    """``call`` after :data:`SETTLE` calls: a step timed past the probe in which fastopt
+    chooses its serial or parallel twin by timing the loop (:mod:`fastopt.threads`), so
+    the timing is of the twin it settled on, not of the probe's mixture of both."""
+    for _ in range(SETTLE):
+        call()
+    return call
 
 
 def reference_call(case, size, dtype, seed=0):
@@ -247,9 +256,7 @@ def adapter_call(case, shapes, dtype, seed=0):
     optimizer = getattr(fastopt_torch, case.torch_class)(tensors, **case.options)
     for tensor, grad in zip(tensors, grads):
         tensor.grad = torch.from_numpy(grad)
-    for _ in range(SETTLE):
-        optimizer.step()
-    return optimizer.step
+    return settled(optimizer.step)
 
 
 def backward_loop_call(case, shapes, dtype, impl, seed=0):
@@ -296,14 +303,14 @@ def loop_call(case, shapes, dtype, variant, seed=0):
     extra = {"clip_grad_norm": LOOP_MAX_NORM} if variant == "clip" else {}
     opt = case.optimizer(flat, **case.options, **extra)
     if variant in ("step", "clip"):
-        return opt.step
+        return settled(opt.step)
     if variant == "zero_fused":
-        return partial(opt.step, zero_grad=True)
+        return settled(partial(opt.step, zero_grad=True))
 
     def step_then_zero():
         opt.step()
         flat.zero_grad()
-    return step_then_zero
+    return settled(step_then_zero)
 
 
 def torch_clip_call(case, shapes, dtype, seed=0):
