@@ -79,11 +79,14 @@ def test_bench_adapter_section(tmp_path, monkeypatch):
             assert _positive(row[key]), (key, row[key])
 
 
-def test_adapter_cases_step_on_gradients_of_their_own(adam_kernel_sizes):
-    """The adapter's step reads each gradient where it lies (one kernel call per tensor),
-    as after ``zero_grad()`` and a backward; the loop case is zero_grad (to None), a
-    backward and a step, for fastopt.torch and torch fused alike."""
+def test_adapter_cases_step_on_gradients_of_their_own(adam_kernel_sizes, monkeypatch):
+    """The adapter's step reads each gradient where it lies (one kernel call per tensor,
+    with gathering turned off for these tiny tensors), as after ``zero_grad()`` and a
+    backward; the loop case is zero_grad (to None), a backward and a step, for
+    fastopt.torch and torch fused alike."""
     pytest.importorskip("torch")
+    from fastopt.torch import buckets
+    monkeypatch.setattr(buckets, "GATHER_BELOW", 1)
     sizes = adam_kernel_sizes
     shapes = cases.mlp_shapes(4, layers=2)
     step = cases.adapter_call(cases.CASES["adam"], shapes, np.float32)

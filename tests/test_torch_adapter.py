@@ -29,6 +29,7 @@ from torch import nn  # noqa: E402
 
 import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
+from fastopt.torch import buckets  # noqa: E402
 from torch_models import make_batch, make_model  # noqa: E402
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6),
@@ -150,19 +151,22 @@ def test_one_kernel_call_per_group_flat_storage_and_in_place_grads(adam_kernel_s
         for p, view in zip(model.parameters(), bucket.grad_views):
             # autograd wrote into the view once zero_grad had bound it (steps 2, 3)
             assert (p.grad.data_ptr() == view.data_ptr()) == (i > 0)
-    # The first step reads autograd's fresh gradients in place (one call per param); after
-    # zero_grad(set_to_none=False) bound them to the flat buffer, one call per step.
-    sizes = [p.numel() for p in model.parameters()]
-    assert calls == sizes + [bucket.param.numel()] * 2
+    # The first step gathers autograd's small fresh gradients into the flat buffer (one
+    # call); after zero_grad(set_to_none=False) bound them to it, one call per step.
+    assert calls == [bucket.param.numel()] * 3
     for p, exp_avg in zip(model.parameters(), bucket.state_views["exp_avg"]):
         assert opt.state[p]["exp_avg"] is exp_avg
 
 
-def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place(
-        adam_kernel_sizes):
-    """zero_grad() is torch's (set_to_none=True); step then reads each gradient where
-    autograd allocated it (no copy into the flat gradient buffer, p.grad not rebound),
-    one kernel call per param, and matches torch.optim.Adam."""
+@pytest.mark.parametrize("gather_below", [1, 1 << 16])
+def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients(
+        adam_kernel_sizes, gather_below, monkeypatch):
+    """zero_grad() is torch's (set_to_none=True); p.grad is never rebound, and the step
+    matches torch.optim.Adam. Large gradients (GATHER_BELOW=1 here) are read where
+    autograd allocated them, one kernel call per param, nothing copied into the flat
+    gradient buffer; small ones (this model's, by default) are gathered into it with one
+    copy and stepped with one kernel call."""
+    monkeypatch.setattr(buckets, "GATHER_BELOW", gather_below)
     model, reference = make_model(), make_model()
     opt = ft.Adam(model.parameters(), lr=0.01)
     ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
@@ -180,8 +184,13 @@ def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients_in_place
         ref_opt.step()
         assert [p.grad for p in model.parameters()] == grads  # not rebound
         assert all(g.data_ptr() != v.data_ptr() for g, v in zip(grads, bucket.grad_views))
-    assert calls == [p.numel() for p in model.parameters()] * 3
-    assert not bucket.grad.any()        # nothing was gathered into the flat gradient buffer
+    if gather_below == 1:
+        assert calls == [p.numel() for p in model.parameters()] * 3
+        assert not bucket.grad.any()    # nothing was gathered into the flat gradient buffer
+    else:
+        assert calls == [bucket.param.numel()] * 3
+        for p, view in zip(model.parameters(), bucket.grad_views):
+            assert torch.equal(view, p.grad)    # gathered: a copy, p.grad not rebound
     for ours, theirs in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=1e-6)
 
@@ -644,7 +653,8 @@ def test_zero_grad_set_to_none_false_matches_torchs_and_binds_the_flat_buffer():
 
 
 @pytest.mark.parametrize("how", ["optimizer", "module"])
-def test_gradients_set_to_none_are_read_where_autograd_put_them(how):
+def test_gradients_set_to_none_are_read_where_autograd_put_them(how, monkeypatch):
+    monkeypatch.setattr(buckets, "GATHER_BELOW", 1)   # these tiny grads would be gathered
     def zero_grad(model, opt, step):
         if how == "module":
             model.zero_grad()  # set_to_none=True: autograd allocates new grads
