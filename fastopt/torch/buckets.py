@@ -19,6 +19,8 @@ flat gradient buffer and all have the same step count; a gradient autograd alloc
 with one kernel call for that parameter over its slice of the flat buffers: no gather copy.
 """
 
+import operator
+
 import numpy as np
 import torch
 
@@ -119,12 +121,14 @@ class Bucket:
         for name in names:
             self.state_buffer(name)
             entry[name] = self.state_views[name][i]
-        self.known[i] = (entry, tuple(entry.items()))
+        self.known[i] = (entry, tuple(entry), tuple(entry.values()))
 
     def is_known(self, i, entry):
+        """Whether ``entry`` is the very ``state[p]`` dict this bucket registered, still
+        holding the very same objects under the same keys (nothing set from outside)."""
         known = self.known[i]
         return (known is not None and known[0] is entry and len(entry) == len(known[1])
-                and all(entry.get(k) is v for k, v in known[1]))
+                and all(map(operator.is_, map(entry.get, known[1]), known[2])))
 
     def adopt(self, i, entry, has_step, owner):
         """Copy a ``state[p]`` entry that is not ours (loaded from a checkpoint, or set by
@@ -165,7 +169,8 @@ class Bucket:
         are instead gathered into the flat gradient buffer by :meth:`grads` with one
         ``torch._foreach_copy_`` and stepped as flat runs: one copy costs less than a
         kernel call per tensor there. ``p.grad`` is never rebound. Writes nothing."""
-        taken = []   # (index, step, fresh, foreign array or None), params with a gradient
+        taken = []   # (index, step, fresh, foreign tensor or None), params with a gradient
+        wanted = frozenset(names)
         for i, p in enumerate(self.params):
             grad = p.grad
             if grad is None:
@@ -180,12 +185,15 @@ class Bucket:
             if grad is not self.grad_views[i]:
                 foreign = self._foreign(i, grad, owner)
             entry = state.get(p)
-            if not self.is_known(i, entry):
+            if self.is_known(i, entry):
+                complete = wanted.issubset(self.known[i][1])
+            else:
                 self.adopt(i, entry, has_step, owner)
+                complete = False
             step = int(self.np_steps[i]) if has_step else 0
-            fresh = tuple(n for n in names if not entry or n not in entry)
+            fresh = () if complete else tuple(n for n in names if not entry or n not in entry)
             taken.append((i, step, fresh, foreign))
-        foreign_sizes = [f.size for *_, f in taken if f is not None]
+        foreign_sizes = [f.numel() for *_, f in taken if f is not None]
         gather = (len(foreign_sizes) > 1
                   and sum(foreign_sizes) < GATHER_BELOW * len(foreign_sizes))
         self._gathered = []
@@ -204,21 +212,19 @@ class Bucket:
         return runs
 
     def _foreign(self, i, grad, owner):
-        """The NumPy view of a gradient that is not param ``i``'s view of the flat
-        gradient buffer (checked: a dense CPU tensor of the param's dtype and shape), or
-        ``None`` when it is that view's memory after all (another tensor object over it)."""
-        try:
-            array = grad.detach().numpy()
-        except (TypeError, RuntimeError):   # sparse, not on the CPU, an unsupported dtype
+        """A gradient that is not param ``i``'s view of the flat gradient buffer, checked
+        (a dense CPU tensor of the param's dtype and shape) and detached; ``None`` when it
+        is that view's memory after all (another tensor object over it)."""
+        if (grad.layout is not torch.strided or not grad.is_cpu
+                or grad.dtype is not self.param.dtype):
             check_tensor(grad, f"the gradient of params[{self.indices[i]}]", owner)
-            raise
-        if array.dtype != self.np_param.dtype or array.shape != self.np_shapes[i]:
+        if grad.dtype is not self.param.dtype or grad.shape != self.params[i].shape:
             raise TypeError(f"{owner}: the gradient of params[{self.indices[i]}] is "
                             f"{grad.dtype} {tuple(grad.shape)}, the param is "
                             f"{self.params[i].dtype} {self.np_shapes[i]}")
-        if grad.data_ptr() == self.grad_addresses[i] and array.flags.c_contiguous:
+        if grad.data_ptr() == self.grad_addresses[i] and grad.is_contiguous():
             return None
-        return array
+        return grad.detach()
 
     def grads(self, runs):
         """The 1-D NumPy gradient of each run, in order: a view of the flat gradient
@@ -228,16 +234,17 @@ class Bucket:
         of the flat gradient buffer first. Call once per step, after every check passed."""
         if self._gathered:
             torch._foreach_copy_([self.grad_views[i] for i, _ in self._gathered],
-                                 [torch.from_numpy(array) for _, array in self._gathered])
+                                 [tensor for _, tensor in self._gathered])
         out = []
         for first, stop, _, _, foreign in runs:
             a, b = self.offsets[first], self.offsets[stop]
-            if foreign is None:
+            array = None if foreign is None else foreign.numpy()
+            if array is None:
                 out.append(self.np_grad[a:b])
-            elif foreign.flags.c_contiguous and not self._owns(foreign):
-                out.append(foreign.reshape(-1))
+            elif array.flags.c_contiguous and not self._owns(array):
+                out.append(array.reshape(-1))
             else:
-                self.np_grad[a:b].reshape(foreign.shape)[...] = foreign
+                self.np_grad[a:b].reshape(array.shape)[...] = array
                 out.append(self.np_grad[a:b])
         return out
 
