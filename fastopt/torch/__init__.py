@@ -33,7 +33,9 @@ from the buffer: ``step`` then raises ``RuntimeError``.
 so a param that gets no gradient in a step is not updated (its momentum and moments do not
 move it). Autograd then allocates each gradient, writing it once, and ``step`` reads it
 where it lies: one kernel call per such param over its slice of the flat buffers, with no
-gather copy. ``zero_grad(set_to_none=False)`` zeroes the bucket's flat gradient tensor and
+gather copy (a bucket whose gradients are many and small, on average under 2^16 elements,
+gathers them with one ``torch._foreach_copy_`` and takes one call; ``p.grad`` is never
+rebound). ``zero_grad(set_to_none=False)`` zeroes the bucket's flat gradient tensor and
 binds the grads to its views, so backward accumulates in place and ``step`` is one kernel
 call per group and dtype; a param that had a gradient and receives none from the next
 backward is then stepped with a zero gradient, as torch does with ``set_to_none=False``.

@@ -16,7 +16,9 @@ buffer in one call.
 A step over a bucket is one kernel call when every parameter's gradient is its view of the
 flat gradient buffer and all have the same step count; a gradient autograd allocated itself
 (after ``zero_grad()``, which sets grads to ``None`` as torch's does) is read where it lies,
-with one kernel call for that parameter over its slice of the flat buffers: no gather copy.
+with one kernel call for that parameter over its slice of the flat buffers (no gather
+copy), unless the bucket's such gradients are many and small (``GATHER_BELOW``): those are
+gathered with one ``torch._foreach_copy_`` and stepped as flat runs.
 """
 
 import operator
@@ -228,7 +230,8 @@ class Bucket:
 
     def grads(self, runs):
         """The 1-D NumPy gradient of each run, in order: a view of the flat gradient
-        buffer, or of the array autograd allocated (zero-copy, read in place). A
+        buffer (gathered foreign gradients copied into it first, in one call), or of the
+        array autograd allocated (zero-copy, read in place). A
         non-contiguous gradient, or one lying in the bucket's own param or state memory
         (set by hand; copied so no kernel reads what it writes), is copied into its slot
         of the flat gradient buffer first. Call once per step, after every check passed."""

@@ -294,7 +294,8 @@ class Optimizer(torch.optim.Optimizer):
           ``p.grad`` becomes ``None``, so a param that gets no gradient from the next
           backward is not updated by ``step`` (its momentum and moments do not move it).
           Autograd then allocates each gradient and ``step`` reads it where it lies, one
-          kernel call per such param over its slice of the flat buffers: no gather copy,
+          kernel call per such param over its slice of the flat buffers (many small ones
+          are gathered with one copy and stepped with one call),
           and backward writes each gradient once instead of adding it to a zeroed buffer.
         * ``zero_grad(set_to_none=False)``: zero the flat gradient buffer (one ``memset``
           per group and dtype) and bind every existing ``p.grad`` to its view of it, so
