@@ -107,6 +107,7 @@ class StepTwins:
         self._periods = {"serial": [], "parallel": []}
         self._last = None         # (perf_counter at the last enter, the twin it ran)
         self._flagged = False     # whether this step set the serial flag (leave resets it)
+        self.measured = None      # median periods of the last probe, by twin
 
     def enter(self, elements):
         if not self._busy.acquire(blocking=False):
@@ -124,7 +125,7 @@ class StepTwins:
             self._serial()
             return
         now = time.perf_counter()
-        if self._last is not None and self._plan is not None:
+        if self._last is not None:   # the previous step was a probe step: its period
             self._periods[self._last[1]].append(now - self._last[0])
         twin = self._next_twin()
         self._last = (now, twin) if self._plan else None

@@ -33,7 +33,6 @@ LR = 1e-4
 WARMUP = 48     # > fastopt.threads WARMUP + one probe (3 + 32 steps)
 ROUNDS = 20
 BLOCK = 6       # timed steps per block (after one untimed step)
-LOOPS = ("torch", "numpy")
 
 
 def _torch_loop(configs):
@@ -92,6 +91,7 @@ _LOOPS = {
                             "torch fused": "fused"}),
     "numpy": (_numpy_loop, {"fastopt": "fastopt", "fastopt 1 thread": "fastopt"}),
 }
+LOOPS = tuple(_LOOPS)   # the loops' names, in the tables' order
 
 
 def _block(iteration, steps, one_thread):

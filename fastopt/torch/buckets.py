@@ -31,12 +31,12 @@ from ..kernels.reductions import block_table
 from ..optim.segments import SegmentStep
 
 SUPPORTED = (torch.float32, torch.float64)
+SUPPORTED_TEXT = "dense (strided) float32/float64 CPU tensors"
 
 #: Foreign gradients (allocated by autograd) averaging fewer elements than this are
 #: gathered into the flat gradient buffer in one copy rather than read in place with one
 #: kernel call each (a call costs ~5 us of Python; a copy ~0.4 ns per element).
 GATHER_BELOW = 1 << 16
-SUPPORTED_TEXT = "dense (strided) float32/float64 CPU tensors"
 
 
 def describe(tensor):
@@ -99,7 +99,7 @@ class Bucket:
         self.state = {}      # name -> flat tensor
         self.np_state = {}   # name -> its NumPy view
         self.state_views = {}  # name -> per-param shaped views
-        self.known = [None] * len(self.params)  # (entry, items) last registered per param
+        self.known = [None] * len(self.params)  # (entry, keys, values) last registered
 
     def _views(self, flat):
         """Per-param slices of a flat tensor, shaped like the params, each with its own
@@ -165,9 +165,8 @@ class Bucket:
         params ``first..stop-1`` that have a gradient, the same step count and the same
         missing state names. ``grad`` is ``None`` when their gradients are the views of
         the flat gradient buffer (one kernel call over the run), or else, for a run of one
-        param, its gradient read where autograd put it (a 1-D NumPy view: no gather copy;
-        a non-contiguous one is copied into the flat buffer by :meth:`grads` at step
-        time). Many small foreign gradients (on average under ``GATHER_BELOW`` elements)
+        param, its gradient (detached) as autograd put it, read there by :meth:`grads` (no
+        gather copy; a non-contiguous one is copied into the flat buffer at step time). Many small foreign gradients (on average under ``GATHER_BELOW`` elements)
         are instead gathered into the flat gradient buffer by :meth:`grads` with one
         ``torch._foreach_copy_`` and stepped as flat runs: one copy costs less than a
         kernel call per tensor there. ``p.grad`` is never rebound. Writes nothing."""
@@ -231,10 +230,10 @@ class Bucket:
     def grads(self, runs):
         """The 1-D NumPy gradient of each run, in order: a view of the flat gradient
         buffer (gathered foreign gradients copied into it first, in one call), or of the
-        array autograd allocated (zero-copy, read in place). A
-        non-contiguous gradient, or one lying in the bucket's own param or state memory
-        (set by hand; copied so no kernel reads what it writes), is copied into its slot
-        of the flat gradient buffer first. Call once per step, after every check passed."""
+        array autograd allocated (zero-copy, read in place). A non-contiguous gradient, or
+        one lying in the bucket's own param or state memory (set by hand; copied so no
+        kernel reads what it writes), is copied into its slot of the flat gradient buffer
+        first. Call once per step, after every check passed."""
         if self._gathered:
             torch._foreach_copy_([self.grad_views[i] for i, _ in self._gathered],
                                  [tensor for _, tensor in self._gathered])
@@ -272,9 +271,9 @@ class Bucket:
         :meth:`grads`): per run, ``(run, initial values of its fresh state buffers, kernel
         arguments)``, from fastopt's scalar precomputation (``rule.kernel_args``) on 1-D
         NumPy views of the flat buffers; runs with the same step number share one
-        ``kernel_args`` call (its arrays swapped for theirs, found by identity). Raises before anything is written (a scalar that
-        overflows the dtype, say); writes nothing but zero-filled flat state buffers no
-        entry points at yet."""
+        ``kernel_args`` call (its arrays swapped for theirs, found by identity). Raises
+        before anything is written (a scalar that overflows the dtype, say); writes
+        nothing but zero-filled flat state buffers no entry points at yet."""
         for name in names:
             self.state_buffer(name)
         calls, templates = [], {}
