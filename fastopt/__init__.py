@@ -10,11 +10,12 @@
 from . import kernels, offload, precision, reference, schedules
 from .checkpoint import load, save
 from .flat import Flat, flatten
-from .optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop, clip_grad_norm
+from .optim import CLASSES, Optimizer, clip_grad_norm
 from .threads import num_threads
 
 __version__ = "0.1.0"
 
-__all__ = ["flatten", "Flat", "Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW",
-           "clip_grad_norm", "num_threads", "save", "load", "kernels", "offload", "precision",
-           "reference", "schedules", "__version__"]
+globals().update(CLASSES)   # fastopt.SGD, fastopt.Adam, ...: one class per registered rule
+
+__all__ = ["flatten", "Flat", "Optimizer", *CLASSES, "clip_grad_norm", "num_threads", "save",
+           "load", "kernels", "offload", "precision", "reference", "schedules", "__version__"]

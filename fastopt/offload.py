@@ -16,16 +16,13 @@ bfloat16 as ``ml_dtypes.bfloat16`` arrays or ``torch.bfloat16`` tensors, float16
 
 import numpy as np
 
-from . import kernels
 from .incoming import step_count
-from .kernels.config import unused
-from .optim.adam import Adam, step_scalars
 from .precision import HALF_FORMATS, kernel_view
-from .validation import check_bool, check_real
+from .rules import RULES
+from .validation import as_floats, check_bool, check_real
 
-#: ``step_scalars``' sources for the overflow check of the cast to float32: as
-#: ``Adam.scalar_sources``, but the gradient factor is blamed on ``loss_scale``.
-_SCALAR_SOURCES = (*Adam.scalar_sources[:-1], ("loss_scale", "clip_factor / loss_scale"))
+#: The gradient factor's name in this entry's arguments, for an overflow message.
+_FACTOR_SOURCE = ("loss_scale", "clip_factor / loss_scale")
 
 
 def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999),
@@ -44,7 +41,7 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
         out = round_to_nearest_even(master)    # bf16 or fp16, if ``out`` is given
 
     The bias corrections and ``s`` are computed in float64 once per call, then cast to
-    float32 (:func:`fastopt.optim.adam.step_scalars`, shared with :class:`fastopt.Adam`;
+    float32 (:func:`fastopt.rules.adam.adam_scalars`, shared with :class:`fastopt.Adam`;
     a value beyond float32's range is a ``ValueError`` naming its argument, as
     :func:`fastopt.validation.cast_scalars` does for the optimizers), so ``master`` and the state are bitwise what ``fastopt.Adam`` / ``AdamW`` give on the
     widened gradient with ``grad_scale=loss_scale``; the copy is bitwise torch's
@@ -103,20 +100,22 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
     t = step_count(step, "step", 1)
     if callable(lr):
         raise TypeError(f"lr must be a real number (evaluate a schedule first), got {lr!r}")
-    Adam.check_group(None, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                amsgrad=False, maximize=False))
-    adamw = check_bool(adamw, "adamw")
+    group = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=False,
+                 maximize=False)
+    rule = RULES["adamw" if check_bool(adamw, "adamw") else "adam"]
+    rule.check(group)
     loss_scale = check_real(loss_scale, "loss_scale", 0.0, low_open=True, finite=True)
     clip_factor = check_real(clip_factor, "clip_factor", 0.0, finite=True)
     # As the optimizers' loop options: 1/loss_scale, then times the clip factor (float64).
     factor = 1.0 / loss_scale * clip_factor
-    scalars = step_scalars(np.float32, t, lr=float(lr), betas=tuple(map(float, betas)),
-                           eps=float(eps), weight_decay=float(weight_decay),
-                           decoupled=adamw, grad_scale=factor, sources=_SCALAR_SOURCES)
-    copy_v = named[4][1] if out is not None else unused(np.uint16)
-    kernels.adam(master_v.reshape(n), grad_v.reshape(n), exp_avg_v.reshape(n),
-                 exp_avg_sq_v.reshape(n), unused(np.float32), copy_v.reshape(-1), *scalars,
-                 False, False, out is not None)
+    group = as_floats(group)
+    values = rule.values(group, t, frozenset(), factor, np.dtype(np.float32),
+                         rule.ordered_sources(grad_factor=_FACTOR_SOURCE))
+    state = {"exp_avg": exp_avg_v.reshape(n), "exp_avg_sq": exp_avg_sq_v.reshape(n)}
+    copy = named[4][1].reshape(n) if out is not None else None
+    variant, args = rule.call(master_v.reshape(n), grad_v.reshape(n), state, values, group,
+                              copy=copy)
+    variant(*args)
 
 
 def _buffer(x, name, formats, shape=None, writes=False):

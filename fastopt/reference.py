@@ -4,27 +4,27 @@ Written for reading next to the seed's equations, not for speed. Each function t
 parameter array, its gradient, a state dict (PyTorch's keys, including ``step``) and the
 hyperparameters; it returns the new parameter and the new state and changes nothing it
 was given. Arithmetic stays in the parameter's dtype (NumPy 2 keeps float32 arrays float32
-when combined with Python floats). ``grad_scale`` multiplies the gradient first (loss-scale
+when combined with Python floats). ``grad_factor`` multiplies the gradient first (loss-scale
 unscaling, clipping); ``maximize`` then negates it, as in PyTorch.
 """
 
 import numpy as np
 
 
-def _gradient(param, grad, grad_scale, maximize, weight_decay):
+def _gradient(param, grad, grad_factor, maximize, weight_decay):
     """The gradient every rule sees: scaled, negated to maximize, plus L2 decay (none at
     all when ``weight_decay`` is 0, as in torch: ``0 * inf`` would be NaN)."""
-    g = grad * param.dtype.type(grad_scale)
+    g = grad * param.dtype.type(grad_factor)
     if maximize:
         g = -g
     return g + weight_decay * param if weight_decay != 0 else g
 
 
 def sgd(param, grad, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-        nesterov=False, maximize=False, grad_scale=1.0):
+        nesterov=False, maximize=False, grad_factor=1.0):
     """Seed: ``w = w - lr * dL/dw``; momentum as PyTorch: ``b = mu*b + (1-dampening)*g``
     (``b = g`` on the first step), ``w -= lr*b``; Nesterov: ``w -= lr*(g + mu*b)``."""
-    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
     state = dict(state)
     if momentum != 0:
         if "momentum_buffer" in state:
@@ -37,10 +37,10 @@ def sgd(param, grad, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_deca
 
 
 def adagrad(param, grad, state, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-            initial_accumulator_value=0.0, eps=1e-10, maximize=False, grad_scale=1.0):
+            initial_accumulator_value=0.0, eps=1e-10, maximize=False, grad_factor=1.0):
     """Seed: ``r = r + g*g; w = w - lr/(delta + sqrt(r)) * g`` with ``lr`` decayed as
     ``lr / (1 + (t-1)*lr_decay)`` (PyTorch)."""
-    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
     t = state.get("step", 0) + 1
     r = state.get("sum", np.full_like(param, initial_accumulator_value))
     r = r + g * g
@@ -50,13 +50,13 @@ def adagrad(param, grad, state, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
 
 def rmsprop(param, grad, state, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
             momentum=0.0, centered=False, nesterov=False, eps_in_sqrt=False,
-            maximize=False, grad_scale=1.0):
+            maximize=False, grad_factor=1.0):
     """Seed: ``r = rho*r + (1-rho)*g*g; w = w - lr/sqrt(delta + r) * g`` (``eps_in_sqrt``);
     PyTorch's default puts eps outside the root: ``sqrt(r) + eps``. ``centered`` subtracts
     the square of the running mean gradient. Momentum: ``b = mu*b + g/d; w -= lr*b``;
     Nesterov (the seed's "RMSProp with momentum", look-ahead stored in ``w``):
     ``w -= lr*(g/d + mu*b)``."""
-    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
     t = state.get("step", 0) + 1
     new = {"step": t}
     r = alpha * state.get("square_avg", np.zeros_like(param)) + (1 - alpha) * g * g
@@ -77,7 +77,7 @@ def rmsprop(param, grad, state, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0
 
 
 def adam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-         amsgrad=False, maximize=False, grad_scale=1.0, decoupled_weight_decay=False):
+         amsgrad=False, maximize=False, grad_factor=1.0, decoupled_weight_decay=False):
     """Seed (with the book's bias correction ``1 - rho**t``): ``s = rho1*s + (1-rho1)*g``;
     ``r = rho2*r + (1-rho2)*g*g``; ``w -= lr * s_hat / (sqrt(r_hat) + delta)``.
     ``decoupled_weight_decay`` is AdamW: ``w *= 1 - lr*wd`` before the update, no L2 term."""
@@ -85,7 +85,7 @@ def adam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_de
     if decoupled_weight_decay:
         param = param * (1 - lr * weight_decay)
         weight_decay = 0.0
-    g = _gradient(param, grad, grad_scale, maximize, weight_decay)
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
     t = state.get("step", 0) + 1
     m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
     v = beta2 * state.get("exp_avg_sq", np.zeros_like(param)) + (1 - beta2) * g * g
@@ -99,10 +99,10 @@ def adam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_de
 
 
 def adamw(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
-          amsgrad=False, maximize=False, grad_scale=1.0):
+          amsgrad=False, maximize=False, grad_factor=1.0):
     """AdamW (Loshchilov & Hutter): Adam with decoupled weight decay, PyTorch's default 1e-2."""
     return adam(param, grad, state, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                amsgrad=amsgrad, maximize=maximize, grad_scale=grad_scale,
+                amsgrad=amsgrad, maximize=maximize, grad_factor=grad_factor,
                 decoupled_weight_decay=True)
 
 

@@ -22,10 +22,10 @@ def adam_args(dtype, n=N, seed=0, amsgrad=True):
     return [p, g, m, v, vmax]
 
 
-def adam_scalars(dtype, t=3, lr=0.01, b1=0.9, b2=0.999, grad_scale=1.0):
+def adam_scalars(dtype, t=3, lr=0.01, b1=0.9, b2=0.999, grad_factor=1.0):
     dt = np.dtype(dtype).type
     return [dt(lr / (1 - b1 ** t)), dt(b1), dt(1 - b1), dt(b2), dt(1 - b2),
-            dt(1 / np.sqrt(1 - b2 ** t)), dt(1e-8), dt(0.0), dt(1.0), dt(grad_scale)]
+            dt(1 / np.sqrt(1 - b2 ** t)), dt(1e-8), dt(0.0), dt(1.0), dt(grad_factor)]
 
 
 amsgrad_serial = kernels.adam.variant(amsgrad=True).serial
@@ -87,14 +87,14 @@ def test_serial_and_parallel_twins_agree_bitwise(rule, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_grad_scale_and_zero_grad_are_fused(dtype):
-    """grad_scale multiplies the gradient first; zero_grad zeroes it after reading; the
+def test_grad_factor_and_zero_grad_are_fused(dtype):
+    """grad_factor multiplies the gradient first; zero_grad zeroes it after reading; the
     update equals the reference's with the same scale."""
     p, g, m, v, _ = adam_args(dtype, n=1001)
     m[:], v[:] = 0, 0
-    want, _ = reference.adam(p, g, {}, lr=0.01, grad_scale=0.25)
+    want, _ = reference.adam(p, g, {}, lr=0.01, grad_factor=0.25)
     kernels.adam(p, g, m, v, kernels.unused(dtype), kernels.unused(np.uint16),
-                 *adam_scalars(dtype, t=1, grad_scale=0.25), False, True, False)
+                 *adam_scalars(dtype, t=1, grad_factor=0.25), False, True, False)
     np.testing.assert_allclose(p, want, rtol=1e-6 if dtype == np.float32 else 1e-14)
     assert not g.any()
 

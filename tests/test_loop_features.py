@@ -165,7 +165,7 @@ def test_grad_scale_unscales_like_dividing_the_gradients(rule, dtype):
         opt.step(step_grads)
         for i, g in enumerate(step_grads):
             expected[i], states[i] = ref(expected[i], g, states[i], lr=lr,
-                                         grad_scale=1 / 1024)
+                                         grad_factor=1 / 1024)
     tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
     for a, b in zip(ours, expected):
         np.testing.assert_allclose(a, b, **tol)

@@ -20,7 +20,7 @@ import torch
 from fastopt import kernels
 from fastopt.bench import cases as bench_cases
 from fastopt.kernels.halves import narrow_to, widen
-from fastopt.optim.adam import step_scalars
+from fastopt.rules import RULES
 from fastopt.precision import HALF_FORMATS, KERNEL_DTYPES, decode, encode
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -105,8 +105,8 @@ SIZES = [1000, (1 << 17) + 3]     # serial twin; parallel twin (PARALLEL_THRESHO
 
 def adam_args(param, grad, copy, state, t=3, amsgrad=False, zero_grad=False):
     """The kernel's full argument tuple (AdamW, weight decay 0.1, gradient scale 0.5)."""
-    scalars = step_scalars(np.float32, t, lr=1e-2, betas=(0.9, 0.999), eps=1e-8,
-                           weight_decay=0.1, decoupled=True, grad_scale=0.5)
+    group = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    scalars = RULES["adamw"].values(group, t, frozenset(), 0.5, np.dtype(np.float32))
     vmax = state["max_exp_avg_sq"] if amsgrad else kernels.unused(np.float32)
     out = copy if copy is not None else kernels.unused(np.uint16)
     return (param, grad, state["exp_avg"], state["exp_avg_sq"], vmax, out, *scalars,

@@ -143,16 +143,16 @@ def test_no_kernel_call_passes_aliasing_arrays(case, monkeypatch):
     overlap: unused state is ``kernels.unused(dtype, slot)``, separate allocations."""
     import numpy as np
 
-    from fastopt.kernels.config import Kernel
+    from fastopt.kernels.config import Variant
 
     calls = []
-    original = Kernel.__call__
+    original = Variant.__call__
 
     def spy(self, *args):
         calls.append(args)
         return original(self, *args)
 
-    monkeypatch.setattr(Kernel, "__call__", spy)
+    monkeypatch.setattr(Variant, "__call__", spy)
     rule, options = case
     cls, _, lr = RULES[rule]
     flat = fastopt.flatten([np.ones((3, 4), np.float32), np.ones(5, np.float32)])

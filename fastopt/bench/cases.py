@@ -16,8 +16,9 @@ from functools import partial
 import numpy as np
 
 import fastopt
-from fastopt import kernels, precision, reference, threads
+from fastopt import precision, reference, threads
 from fastopt.optim.segments import SegmentStep
+from fastopt.rules import RULES as REGISTRY
 
 #: Default sizes and dtypes of the benchmarks (``fastopt bench`` and asv).
 SIZES = (1_000, 100_000, 1_000_000, 10_000_000)
@@ -58,9 +59,14 @@ class Unavailable(NotImplementedError):
     lacks for a rule). A ``NotImplementedError``, so asv skips the benchmark."""
 
 
+#: Options the bench sets beyond a rule's defaults (plain SGD touches no state buffer).
+BENCH_OPTIONS = {"sgd": {"momentum": 0.9}}
+
+
 @dataclass(frozen=True)
 class Case:
-    """One rule's benchmark configuration.
+    """One rule's benchmark configuration: the rule's defaults updated with ``options``.
+    Everything else is read from the rule (:mod:`fastopt.rules`):
 
     * ``arrays``: the kernel's array arguments in order, by PyTorch's names; ``None`` for
       an argument this configuration leaves untouched (passed an empty array).
@@ -68,21 +74,52 @@ class Case:
     """
 
     rule: str
-    optimizer: type
-    kernel: kernels.Kernel
-    options: dict
-    arrays: tuple
-    torch_class: str
-    torch_impls: tuple = ("fused", "foreach", "single")
-    reference: object = field(init=False)
+    options: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        object.__setattr__(self, "reference", reference.RULES[self.rule])
+    @property
+    def spec(self):
+        """The :class:`~fastopt.rules.base.Rule`."""
+        return REGISTRY[self.rule]
+
+    @property
+    def optimizer(self):
+        return fastopt.optim.CLASSES[self.spec.class_name]
+
+    @property
+    def kernel(self):
+        return self.spec.kernel
+
+    @property
+    def torch_class(self):
+        return self.spec.torch_class
+
+    @property
+    def reference(self):
+        return reference.RULES[self.rule]
+
+    @property
+    def torch_impls(self):
+        """``fused``/``foreach`` where torch's class takes that keyword, ``single`` always;
+        none for a rule torch lacks (or without torch)."""
+        if self.torch_class is None:
+            return ()
+        try:
+            torch = import_torch()
+        except Unavailable:
+            return ()
+        taken = inspect.signature(getattr(torch.optim, self.torch_class).__init__).parameters
+        return tuple(impl for impl in ("fused", "foreach") if impl in taken) + ("single",)
 
     @property
     def hyperparameters(self):
         """Every hyperparameter: the optimizer's defaults updated with ``options``."""
-        return {**self.optimizer.defaults, **self.options}
+        return {**self.spec.defaults, **self.options}
+
+    @property
+    def arrays(self):
+        names = self.spec.state_names(self.hyperparameters)
+        return ("param", "grad", *(name if name in names else None
+                                   for name in self.kernel.binding.buffers), None)
 
     @property
     def state(self):
@@ -107,19 +144,7 @@ class Case:
         return f"{self.rule}({options})"
 
 
-CASES = {case.rule: case for case in [
-    Case("sgd", fastopt.SGD, kernels.sgd, {"lr": 1e-2, "momentum": 0.9},
-         ("param", "grad", "momentum_buffer", None), "SGD"),
-    Case("adagrad", fastopt.Adagrad, kernels.adagrad, {"lr": 1e-2},
-         ("param", "grad", "sum", None), "Adagrad"),
-    Case("rmsprop", fastopt.RMSprop, kernels.rmsprop, {"lr": 1e-2},
-         ("param", "grad", "square_avg", None, None, None), "RMSprop",
-         torch_impls=("foreach", "single")),
-    Case("adam", fastopt.Adam, kernels.adam, {"lr": 1e-3},
-         ("param", "grad", "exp_avg", "exp_avg_sq", None, None), "Adam"),
-    Case("adamw", fastopt.AdamW, kernels.adam, {"lr": 1e-3, "weight_decay": 1e-2},
-         ("param", "grad", "exp_avg", "exp_avg_sq", None, None), "AdamW"),
-]}
+CASES = {name: Case(name, BENCH_OPTIONS.get(name, {})) for name in REGISTRY}
 
 RULES = tuple(CASES)
 
@@ -135,9 +160,10 @@ def make_arrays(shapes, dtype, seed=0):
 
 
 def kernel_args(case, size, dtype, seed=0):
-    """The kernel's full argument tuple over fresh buffers of ``size`` elements, at step
-    :data:`STEP` with every state buffer allocated (the steady-state update), as the
-    optimizer itself builds it (``Optimizer.kernel_args``: one source of the scalars)."""
+    """The kernel's full argument tuple (its options last, in ``Kernel.flags`` order) over
+    fresh buffers of ``size`` elements, at step :data:`STEP` with every state buffer
+    allocated (the steady-state update), as the optimizer itself builds it (the rule's
+    ``prepare``: one source of the scalars)."""
     (param,), (grad,) = make_arrays([(size,)], dtype, seed)
     flat = fastopt.flatten([param])
     flat.grads[0][...] = grad
@@ -145,11 +171,12 @@ def kernel_args(case, size, dtype, seed=0):
     (seg,), group = opt._segments[0], opt.param_groups[0]
     state, _ = opt.new_state(seg.param, seg.state, group)
     steady = SegmentStep(seg.param, state, STEP, frozenset())   # momentum buffers exist
-    return opt.kernel_args(steady, group, seg.own_grad, 1.0, False)
+    variant, args = opt.rule.prepare(steady, group, seg.own_grad, 1.0)
+    return (*args, *variant.flags.values())
 
 
 #: Rules whose kernel reads half-precision gradients and writes a half copy.
-MIXED_RULES = tuple(rule for rule, case in CASES.items() if "write_copy" in case.kernel.flags)
+MIXED_RULES = tuple(CASES)
 
 
 def mixed_kernel_args(case, size, grad_format, copy_format, seed=0):

@@ -13,21 +13,21 @@ zero_grad = write_copy = False
 
 
 @kernel(flags=("zero_grad", "write_copy"))
-def adagrad(param, grad, state_sum, param_copy, clr, eps, weight_decay, grad_scale):
+def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
     """Adagrad step over flat buffers, in place, in one pass.
 
     For each element ``i``::
 
-        g = widen(grad[i]) * grad_scale + weight_decay * param[i]
+        g = widen(grad[i]) * grad_factor + weight_decay * param[i]
         s = s + g * g
         param[i] -= clr * (g / (sqrt(s) + eps))
         param_copy[i] = half(param[i])                  # only if write_copy
         grad[i] = 0                                     # only if zero_grad
 
     ``clr = lr / (1 + (t - 1) * lr_decay)`` is computed by the caller. Arguments:
-    ``param, grad, state_sum`` 1-D C-contiguous arrays of one dtype (float32 or
-    float64), same length; scalars ``clr, eps, weight_decay, grad_scale`` of that dtype
-    (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
+    ``param, grad, sum`` 1-D C-contiguous arrays of one dtype (float32 or
+    float64), same length; scalars ``clr, eps, weight_decay, grad_factor`` of that dtype
+    (``grad_factor`` multiplies the gradient first: unscaling, clipping, ``-1`` for
     ``maximize``). Option (compile-time; from Python, pass it last; from ``@njit`` code,
     call ``adagrad.variant(zero_grad=...).parallel``): ``zero_grad, write_copy``.
 
@@ -42,13 +42,13 @@ def adagrad(param, grad, state_sum, param_copy, clr, eps, weight_decay, grad_sca
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_scale
+        g = widen(grad[i]) * grad_factor
         if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
             g = g + weight_decay * p
         if zero_grad:
             grad[i] = 0
-        s = state_sum[i] + g * g
-        state_sum[i] = s
+        s = sum[i] + g * g
+        sum[i] = s
         q = p - clr * (g / (np.sqrt(s) + eps))
         param[i] = q
         if write_copy:

@@ -15,13 +15,13 @@ amsgrad = zero_grad = write_copy = False
 @kernel(flags=("amsgrad", "zero_grad", "write_copy"))
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
          step_size, beta1, one_minus_beta1, beta2, one_minus_beta2,
-         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_scale):
+         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_factor):
     """Adam / AdamW step over flat buffers, in place, in one pass.
 
     For each element ``i``::
 
         p  = param[i] * param_decay                # AdamW: param_decay = 1 - lr*wd
-        g  = widen(grad[i]) * grad_scale + weight_decay * p   # Adam's coupled (L2) decay
+        g  = widen(grad[i]) * grad_factor + weight_decay * p   # Adam's coupled (L2) decay
         m  = beta1 * m + (1 - beta1) * g
         v  = beta2 * v + ((1 - beta2) * g) * g
         vmax = maximum(vmax, v)                    # only if amsgrad; NaN propagates
@@ -52,7 +52,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
     * ``one_minus_beta1 = 1 - beta1``, ``one_minus_beta2 = 1 - beta2``.
     * ``weight_decay``: coupled L2 decay (Adam), 0 for none or for AdamW.
     * ``param_decay``: decoupled decay factor ``1 - lr*weight_decay`` (AdamW), 1 for none.
-    * ``grad_scale``: multiplies the gradient first (loss-scale unscaling, clipping,
+    * ``grad_factor``: multiplies the gradient first (loss-scale unscaling, clipping,
       and ``-1`` for ``maximize``).
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``adam.variant(amsgrad=..., zero_grad=...).parallel``):
@@ -60,7 +60,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
     """
     for i in prange(param.shape[0]):
         p = param[i] * param_decay
-        g = widen(grad[i]) * grad_scale
+        g = widen(grad[i]) * grad_factor
         if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
             g = g + weight_decay * p
         if zero_grad:

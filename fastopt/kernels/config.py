@@ -247,6 +247,16 @@ class Kernel:
                             f"{self.__name__}.variant(...).parallel / .serial")
         return self._variant(())
 
+    @property
+    def binding(self):
+        """The kernel's :class:`~fastopt.kernels.binding.Binding`: its arguments by name
+        (buffers, scalars, options), read from the body's signature once."""
+        found = self.__dict__.get("_binding")
+        if found is None:
+            from .binding import Binding
+            found = self._binding = Binding(self)
+        return found
+
     def __repr__(self):
         return f"<fastopt kernel {self.__name__}>"
 
@@ -264,7 +274,13 @@ def unused(dtype, slot=0):
     0.13 with two (parallel twin, 2^20).
     """
     found = _UNUSED.get((dtype, slot))    # the hot path: a dtype or a scalar type
-    return found if found is not None else _UNUSED[np.dtype(dtype), slot]
+    if found is None:
+        key = (np.dtype(dtype), slot)
+        found = _UNUSED.get(key)
+        if found is None:
+            found = _UNUSED[key] = np.empty(0, dtype=key[0])
+        _UNUSED[dtype, slot] = found
+    return found
 
 
 _UNUSED = {(np.dtype(t), slot): np.empty(0, dtype=t)

@@ -15,12 +15,12 @@ centered = use_momentum = nesterov = eps_in_sqrt = zero_grad = write_copy = Fals
 @kernel(flags=("centered", "use_momentum", "nesterov", "eps_in_sqrt", "zero_grad",
                "write_copy"))
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
-            lr, alpha, one_minus_alpha, eps, weight_decay, grad_scale, momentum):
+            lr, alpha, one_minus_alpha, eps, weight_decay, grad_factor, momentum):
     """RMSprop step over flat buffers, in place, in one pass.
 
     For each element ``i``::
 
-        g = widen(grad[i]) * grad_scale + weight_decay * param[i]
+        g = widen(grad[i]) * grad_factor + weight_decay * param[i]
         r = alpha * r + ((1 - alpha) * g) * g
         c = c + (1 - alpha) * (g - c);  q = r - c * c   # centered (c: grad_avg;
                                                         # q = r where r is Inf)
@@ -37,8 +37,8 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     ``momentum_buffer`` (when ``use_momentum``) the same length, else
     ``kernels.unused(dtype)`` (untouched; never an array sharing memory with another
     argument, such as ``param[:0]``: the loop would run scalar). Scalars ``lr, alpha,
-    one_minus_alpha, eps, weight_decay, grad_scale, momentum`` of that dtype
-    (``grad_scale`` multiplies the gradient first: unscaling, clipping, ``-1`` for
+    one_minus_alpha, eps, weight_decay, grad_factor, momentum`` of that dtype
+    (``grad_factor`` multiplies the gradient first: unscaling, clipping, ``-1`` for
     ``maximize``). Options (booleans, compile-time: from Python, pass them last in this
     order; from ``@njit`` code, call ``rmsprop.variant(centered=..., ...).parallel``):
     ``centered, use_momentum, nesterov, eps_in_sqrt, zero_grad, write_copy``.
@@ -55,7 +55,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_scale
+        g = widen(grad[i]) * grad_factor
         if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
             g = g + weight_decay * p
         if zero_grad:

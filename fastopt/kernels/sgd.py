@@ -12,13 +12,13 @@ use_momentum = nesterov = zero_grad = write_copy = False
 
 
 @kernel(flags=("use_momentum", "nesterov", "zero_grad", "write_copy"))
-def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_scale,
+def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_factor,
         momentum, buffer_decay, buffer_gain):
     """SGD step over flat buffers, in place, in one pass.
 
     For each element ``i``::
 
-        g = widen(grad[i]) * grad_scale + weight_decay * param[i]
+        g = widen(grad[i]) * grad_factor + weight_decay * param[i]
         b = buffer_decay * b + buffer_gain * g          # only if use_momentum
         d = g + momentum * b if nesterov else b         # d = g without momentum
         param[i] -= lr * d
@@ -33,8 +33,8 @@ def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_scale,
     ``momentum_buffer`` the same length when ``use_momentum``, else
     ``kernels.unused(dtype)`` (untouched; never an array sharing memory with another
     argument, such as ``param[:0]``: the loop would run scalar). Scalars ``lr,
-    weight_decay, grad_scale, momentum, buffer_decay, buffer_gain`` of the arrays'
-    dtype; ``grad_scale`` multiplies the gradient first (loss-scale unscaling,
+    weight_decay, grad_factor, momentum, buffer_decay, buffer_gain`` of the arrays'
+    dtype; ``grad_factor`` multiplies the gradient first (loss-scale unscaling,
     clipping, ``-1`` for ``maximize``). Options (booleans, compile-time: from Python,
     pass them last in this order; from ``@njit`` code, call
     ``sgd.variant(use_momentum=..., ...).parallel``): ``use_momentum, nesterov, zero_grad,
@@ -49,7 +49,7 @@ def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_scale,
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_scale
+        g = widen(grad[i]) * grad_factor
         if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
             g = g + weight_decay * p
         if zero_grad:

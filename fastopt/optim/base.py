@@ -1,13 +1,10 @@
-"""The optimizer base class: parameter intake, validation, state, step count, state_dict.
+"""The NumPy front end's optimizer: parameter intake, state, step counts, state_dict.
 
-A rule subclasses :class:`Optimizer` and supplies ``defaults``, ``check_group`` (its
-hyperparameter validation), ``state_names`` (the state buffers a group needs), ``kernel``
-and ``kernel_args`` (the scalars precomputed in float64, cast to the buffer's dtype, and
-the kernel's full argument tuple for one segment); ``step`` computes every segment's
-arguments first, then calls the kernel with them.
-Everything that is the same for every rule lives here. These methods read only class
-attributes and their arguments: ``fastopt.torch`` calls them on a rule instance made
-without ``__init__``, and ``fastopt.bench`` takes its kernel arguments from them.
+Every public optimizer class (``fastopt.Adam``, ...) is this class bound to one
+:class:`~fastopt.rules.base.Rule` (``Optimizer.rule``), made from the registry by
+:mod:`fastopt.optim`. What a rule is (defaults, validation, state names, options, the
+scalars of a step, the kernel) lives in the rule; everything that is the same for every
+rule lives here. ``step`` computes every segment's kernel call first, then runs them.
 """
 
 import numbers
@@ -18,14 +15,11 @@ import numpy as np
 from ..flat import Flat, check_float_array
 from ..incoming import plain_value, short_repr, state_array, step_count
 from ..threads import StepTwins
-# check_number, check_flag and check_lr live in fastopt.validation; re-exported here for
-# the rules and for older callers that import them from this module.
-from ..validation import (as_floats, cast_scalars, check_flag, check_loop_options, check_lr,
-                          check_number, check_real)
+from ..validation import as_floats, check_loop_options, check_real
 from .loop import loop_scale
-from .segments import SegmentStep, build_segments, check_param
+from .segments import build_segments, check_param
 
-__all__ = ["Optimizer", "check_number", "check_flag", "check_lr", "resolve_lr"]
+__all__ = ["Optimizer", "resolve_lr"]
 
 
 def resolve_lr(group, steps_taken):
@@ -46,6 +40,8 @@ class Optimizer:
     """
 
     defaults = {}
+    #: The :class:`~fastopt.rules.base.Rule` this class steps with (set per class).
+    rule = None
 
     def __init__(self, params, *, clip_grad_norm=None, grad_scale=1.0,
                  skip_if_nonfinite=False, **hyperparameters):
@@ -78,9 +74,6 @@ class Optimizer:
 
     # --- groups and validation ---------------------------------------------------
 
-    def check_group(self, group):
-        """Validate one group's hyperparameters (rule-specific; raise Type/ValueError)."""
-
     def _check_loop_options(self):
         check_loop_options(self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite)
 
@@ -100,7 +93,7 @@ class Optimizer:
             return old[2]   # the very same objects as last time, no list edited in place
         self._check_loop_options()
         for group in self.param_groups:
-            self.check_group(group)
+            self.rule.check(group)
         lists = [(v, tuple(v)) for group in self.param_groups
                  for k, v in group.items() if k != "params" and isinstance(v, list)]
         self._validated = (snapshot, lists, [as_floats(group) for group in self.param_groups])
@@ -128,7 +121,7 @@ class Optimizer:
             check_param(array, f"params[{first + i}]")
         self._check_overlap(self._params + params)
         group = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
-        self.check_group(group)
+        self.rule.check(group)
         group["params"] = params
         self.param_groups.append(group)
         self._params.extend(params)
@@ -281,18 +274,24 @@ class Optimizer:
                                  self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite)
         calls = []
         if scale is not None:
+            rule = self.rule
             for (_, seg), group, grad in zip(work, resolved, views):
                 state, fresh = self.new_state(seg.param, seg.state, group)
-                planned = SegmentStep(seg.param, state, seg.step + 1, fresh)
+                step = seg.step + 1
                 sign = -scale if group["maximize"] else scale
-                calls.append((seg, planned, grad,
-                              self.kernel_args(planned, group, grad, sign, zero_grad)))
+                values = rule.values(group, step, fresh, sign, seg.param.dtype)
+                bound = seg.bound   # the same group, state, gradient and zero_grad: reuse
+                if not (bound is not None and bound[0] is group and bound[1] is state
+                        and bound[2] is grad and bound[3] == zero_grad):
+                    bound = (group, state, grad, zero_grad,
+                             *rule.bind(seg.param, grad, state, group, zero_grad))
+                calls.append((seg, state, step, grad, bound, values))
         # Nothing can fail from here on: commit, then run the kernels.
         self._last_grads = last_grads
         self.last_step_skipped, self.last_grad_norm = scale is None, norm
-        for seg, planned, grad, args in calls:
-            seg.state, seg.step = planned.state, planned.step
-            self.kernel(*args)
+        for seg, state, step, grad, bound, values in calls:
+            seg.state, seg.step, seg.bound = state, step, bound
+            bound[4](*bound[5], *values)
             if zero_grad and grad is seg._gather:
                 for index in seg.indices:
                     grads[index].fill(0)
@@ -310,39 +309,17 @@ class Optimizer:
 
     # --- state --------------------------------------------------------------------
 
-    def state_names(self, group):
-        """The state buffers a group needs, with PyTorch's names (rule-specific)."""
-        return []
-
-    #: The rule's :class:`fastopt.kernels.Kernel` (rule-specific).
-    kernel = None
-
-    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        """The kernel's full argument tuple for one segment at step ``seg.step``: scalars
-        precomputed in float64 and cast to the buffer's dtype (rule-specific)."""
-        raise NotImplementedError
-
-    def initial_state(self, name, group):
-        """Initial value of state buffer ``name`` (zeros unless a rule says otherwise)."""
-        return 0.0
-
-    def initial_value(self, name, dtype, group):
-        """:meth:`initial_state` as a scalar of ``dtype`` (``ValueError`` if it does not
-        fit: ``validation.cast_scalars``)."""
-        value, = cast_scalars(dtype, [self.initial_state(name, group)],
-                              [(f"initial {name}", f"initial {name}")])
-        return value
-
     def new_state(self, param, state, group):
         """``(state, fresh)``: ``state`` (a dict of buffers by name, not changed) plus a
         buffer like ``param`` for every name the group needs that it lacks, filled with
-        :meth:`initial_value`; ``fresh`` names those (an empty frozenset when none)."""
+        :meth:`Rule.initial_value <fastopt.rules.base.Rule.initial_value>`; ``fresh`` names those (an empty frozenset when none)."""
         fresh = _NOTHING
-        for name in self.state_names(group):
+        for name in self.rule.state_names(group):
             if name not in state:
                 if not fresh:
                     state, fresh = dict(state), set()
-                state[name] = np.full_like(param, self.initial_value(name, param.dtype, group))
+                state[name] = np.full_like(param, self.rule.initial_value(name, param.dtype,
+                                                                          group))
                 fresh.add(name)
         return state, fresh
 
@@ -364,32 +341,15 @@ class Optimizer:
                         entry[name] = view.copy() if copy else view
                     yield member[0], entry
 
-    def rule_keys(self):
-        """Group keys that say which rule variant wrote a state dict, with this rule's
-        values (torch's ``decoupled_weight_decay``; rule-specific, none by default):
-        ``state_dict`` writes them, ``load_state_dict`` refuses other values."""
-        return {}
-
-    def check_rule_keys(self, group, where):
-        """Raise ``ValueError`` if ``group`` (a saved param group) holds a
-        :meth:`rule_keys` key with another value: a state dict of another rule."""
-        for key, value in self.rule_keys().items():
-            if key in group:
-                saved = plain_value(group[key], key)
-                if type(saved) is not type(value) or saved != value:
-                    raise ValueError(f"{where} has {key}={short_repr(saved)}, but "
-                                     f"{type(self).__name__} has {key}={value!r} (a state "
-                                     "dict of another rule?)")
-
     def state_dict(self):
         """``{"state": {index: {"step": int, name: array}}, "param_groups": [...]}`` in
         ``torch.optim``'s layout; arrays are copies, so the dict is a snapshot. Each group
-        also holds the :meth:`rule_keys` (``decoupled_weight_decay``, as torch writes it)."""
+        also holds the rule's ``rule_keys()`` (``decoupled_weight_decay``, as torch writes it)."""
         groups, first = [], 0
         for group in self.param_groups:
             count = len(group["params"])
             groups.append({**{k: v for k, v in group.items() if k != "params"},
-                           **self.rule_keys(), "params": list(range(first, first + count))})
+                           **self.rule.rule_keys(), "params": list(range(first, first + count))})
             first += count
         return {"state": dict(self._state_entries(copy=True)), "param_groups": groups}
 
@@ -428,10 +388,10 @@ class Optimizer:
                 raise ValueError(f"{where} has keys this rule does not know: "
                                  f"{sorted(unknown - _TORCH_ONLY_KEYS, key=str)} "
                                  "(another rule?)")
-            self.check_rule_keys(saved, where)
+            self.rule.check_rule_keys(saved, where)
             known = {k: plain_value(v, k) for k, v in saved.items() if k in self.defaults}
             new = {**group, **known}
-            self.check_group(new)
+            self.rule.check(new)
             new_groups.append((new, [int(i) for i in ids]))
         all_ids = [i for _, ids in new_groups for i in ids]
         if len(set(all_ids)) != len(all_ids):
@@ -439,7 +399,7 @@ class Optimizer:
         plan = []  # (segment, step, {name: [(member, array)]})
         for (group, saved_ids), segments in zip(new_groups, self._segments):
             ids = dict(zip((m for seg in segments for m in seg.indices), saved_ids))
-            names = self.state_names(group)
+            names = self.rule.state_names(group)
             for seg in segments:
                 entries = [state.get(ids[i], state.get(str(ids[i]))) for i in seg.indices]
                 plan.append((seg, *self._plan_segment(seg, entries, names)))

@@ -65,6 +65,9 @@ class Segment:
         self.own_grad = None   # 1-D gradient view when the params came from flatten()
         self._gather = None
         self._blocks = None
+        #: ``(group, state, grad, zero_grad, variant, arrays)`` of the last step: reused
+        #: while the very same objects come back (the steady state of a flatten() loop).
+        self.bound = None
 
     @property
     def indices(self):

@@ -111,6 +111,8 @@ included), accelerate (``save_state``/``load_state``) and ``torch.compile``
 import torch as _torch  # noqa: F401  (fails early, with torch's message, if absent)
 
 from .optimizer import Optimizer
-from .rules import SGD, Adagrad, Adam, AdamW, RMSprop
+from .rules import CLASSES
 
-__all__ = ["Optimizer", "SGD", "Adagrad", "RMSprop", "Adam", "AdamW"]
+globals().update(CLASSES)   # fastopt.torch.SGD, ...: one class per registered rule
+
+__all__ = ["Optimizer", *CLASSES]

@@ -28,7 +28,6 @@ import torch
 
 from ..flat import offsets
 from ..kernels.reductions import block_table
-from ..optim.segments import SegmentStep
 
 SUPPORTED = (torch.float32, torch.float64)
 SUPPORTED_TEXT = "dense (strided) float32/float64 CPU tensors"
@@ -266,49 +265,40 @@ class Bucket:
         return [(grad, block_table(self.sizes[first:stop]))
                 for (first, stop, *_), grad in zip(runs, grads)]
 
-    def prepare(self, runs, grads, rule, group, names, grad_scale):
+    def prepare(self, runs, grads, rule, group, names, grad_factor):
         """The kernel calls of one step over ``runs`` (gradients ``grads``, from
-        :meth:`grads`): per run, ``(run, initial values of its fresh state buffers, kernel
-        arguments)``, from fastopt's scalar precomputation (``rule.kernel_args``) on 1-D
-        NumPy views of the flat buffers; runs with the same step number share one
-        ``kernel_args`` call (its arrays swapped for theirs, found by identity). Raises
-        before anything is written (a scalar that overflows the dtype, say); writes
-        nothing but zero-filled flat state buffers no entry points at yet."""
+        :meth:`grads`): per run, ``(run, initial values of its fresh state buffers,
+        (variant, arguments))``, from the rule (:class:`~fastopt.rules.base.Rule`) over
+        1-D NumPy views of the flat buffers; the scalars are computed and cast once per
+        step number. Raises before anything is written (a scalar that overflows the
+        dtype, say); writes nothing but zero-filled flat state buffers no entry points
+        at yet."""
         for name in names:
             self.state_buffer(name)
-        calls, templates = [], {}
+        calls, scalars = [], {}
+        dtype = self.np_param.dtype
         for run, grad in zip(runs, grads):
             first, stop, step, fresh, _ = run
             a, b = self.offsets[first], self.offsets[stop]
-            param = self.np_param[a:b]
+            found = scalars.get((step, fresh))
+            if found is None:   # the rule's scalars for this step number, computed once
+                found = scalars[step, fresh] = (
+                    {name: rule.initial_value(name, dtype, group) for name in fresh},
+                    rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype))
+            initial, values = found
             state = {name: self.np_state[name][a:b] for name in names}
-            template = templates.get((step, fresh))
-            if template is None:   # the rule's scalars for this step number, computed once
-                planned = SegmentStep(param, state, step + 1, frozenset(fresh))
-                initial = {name: rule.initial_value(name, param.dtype, group)
-                           for name in fresh}
-                args = rule.kernel_args(planned, group, grad, grad_scale, False)
-                roles = {id(param): "param", id(grad): "grad",
-                         **{id(buffer): name for name, buffer in state.items()}}
-                slots = [roles.get(id(arg)) if isinstance(arg, np.ndarray) else None
-                         for arg in args]
-                templates[(step, fresh)] = (initial, slots, args)
-            else:                  # same scalars: the rule's arguments with this run's arrays
-                initial, slots, template_args = template
-                arrays = {"param": param, "grad": grad, **state}
-                args = tuple(arrays[slot] if slot else arg
-                             for slot, arg in zip(slots, template_args))
-            calls.append((run, initial, args))
+            calls.append((run, initial, rule.call(self.np_param[a:b], grad, state, values,
+                                                  group)))
         return calls
 
-    def run(self, calls, kernel, state, has_step):
+    def run(self, calls, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
         register the state entries."""
-        for (first, stop, step, fresh, _), initial, args in calls:
+        for (first, stop, step, fresh, _), initial, (variant, args) in calls:
             a, b = self.offsets[first], self.offsets[stop]
             for name in fresh:
                 self.np_state[name][a:b] = initial[name]
-            kernel(*args)
+            variant(*args)
             if has_step:
                 self.np_steps[first:stop] += 1
             if fresh or (has_step and step == 0):

@@ -1,9 +1,9 @@
-"""The base class: a ``torch.optim.Optimizer`` that steps with fastopt's NumPy rule classes.
+"""The base class: a ``torch.optim.Optimizer`` that steps with fastopt's rules.
 
-The formulas, validation and scalar precomputation live in :mod:`fastopt.optim` (one
-source of truth): for each group this class calls the rule's ``check_group``,
-``state_names``, ``initial_value`` and ``kernel_args`` on zero-copy NumPy views
-(``tensor.numpy()``) of the flat tensors a :class:`~fastopt.torch.buckets.Bucket` owns.
+The formulas, validation and scalar precomputation live in the rule
+(:mod:`fastopt.rules`, one source of truth): for each group this class calls the rule's
+``check``, ``state_names``, ``initial_value``, ``values`` and ``call`` on zero-copy NumPy
+views (``tensor.numpy()``) of the flat tensors a :class:`~fastopt.torch.buckets.Bucket` owns.
 """
 
 import math
@@ -57,7 +57,7 @@ def _immutable(value):
 class Optimizer(torch.optim.Optimizer):
     """Shared machinery of ``fastopt.torch``'s optimizers (see the package docstring).
 
-    Subclasses set ``rule`` (a :mod:`fastopt.optim` class), ``has_step`` (whether
+    Subclasses set ``rule`` (a :class:`fastopt.rules.base.Rule`), ``has_step`` (whether
     torch.optim keeps ``state['step']`` for the rule) and ``eager_state`` (whether torch
     creates the state of the constructor's params at construction, as Adagrad does).
     """
@@ -129,14 +129,13 @@ class Optimizer(torch.optim.Optimizer):
         return f"fastopt.torch.{type(self).__name__}"
 
     def _rule_for(self, group):
-        """A bare instance of the group's rule class: fastopt.optim's rule methods read only
-        class attributes and their arguments, never state set by ``__init__``."""
-        rule = self.rule
-        return rule.__new__(rule)
+        """The group's :class:`~fastopt.rules.base.Rule` (the class's, unless a subclass
+        chooses by a group key, as Adam by ``decoupled_weight_decay``)."""
+        return self.rule
 
     def _hyperparameters(self, group):
         """The group's hyperparameters as plain numbers, validated by the rule (its
-        ``check_group`` and ``rule_keys``: AdamW refuses ``decoupled_weight_decay``
+        ``check`` and ``rule_keys``: AdamW refuses ``decoupled_weight_decay``
         False), then as Python floats (``validation.as_floats``: the scalar arithmetic
         runs in float64). Keys that are not the class's hyperparameters (set by a
         framework or the user) pass as they are."""
@@ -150,7 +149,7 @@ class Optimizer(torch.optim.Optimizer):
             raise TypeError(f"{self._owner}: lr must be a number (or a one-element tensor); "
                             "for a schedule use torch.optim.lr_scheduler")
         rule = self._rule_for(plain)
-        rule.check_group(plain)
+        rule.check(plain)
         rule.check_rule_keys(plain, f"{self._owner}: a param group")
         return rule, as_floats(plain)
 
@@ -284,7 +283,7 @@ class Optimizer(torch.optim.Optimizer):
         # Nothing can fail from here on: run the kernels, advance the steps.
         self.last_step_skipped, self.last_grad_norm = scale is None, norm
         for bucket, rule, prepared in calls:
-            bucket.run(prepared, rule.kernel, self.state, self.has_step)
+            bucket.run(prepared, self.state, self.has_step)
         return loss
 
     def zero_grad(self, set_to_none: bool = True):

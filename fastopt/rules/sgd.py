@@ -1,14 +1,11 @@
 """SGD: the seed's gradient descent, stochastic and minibatch SGD, momentum, Nesterov."""
 
-import numpy as np
-
-from .. import kernels
-from ..kernels.config import unused
-from ..validation import cast_scalars, check_flag, check_lr, check_number
-from .base import Optimizer
+from ..kernels.sgd import sgd
+from ..validation import check_lr, check_number
+from .base import Rule, check_flags
 
 
-class SGD(Optimizer):
+class SGD(Rule):
     r"""Stochastic gradient descent, with optional momentum and Nesterov momentum.
 
     Plain: ``p -= lr * g``. The seed's gradient descent, stochastic and minibatch SGD are
@@ -27,38 +24,34 @@ class SGD(Optimizer):
     nesterov=False, maximize=False. Kernel: :func:`fastopt.kernels.sgd`.
     """
 
+    name, class_name, torch_class = "sgd", "SGD", "SGD"
+    kernel = sgd
+    counts_steps = False
     defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                     nesterov=False, maximize=False)
-    kernel = kernels.sgd
-    #: Per scalar of the kernel call, in order: the hyperparameter an overflow of the
-    #: buffers' dtype is blamed on, and the scalar's formula (``validation.cast_scalars``).
-    scalar_sources = (("lr", "lr"), ("weight_decay", "weight_decay"),
-                      ("grad_scale", "1 / grad_scale"), ("momentum", "momentum"),
-                      ("momentum", "momentum"), ("dampening", "1 - dampening"))
+    sources = {"buffer_decay": ("momentum", "momentum"),
+               "buffer_gain": ("dampening", "1 - dampening")}
 
-    def check_group(self, group):
+    def check(self, group):
         check_lr(group)
         check_number(group, "momentum", 0.0)
         check_number(group, "dampening")
         check_number(group, "weight_decay", 0.0)
-        check_flag(group, "nesterov")
-        check_flag(group, "maximize")
+        check_flags(group, "nesterov", "maximize")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
 
     def state_names(self, group):
-        return ["momentum_buffer"] if group["momentum"] != 0 else []
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
+    def options(self, group):
+        return {"use_momentum": group["momentum"] != 0, "nesterov": group["nesterov"]}
+
+    def scalars(self, group, t, fresh):
         momentum = group["momentum"]
-        use_momentum = momentum != 0
-        if use_momentum and "momentum_buffer" not in seg.fresh:
+        if momentum != 0 and "momentum_buffer" not in fresh:
             decay, gain = momentum, 1.0 - group["dampening"]
-        else:  # first step: b = g
+        else:  # the first step: b = g
             decay, gain = 0.0, 1.0
-        buffer = seg.state["momentum_buffer"] if use_momentum else unused(seg.param.dtype)
-        scalars = cast_scalars(seg.param.dtype, (
-            group["lr"], group["weight_decay"], grad_scale, momentum, decay, gain),
-            self.scalar_sources)
-        return (seg.param, grad, buffer, unused(np.uint16), *scalars,
-                use_momentum, group["nesterov"], zero_grad, False)
+        return dict(lr=group["lr"], weight_decay=group["weight_decay"], momentum=momentum,
+                    buffer_decay=decay, buffer_gain=gain)

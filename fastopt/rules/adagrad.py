@@ -1,14 +1,11 @@
 """Adagrad."""
 
-import numpy as np
-
-from .. import kernels
-from ..kernels.config import unused
-from ..validation import cast_scalars, check_flag, check_lr, check_number
-from .base import Optimizer
+from ..kernels.adagrad import adagrad
+from ..validation import check_lr, check_number
+from .base import Rule, check_flags
 
 
-class Adagrad(Optimizer):
+class Adagrad(Rule):
     r"""Adagrad (Duchi et al., 2011): per-coordinate steps shrinking with the summed
     squared gradients.
 
@@ -21,31 +18,26 @@ class Adagrad(Optimizer):
     Kernel: :func:`fastopt.kernels.adagrad`.
     """
 
+    name, class_name, torch_class = "adagrad", "Adagrad", "Adagrad"
+    kernel = adagrad
     defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                     eps=1e-10, maximize=False)
-    kernel = kernels.adagrad
-    #: Per scalar of the kernel call, in order: the hyperparameter an overflow of the
-    #: buffers' dtype is blamed on, and the scalar's formula (``validation.cast_scalars``).
-    scalar_sources = (("lr", "lr / (1 + (t - 1) * lr_decay)"), ("eps", "eps"),
-                      ("weight_decay", "weight_decay"), ("grad_scale", "1 / grad_scale"))
+    sources = {"clr": ("lr", "lr / (1 + (t - 1) * lr_decay)")}
 
-    def check_group(self, group):
+    def check(self, group):
         check_lr(group)
         check_number(group, "lr_decay", 0.0)
         check_number(group, "weight_decay", 0.0)
         check_number(group, "initial_accumulator_value", 0.0)
         check_number(group, "eps", 0.0)
-        check_flag(group, "maximize")
+        check_flags(group, "maximize")
 
     def state_names(self, group):
-        return ["sum"]
+        return ("sum",)
 
     def initial_state(self, name, group):
         return group["initial_accumulator_value"]
 
-    def kernel_args(self, seg, group, grad, grad_scale, zero_grad):
-        clr = group["lr"] / (1 + (seg.step - 1) * group["lr_decay"])
-        scalars = cast_scalars(seg.param.dtype, (
-            clr, group["eps"], group["weight_decay"], grad_scale), self.scalar_sources)
-        return (seg.param, grad, seg.state["sum"], unused(np.uint16), *scalars, zero_grad,
-                False)
+    def scalars(self, group, t, fresh):
+        return dict(clr=group["lr"] / (1 + (t - 1) * group["lr_decay"]), eps=group["eps"],
+                    weight_decay=group["weight_decay"])

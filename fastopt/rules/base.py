@@ -1,0 +1,158 @@
+"""The rule contract: what an update rule is, once, for every front end.
+
+A :class:`Rule` is stateless. It says, for one update rule:
+
+* ``name`` (the registry key: ``fastopt.rules.RULES[name]``, ``reference.RULES[name]``,
+  ``fastopt bench --rules name``), ``class_name`` (``fastopt.<class_name>`` and
+  ``fastopt.torch.<class_name>``) and ``torch_class`` (the ``torch.optim`` class it
+  matches, or ``None``);
+* ``defaults``: every hyperparameter with torch's keyword name and default;
+* :meth:`check`: validation of a group's hyperparameters (``fastopt.validation``);
+* :meth:`state_names` and :meth:`initial_state`: the state buffers (torch's keys) a group
+  needs and what each starts at;
+* :meth:`options`: the kernel's compile-time options for a group, by name;
+* :meth:`scalars`: the kernel's scalars for step ``t``, by name, derived in float64 from
+  the group (``grad_factor`` excepted: the front end adds it), and ``sources``, which
+  hyperparameter each scalar is blamed on when it overflows the buffers' dtype;
+* ``kernel``: its :class:`~fastopt.kernels.config.Kernel`, called by name through the
+  kernel's :class:`~fastopt.kernels.binding.Binding`.
+
+The NumPy optimizers (:mod:`fastopt.optim`), ``fastopt.torch``, the bench, the asv suite,
+the demo and the tests read the registry (:mod:`fastopt.rules`); nothing restates a rule.
+A subclass with a ``name`` registers itself when its module is imported.
+"""
+
+from ..incoming import plain_value
+from ..validation import cast_scalars, check_bool, check_real, short_repr
+
+#: name -> the :class:`Rule` instance, in the order the rule modules define them.
+REGISTRY = {}
+
+_NOTHING = frozenset()
+
+
+class Rule:
+    """Base class of every rule; see the module docstring for the contract."""
+
+    name = None
+    class_name = None
+    torch_class = None
+    kernel = None
+    defaults = {}
+    #: Whether torch.optim keeps ``state["step"]`` for the rule (SGD does not).
+    counts_steps = True
+    #: Scalar name -> ``(hyperparameter, formula)``: the message of an overflow of the
+    #: buffers' dtype (``validation.cast_scalars``). A scalar not listed is blamed on itself,
+    #: ``grad_factor`` on the loop option ``grad_scale``.
+    sources = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name") is not None:
+            REGISTRY[cls.name] = cls()
+
+    def __init__(self):
+        #: The kernel's :class:`~fastopt.kernels.binding.Binding` (its arguments by name).
+        self.binding = self.kernel.binding if self.kernel is not None else None
+        self._ordered_sources = self.ordered_sources() if self.kernel is not None else None
+
+    def __repr__(self):
+        return f"<fastopt rule {self.name}>"
+
+    # --- what each rule says ------------------------------------------------------
+
+    def check(self, group):
+        """Validate a group's hyperparameters; raise ``TypeError``/``ValueError``
+        naming the hyperparameter (rule-specific)."""
+
+    def state_names(self, group):
+        """The state buffers a group needs, by torch's names, in the kernel's order."""
+        return ()
+
+    def initial_state(self, name, group):
+        """The value state buffer ``name`` starts at (zeros unless a rule says so)."""
+        return 0.0
+
+    def options(self, group):
+        """The kernel's own compile-time options for ``group``: name -> bool."""
+        return {}
+
+    def scalars(self, group, t, fresh):
+        """The kernel's scalars for step ``t`` (from 1) by name, as Python floats derived
+        in float64, except ``grad_factor``. ``fresh``: the state names allocated for this
+        step (a rule whose first step differs reads it)."""
+        raise NotImplementedError
+
+    def rule_keys(self):
+        """Group keys that say which variant of a rule wrote a state dict (torch's
+        ``decoupled_weight_decay``), with this rule's values."""
+        return {}
+
+    # --- derived: the same for every rule ----------------------------------------
+
+    def initial_value(self, name, dtype, group):
+        """:meth:`initial_state` as a scalar of ``dtype`` (``ValueError`` if it does not
+        fit: ``validation.cast_scalars``)."""
+        value, = cast_scalars(dtype, [self.initial_state(name, group)],
+                              [(f"initial {name}", f"initial {name}")])
+        return value
+
+    def values(self, group, t, fresh, grad_factor, dtype, sources=None):
+        """The kernel's scalars for step ``t``, in its order, cast to ``dtype`` with the
+        overflow check (``ValueError`` naming the hyperparameter; ``sources``: another
+        :meth:`ordered_sources`, for an entry whose arguments have other names)."""
+        named = self.scalars(group, t, fresh)
+        named["grad_factor"] = grad_factor
+        return cast_scalars(dtype, self.binding.ordered_scalars(named),
+                            sources or self._ordered_sources)
+
+    def ordered_sources(self, **overrides):
+        """Per kernel scalar, in order, ``(hyperparameter, formula)`` for an overflow
+        message: :attr:`sources`, then ``overrides`` (scalar name -> pair)."""
+        known = {"grad_factor": ("grad_scale", "1 / grad_scale"), **self.sources, **overrides}
+        return tuple(known.get(name, (name, name)) for name in self.kernel.binding.scalars)
+
+    def bind(self, param, grad, state, group, zero_grad=False, copy=None):
+        """``(variant, arrays)``: the kernel variant for ``group``'s options and the
+        array arguments over these buffers (``state``: name -> 1-D buffer), in order."""
+        binding = self.binding
+        return (binding.variant(self.options(group), zero_grad, copy is not None),
+                binding.arrays(param, grad, state, copy))
+
+    def call(self, param, grad, state, values, group, zero_grad=False, copy=None):
+        """``(variant, args)``: the kernel call over these buffers (``state``: name ->
+        1-D buffer) with the scalars :meth:`values` gave; run it as ``variant(*args)``."""
+        variant, arrays = self.bind(param, grad, state, group, zero_grad, copy)
+        return variant, arrays + values
+
+    def prepare(self, step, group, grad, grad_factor, zero_grad=False, copy=None):
+        """:meth:`call` for a :class:`~fastopt.optim.segments.SegmentStep` ``step``
+        (its ``param``, ``state``, ``step`` number and ``fresh`` names)."""
+        values = self.values(group, step.step, step.fresh, grad_factor, step.param.dtype)
+        return self.call(step.param, grad, step.state, values, group, zero_grad, copy)
+
+    def check_rule_keys(self, group, where):
+        """Raise ``ValueError`` if ``group`` (a saved param group) holds a
+        :meth:`rule_keys` key with another value: a state dict of another rule."""
+        for key, value in self.rule_keys().items():
+            if key in group:
+                saved = plain_value(group[key], key)
+                if type(saved) is not type(value) or saved != value:
+                    raise ValueError(f"{where} has {key}={short_repr(saved)}, but "
+                                     f"{self.class_name} has {key}={value!r} (a state "
+                                     "dict of another rule?)")
+
+
+def check_betas(group, key="betas"):
+    """``group[key]`` is a pair of numbers, each in [0, 1) (torch's wording)."""
+    betas = group[key]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"{key} must be a pair of numbers, got {betas!r}")
+    for i, beta in enumerate(betas):
+        check_real(beta, f"beta parameter at index {i}", 0.0, 1.0, high_open=True)
+
+
+def check_flags(group, *keys):
+    """Each ``group[key]`` is a bool."""
+    for key in keys:
+        check_bool(group[key], key)
