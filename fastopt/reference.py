@@ -107,3 +107,91 @@ def adamw(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
 
 
 RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw}
+
+
+# --- torch.optim rules, set A: Adamax, RAdam, Adadelta, Rprop --------------------------
+# ``grad_factor`` multiplies the gradient first (1/loss_scale, clipping); ``maximize``
+# then negates it, as ``grad_scale`` in the rules above.
+
+
+def adamax(param, grad, state, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+           maximize=False, grad_factor=1.0):
+    """Adamax (Kingma & Ba, section 7.1): ``m = beta1*m + (1-beta1)*g``;
+    ``u = max(beta2*u, |g| + eps)`` (PyTorch adds eps inside the max; a NaN on either
+    side gives NaN); ``w -= lr/(1 - beta1**t) * m / u``."""
+    beta1, beta2 = betas
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
+    u = np.maximum(beta2 * state.get("exp_inf", np.zeros_like(param)), np.abs(g) + eps)
+    clr = lr / (1 - beta1 ** t)
+    return param - clr * m / u, {"step": t, "exp_avg": m, "exp_inf": u}
+
+
+def radam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+          decoupled_weight_decay=False, maximize=False, grad_factor=1.0):
+    """RAdam (Liu et al. 2019, Algorithm 2): Adam's moments; ``rho_inf = 2/(1-beta2) - 1``,
+    ``rho_t = rho_inf - 2 t beta2**t / (1 - beta2**t)``; while ``rho_t > 5``
+    ``w -= lr * m_hat * r_t * sqrt(1 - beta2**t) / (sqrt(v) + eps)`` with
+    ``r_t = sqrt((rho_t-4)(rho_t-2) rho_inf / ((rho_inf-4)(rho_inf-2) rho_t))``, else
+    ``w -= lr * m_hat`` (SGD with momentum). ``decoupled_weight_decay``:
+    ``w *= 1 - lr*wd`` first, no L2 term (PyTorch)."""
+    beta1, beta2 = betas
+    if decoupled_weight_decay:
+        if weight_decay != 0:
+            param = param * (1 - lr * weight_decay)
+        weight_decay = 0.0
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
+    v = beta2 * state.get("exp_avg_sq", np.zeros_like(param)) + (1 - beta2) * g * g
+    new = {"step": t, "exp_avg": m, "exp_avg_sq": v}
+    m_hat = m / (1 - beta1 ** t)
+    bias_correction2 = 1 - beta2 ** t
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * t * beta2 ** t / bias_correction2
+    if rho_t > 5:
+        r_t = ((rho_t - 4) * (rho_t - 2) * rho_inf
+               / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5    # Python floats
+        return param - lr * m_hat * r_t * bias_correction2 ** 0.5 / (np.sqrt(v) + eps), new
+    return param - lr * m_hat, new
+
+
+def adadelta(param, grad, state, *, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
+             maximize=False, grad_factor=1.0):
+    """Adadelta (Zeiler 2012, Algorithm 1): ``E[g2] = rho*E[g2] + (1-rho)*g*g``;
+    ``dx = sqrt(E[dx2] + eps) / sqrt(E[g2] + eps) * g``;
+    ``E[dx2] = rho*E[dx2] + (1-rho)*dx*dx``; ``w -= lr*dx`` (PyTorch's ``lr``, 1 in the
+    paper)."""
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    r = rho * state.get("square_avg", np.zeros_like(param)) + (1 - rho) * g * g
+    a = state.get("acc_delta", np.zeros_like(param))
+    dx = np.sqrt(a + eps) / np.sqrt(r + eps) * g
+    a = rho * a + (1 - rho) * dx * dx
+    return param - lr * dx, {"step": t, "square_avg": r, "acc_delta": a}
+
+
+def rprop(param, grad, state, *, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50),
+          maximize=False, grad_factor=1.0):
+    """Rprop (Riedmiller & Braun 1993, the iRprop- variant as PyTorch): where the gradient
+    keeps its sign the step size grows by ``etaplus``, where it flips it shrinks by
+    ``etaminus`` (clamped to ``step_sizes``) and that step is skipped (the gradient is
+    taken as 0); ``w -= sign(g) * step_size``. As PyTorch on the CPU, the sign of NaN
+    is 0: a NaN ``g * prev`` keeps the step size, a NaN gradient leaves ``w`` as it is."""
+    etaminus, etaplus = etas
+    step_size_min, step_size_max = step_sizes
+    g = _gradient(param, grad, grad_factor, maximize, 0.0)
+    t = state.get("step", 0) + 1
+    prev = state.get("prev", np.zeros_like(param))
+    step_size = state.get("step_size", np.full_like(param, lr))
+    direction = g * prev
+    factor = np.where(direction > 0, etaplus,
+                      np.where(direction < 0, etaminus, 1)).astype(param.dtype)
+    step_size = np.minimum(np.maximum(step_size * factor, step_size_min), step_size_max)
+    g = np.where(direction < 0, 0, g).astype(param.dtype)
+    sign = (g > 0).astype(param.dtype) - (g < 0).astype(param.dtype)   # sign(NaN) = 0
+    return param - sign * step_size, {"step": t, "prev": g, "step_size": step_size}
+
+
+TORCH_RULES_A = {"adamax": adamax, "radam": radam, "adadelta": adadelta, "rprop": rprop}
