@@ -144,6 +144,7 @@ def save(optimizer, path, *, params=False):
     state_dict = optimizer.state_dict()
     groups = state_dict["param_groups"]
     tensors, steps, values = {}, {}, {}
+    held = getattr(getattr(optimizer, "rule", None), "scalar_state_names", ())
     for index, entry in state_dict["state"].items():
         key = _index_key(index)
         for name, value in entry.items():
@@ -155,10 +156,11 @@ def save(optimizer, path, *, params=False):
                 steps[key] = step_count(value, f"fastopt.save: state[{index}]['step']", 0)
                 if isinstance(array, np.ndarray):  # torch's 0-d tensor: keep its dtype
                     tensors[f"state/{key}/step"] = _contiguous(array)
-            elif isinstance(array, np.ndarray):
+            elif isinstance(array, np.ndarray) and name not in held:
                 tensors[f"state/{key}/{name}"] = _contiguous(array)
-            else:
-                values.setdefault(key, {})[name] = value
+            else:   # a number, or the rule's scalar state (NAdam's mu_product): JSON
+                values.setdefault(key, {})[name] = (
+                    array.item() if isinstance(array, np.ndarray) else value)
     if params:
         live = [p for group in optimizer.param_groups for p in group["params"]]
         ids = [i for group in groups for i in group["params"]]

@@ -106,7 +106,6 @@ def adamw(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
                 decoupled_weight_decay=True)
 
 
-RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw}
 
 
 # --- torch.optim rules, set A: Adamax, RAdam, Adadelta, Rprop --------------------------
@@ -194,4 +193,76 @@ def rprop(param, grad, state, *, lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50)
     return param - sign * step_size, {"step": t, "prev": g, "step_size": step_size}
 
 
-TORCH_RULES_A = {"adamax": adamax, "radam": radam, "adadelta": adadelta, "rprop": rprop}
+def nadam(param, grad, state, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+          momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False,
+          grad_factor=1.0):
+    """NAdam (Dozat 2016, as torch.optim.NAdam): Adam whose update mixes the current
+    gradient and the momentum by this and the next step's momentum coefficients,
+    ``mu_t = beta1*(1 - 0.5*0.96**(t*momentum_decay))``, bias-corrected by their running
+    product ``mu_product`` (kept in the state as a Python float, as torch keeps a 0-d
+    tensor)::
+
+        m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g*g
+        w -= lr * ((1-mu_t)/(1-prod_t) * g + mu_{t+1}/(1-prod_t*mu_{t+1}) * m)
+                / (sqrt(v/(1-beta2**t)) + eps)
+
+    ``decoupled_weight_decay``: ``w *= 1 - lr*wd`` first, no L2 term (NAdamW)."""
+    beta1, beta2 = betas
+    if decoupled_weight_decay:
+        param = param * (1 - lr * weight_decay)
+        weight_decay = 0.0
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * momentum_decay))
+    mu_product = state.get("mu_product", 1.0) * mu
+    m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
+    v = beta2 * state.get("exp_avg_sq", np.zeros_like(param)) + (1 - beta2) * g * g
+    denom = np.sqrt(v / (1 - beta2 ** t)) + eps
+    update = ((1 - mu) / (1 - mu_product)) * g + (mu_next / (1 - mu_product * mu_next)) * m
+    new = {"step": t, "mu_product": mu_product, "exp_avg": m, "exp_avg_sq": v}
+    return param - lr * (update / denom), new
+
+
+def asgd(param, grad, state, *, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0,
+         maximize=False, grad_factor=1.0):
+    """ASGD (Polyak & Juditsky 1992, as torch.optim.ASGD): SGD with a decaying step and a
+    running average ``ax`` of the iterates, which starts averaging after step ``t0``::
+
+        w = w*(1 - lambd*eta) - eta*g
+        ax = w if mu == 1 else ax + mu*(w - ax)
+
+    then, for the next step, ``eta = lr / (1 + lambd*lr*t)**alpha`` and
+    ``mu = 1 / max(1, t - t0)`` (Python floats in the state; initially ``lr`` and 1)."""
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    eta, mu = state.get("eta", lr), state.get("mu", 1.0)
+    param = param * (1 - lambd * eta) - eta * g
+    ax = param.copy() if mu == 1 else state.get("ax", np.zeros_like(param))
+    if mu != 1:
+        ax = ax + mu * (param - ax)
+    new = {"step": t, "eta": lr / (1 + lambd * lr * t) ** alpha,
+           "mu": 1 / max(1, t - t0), "ax": ax}
+    return param, new
+
+
+def lion(param, grad, state, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+         maximize=False, grad_factor=1.0):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the sign
+    of an interpolation between momentum and gradient, decoupled weight decay::
+
+        w = w*(1 - lr*wd) - lr*sign(beta1*m + (1-beta1)*g)
+        m = beta2*m + (1-beta2)*g
+
+    ``sign(0) = 0``; ``sign(NaN) = NaN`` (NumPy's; torch's CPU sign gives 0)."""
+    beta1, beta2 = betas
+    g = _gradient(param, grad, grad_factor, maximize, 0.0)
+    m = state.get("exp_avg", np.zeros_like(param))
+    param = param * (1 - lr * weight_decay) - lr * np.sign(beta1 * m + (1 - beta1) * g)
+    return param, {"step": state.get("step", 0) + 1, "exp_avg": beta2 * m + (1 - beta2) * g}
+
+
+#: Every rule's reference, by the rule's registry name (:mod:`fastopt.rules`).
+RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw,
+         "adamax": adamax, "radam": radam, "adadelta": adadelta, "rprop": rprop,
+         "nadam": nadam, "asgd": asgd, "lion": lion}

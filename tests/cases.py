@@ -5,47 +5,81 @@ import numpy as np
 
 import fastopt
 from fastopt import reference
+from fastopt.rules import RULES as REGISTRY
 
-#: (rule name, optimizer class, reference function, learning rate used in tests)
-RULES = {
-    "sgd": (fastopt.SGD, reference.sgd, 0.05),
-    "adagrad": (fastopt.Adagrad, reference.adagrad, 0.05),
-    "rmsprop": (fastopt.RMSprop, reference.rmsprop, 0.01),
-    "adam": (fastopt.Adam, reference.adam, 0.01),
-    "adamw": (fastopt.AdamW, reference.adamw, 0.01),
-}
-
-#: Every option alone, then combinations, per rule.
-OPTIONS = {
-    "sgd": [
+#: The test matrix, one entry per rule of the registry (:mod:`fastopt.rules`): the
+#: learning rate the tests use, then every option alone and combinations.
+MATRIX = {
+    "sgd": (0.05, [
         {}, {"momentum": 0.9}, {"momentum": 0.9, "dampening": 0.3},
         {"momentum": 0.9, "nesterov": True}, {"weight_decay": 0.1}, {"maximize": True},
         {"momentum": 0.5, "nesterov": True, "weight_decay": 0.01, "maximize": True},
-    ],
-    "adagrad": [
+    ]),
+    "adagrad": (0.05, [
         {}, {"lr_decay": 0.05}, {"initial_accumulator_value": 0.3}, {"eps": 1e-6},
         {"weight_decay": 0.1}, {"maximize": True},
         {"lr_decay": 0.01, "initial_accumulator_value": 0.1, "weight_decay": 0.05,
          "maximize": True},
-    ],
-    "rmsprop": [
+    ]),
+    "rmsprop": (0.01, [
         {}, {"alpha": 0.9}, {"centered": True}, {"momentum": 0.9},
         {"momentum": 0.9, "nesterov": True}, {"eps_in_sqrt": True, "eps": 1e-6},
         {"weight_decay": 0.1}, {"maximize": True},
         {"centered": True, "momentum": 0.5, "nesterov": True, "eps_in_sqrt": True,
          "weight_decay": 0.01, "maximize": True},
         {"centered": True, "momentum": 0.9},
-    ],
-    "adam": [
+    ]),
+    "adam": (0.01, [
         {}, {"betas": (0.8, 0.99)}, {"amsgrad": True}, {"weight_decay": 0.1},
         {"maximize": True}, {"eps": 1e-4},
         {"amsgrad": True, "weight_decay": 0.05, "maximize": True},
-    ],
-    "adamw": [
+    ]),
+    "adamw": (0.01, [
         {}, {"amsgrad": True}, {"weight_decay": 0.1}, {"weight_decay": 0.0},
         {"maximize": True}, {"amsgrad": True, "weight_decay": 0.05, "maximize": True},
-    ],
+    ]),
+    "adadelta": (1.0, [
+        {}, {"rho": 0.5}, {"eps": 1e-4}, {"weight_decay": 0.1}, {"maximize": True},
+        {"rho": 0.8, "weight_decay": 0.05, "maximize": True},
+    ]),
+    "adamax": (0.01, [
+        {}, {"betas": (0.8, 0.99)}, {"betas": (0.3, 0.9)}, {"eps": 1e-4},
+        {"weight_decay": 0.1}, {"maximize": True},
+        {"betas": (0.8, 0.99), "weight_decay": 0.05, "maximize": True},
+    ]),
+    "asgd": (0.05, [
+        {}, {"t0": 5}, {"lambd": 0.01, "alpha": 0.5}, {"weight_decay": 0.1},
+        {"maximize": True}, {"t0": 3, "lambd": 0.001, "weight_decay": 0.05, "maximize": True},
+    ]),
+    "lion": (1e-3, [
+        {}, {"betas": (0.8, 0.95)}, {"weight_decay": 0.1}, {"maximize": True},
+        {"betas": (0.95, 0.98), "weight_decay": 0.5, "maximize": True},
+    ]),
+    "nadam": (0.01, [
+        {}, {"betas": (0.8, 0.99)}, {"momentum_decay": 0.05}, {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True}, {"maximize": True},
+        {"eps": 1e-4},
+        {"momentum_decay": 0.01, "weight_decay": 0.05, "decoupled_weight_decay": True,
+         "maximize": True},
+    ]),
+    "radam": (0.01, [
+        {}, {"betas": (0.8, 0.99)}, {"weight_decay": 0.1},
+        {"weight_decay": 0.1, "decoupled_weight_decay": True}, {"maximize": True},
+        {"eps": 1e-4},
+        {"weight_decay": 0.05, "decoupled_weight_decay": True, "maximize": True},
+    ]),
+    "rprop": (0.01, [
+        {}, {"etas": (0.3, 1.5)}, {"step_sizes": (1e-3, 0.05)}, {"maximize": True},
+        {"etas": (0.4, 1.1), "step_sizes": (1e-4, 1.0), "maximize": True},
+    ]),
 }
+
+#: (optimizer class, reference function, learning rate used in tests), per rule.
+RULES = {name: (fastopt.optim.CLASSES[REGISTRY[name].class_name], reference.RULES[name], lr)
+         for name, (lr, _) in MATRIX.items()}
+
+#: Every option alone, then combinations, per rule.
+OPTIONS = {name: options for name, (_, options) in MATRIX.items()}
 
 CASES = [(rule, options) for rule, combos in OPTIONS.items() for options in combos]
 

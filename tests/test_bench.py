@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from fastopt.validation import as_floats
 import pytest
 
 import fastopt
@@ -24,7 +26,8 @@ QUICK = ["--repeat", "1", "--min-time", "0.002"]
 #: sgd (momentum): reads p, g, b; writes p, b. adagrad: reads p, g, sum; writes p, sum.
 #: rmsprop (plain): reads p, g, square_avg; writes p, square_avg.
 #: adam, adamw: reads p, g, m, v; writes p, m, v.
-HAND_COUNT = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7}
+HAND_COUNT = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adadelta": 7,
+              "adamax": 7, "asgd": 5, "lion": 5, "nadam": 7, "radam": 7, "rprop": 7}
 
 
 def _positive(value):
@@ -216,13 +219,16 @@ def test_ceiling_moves_exactly_the_case_buffers(rule, dtype, twin):
 
 @pytest.mark.parametrize("rule", cases.RULES)
 def test_case_kernel_computes_its_rule(rule):
-    """The case's kernel call (state zero, step STEP) equals the NumPy reference with
+    """The case's kernel call (fresh state, step STEP) equals the NumPy reference with
     the case's options from the same state."""
     case = cases.CASES[rule]
     args = cases.kernel_args(case, 257, "float64")
     param, grad = args[0].copy(), args[1].copy()
-    state = {"step": cases.STEP - 1,
-             **{name: np.zeros_like(param) for name in case.state}}
+    group = as_floats(case.hyperparameters)
+    state = {"step": cases.STEP - 1,   # the state as the optimizer made it, then step STEP
+             **{name: np.full_like(param, case.spec.initial_state(name, group))
+                for name in case.state},
+             **case.spec.scalar_state(group, cases.STEP - 1)}
     expected, _ = case.reference(param, grad, state, **case.options)
     case.kernel(*args)
     np.testing.assert_allclose(args[0], expected, rtol=1e-12, atol=1e-14)

@@ -160,3 +160,14 @@ def test_one_flat_call_and_per_array_calls_agree_bitwise(case, dtype):
         opt_sep.step(step_grads)
     for got, want in zip(flat.params, separate):
         np.testing.assert_array_equal(got, want)
+
+
+def test_every_registered_rule_is_in_the_test_matrix_and_has_a_reference():
+    """A rule added to the registry without a test matrix line or a reference fails here."""
+    from cases import MATRIX
+
+    from fastopt import reference
+    from fastopt.rules import RULES as REGISTRY
+
+    assert set(MATRIX) == set(REGISTRY)
+    assert set(reference.RULES) == set(REGISTRY)

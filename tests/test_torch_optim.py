@@ -13,19 +13,34 @@ torch = pytest.importorskip("torch")
 
 from cases import CASES, RULES, case_id  # noqa: E402
 
+from fastopt.rules import RULES as REGISTRY  # noqa: E402
+
 TORCH_ONLY_NOT = {"nesterov", "eps_in_sqrt"}
-TORCH_CASES = [c for c in CASES
-               if not (c[0] == "rmsprop" and TORCH_ONLY_NOT & set(c[1]))]
-TORCH_CLASS = {"sgd": "SGD", "adagrad": "Adagrad", "rmsprop": "RMSprop", "adam": "Adam",
-               "adamw": "AdamW"}
+#: The rules torch.optim has (not Lion), by torch's class name.
+TORCH_CLASS = {name: rule.torch_class for name, rule in REGISTRY.items() if rule.torch_class}
+TORCH_CASES = [c for c in CASES if c[0] in TORCH_CLASS
+               and not (c[0] == "rmsprop" and TORCH_ONLY_NOT & set(c[1]))]
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-11, atol=1e-12)}
 STEPS = 40
 
 
+@pytest.fixture
+def torch_default_float64():
+    """torch keeps NAdam's ``mu_product`` and ASGD's ``eta``/``mu`` in its default dtype
+    (float32 unless changed); fastopt derives them in float64, as torch does with a
+    float64 default, which the float64 comparisons use."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", TORCH_CASES, ids=case_id)
-def test_matches_torch_optim_step_by_step(case, dtype):
+def test_matches_torch_optim_step_by_step(case, dtype, request):
     rule, options = case
+    if dtype == np.float64:
+        request.getfixturevalue("torch_default_float64")
     cls, _, lr = RULES[rule]
     rng = np.random.default_rng(1)
     shapes = [(6, 4), (4,), (3, 2, 2)]
@@ -46,7 +61,7 @@ def test_matches_torch_optim_step_by_step(case, dtype):
                                        err_msg=f"step {step + 1}, param {i}")
 
 
-@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("rule", list(TORCH_CLASS))
 def test_defaults_match_torch(rule):
     """Same keyword names and default values as torch.optim's class."""
     import inspect
@@ -101,7 +116,8 @@ def test_overflow_and_infinities_as_torch(case, inputs):
     pairs = [("param", ours[0], theirs.detach().numpy(), want)]
     pairs += [(name, value, torch_opt.state[theirs][name].numpy(), ref_state[name])
               for name, value in opt.state[0].items() if name != "step"]
-    for name, got, torch_value, reference_value in pairs:
+    for name, *values in pairs:   # scalar state (NAdam's mu_product) as 1-element arrays
+        got, torch_value, reference_value = map(np.atleast_1d, values)
         for other in (torch_value, reference_value):
             np.testing.assert_array_equal(np.isfinite(got), np.isfinite(other), err_msg=name)
             np.testing.assert_array_equal(np.isnan(got), np.isnan(other), err_msg=name)

@@ -1,6 +1,6 @@
 """Adamax, RAdam, Adadelta and Rprop: fastopt.reference against torch.optim (foreach=False)
 step by step, and the kernels (fastopt/kernels/{adamax,radam,adadelta,rprop}.py, scalars
-from fastopt.rules_draft_a) against the reference, 40 steps, float32 and float64.
+from fastopt.rules) against the reference, 40 steps, float32 and float64.
 
 Tolerances as tests/test_reference.py: float32 rtol 2e-5, atol 1e-6; float64 rtol 1e-12,
 atol 1e-13. Torch's CPU vector loops fuse lerp, addcmul and add(alpha=) into fused
@@ -15,7 +15,8 @@ import inspect
 import numpy as np
 import pytest
 
-from fastopt import kernels, reference, rules_draft_a
+from fastopt import kernels, reference
+import rule_scalars
 from fastopt.kernels.adadelta import adadelta as adadelta_kernel
 from fastopt.kernels.adamax import adamax as adamax_kernel
 from fastopt.kernels.radam import radam as radam_kernel
@@ -106,7 +107,7 @@ def torch_run(rule, case, params, grads, grad_factor):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rule,case", ALL_CASES, ids=case_id)
 def test_reference_matches_torch(rule, case, dtype, grad_factor):
-    ref = reference.TORCH_RULES_A[rule]
+    ref = reference.RULES[rule]
     params, grads = make_problem(dtype)
     mine, states = [p.copy() for p in params], [{} for _ in params]
     for step, (step_grads, (want, want_states)) in enumerate(
@@ -125,7 +126,7 @@ def test_reference_matches_torch(rule, case, dtype, grad_factor):
 
 def test_reference_changes_nothing_it_was_given():
     params, grads = make_problem(np.float32)
-    for rule, ref in reference.TORCH_RULES_A.items():
+    for rule, ref in ((r, reference.RULES[r]) for r in ("adamax", "radam", "adadelta", "rprop")):
         p, g = params[0].copy(), grads[0][0].copy()
         _, state = ref(p, g, {}, **CASES[rule][-1])
         copies = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()}
@@ -156,7 +157,7 @@ def host_grad_factor(case, grad_factor):
 
 
 def initial_state(rule, case, param):
-    fill = rules_draft_a.rprop_initial(case) if rule == "rprop" else {}
+    fill = rule_scalars.initial("rprop", case) if rule == "rprop" else {}
     return {name: np.full_like(param, fill.get(name, 0.0)) for name in STATE[rule]}
 
 
@@ -164,8 +165,8 @@ def initial_state(rule, case, param):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rule,case", ALL_CASES, ids=case_id)
 def test_kernel_matches_reference(rule, case, dtype, grad_factor, zero_grad):
-    kernel, ref = KERNELS[rule], reference.TORCH_RULES_A[rule]
-    scalars_of = rules_draft_a.SCALARS[rule]
+    kernel, ref = KERNELS[rule], reference.RULES[rule]
+    scalars_of = rule_scalars.SCALARS[rule]
     variant = kernel.variant(zero_grad=zero_grad)
     options = [zero_grad if flag == "zero_grad" else False for flag in kernel.flags]
     params, grads = make_problem(dtype)
@@ -217,15 +218,15 @@ def test_scalars_name_every_kernel_scalar(rule):
     assert "grad_scale" not in names
     for case in CASES[rule]:
         for t in (1, 5, 6, 40):
-            assert list(rules_draft_a.SCALARS[rule](case, t, set())) == \
+            assert list(rule_scalars.SCALARS[rule](case, t, set())) == \
                 names[len(buffers):-1]
 
 
 def test_radam_switch():
     """torch's rho_t > 5 test, per step: default betas rectify from step 6."""
-    flags = [rules_draft_a.radam_scalars({}, t)["rectified"] for t in range(1, 9)]
+    flags = [rule_scalars.SCALARS["radam"]({}, t)["rectified"] for t in range(1, 9)]
     assert flags == [0.0] * 5 + [1.0] * 3
-    s = rules_draft_a.radam_scalars({}, 5)
+    s = rule_scalars.SCALARS["radam"]({}, 5)
     assert s["rect"] == 0.0 and s["sqrt_bias_correction2"] == 0.0
 
 
@@ -259,7 +260,7 @@ def test_special_values_flow_as_in_torch(rule):
             g[idx] = specials[np.arange(8) % 4]
         tensor.grad = torch.from_numpy(g.copy())
         opt.step()
-        scalars = {**rules_draft_a.SCALARS[rule](case, t, set()), "grad_factor": 1.0}
+        scalars = {**rule_scalars.SCALARS[rule](case, t, set()), "grad_factor": 1.0}
         variant.serial(*kernel_args(kernel, {"param": param, "grad": g.copy(), **state},
                                     scalars, dtype))
         want = tensor.detach().numpy()
@@ -293,7 +294,7 @@ def test_write_copy_gets_bf16_bits(twin):
     without = getattr(kernel.variant(), twin)
     for t in range(1, 11):
         g = grads[t - 1][0].ravel()
-        scalars = {**rules_draft_a.adamax_scalars(case, t, set()), "grad_factor": 1.0}
+        scalars = {**rule_scalars.SCALARS["adamax"](case, t, set()), "grad_factor": 1.0}
         with_copy(*kernel_args(kernel, {"param": param, "grad": g.copy(), **state,
                                         "param_copy": copy}, scalars, dtype))
         without(*kernel_args(kernel, {"param": plain, "grad": g.copy(), **plain_state},

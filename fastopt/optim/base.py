@@ -285,12 +285,13 @@ class Optimizer:
                         and bound[2] is grad and bound[3] == zero_grad):
                     bound = (group, state, grad, zero_grad,
                              *rule.bind(seg.param, grad, state, group, zero_grad))
-                calls.append((seg, state, step, grad, bound, values))
+                held = rule.scalar_state(group, step) if rule.scalar_state_names else None
+                calls.append((seg, state, step, grad, bound, values, held))
         # Nothing can fail from here on: commit, then run the kernels.
         self._last_grads = last_grads
         self.last_step_skipped, self.last_grad_norm = scale is None, norm
-        for seg, state, step, grad, bound, values in calls:
-            seg.state, seg.step, seg.bound = state, step, bound
+        for seg, state, step, grad, bound, values, held in calls:
+            seg.state, seg.step, seg.bound, seg.held = state, step, bound, held
             bound[4](*bound[5], *values)
             if zero_grad and grad is seg._gather:
                 for index in seg.indices:
@@ -339,6 +340,8 @@ class Optimizer:
                     for name, buffer in seg.state.items():
                         view = seg.member_view(buffer, member)
                         entry[name] = view.copy() if copy else view
+                    if seg.held:   # the rule's scalar state (NAdam's mu_product)
+                        entry.update(seg.held)
                     yield member[0], entry
 
     def state_dict(self):
@@ -396,17 +399,22 @@ class Optimizer:
         all_ids = [i for _, ids in new_groups for i in ids]
         if len(set(all_ids)) != len(all_ids):
             raise ValueError("state_dict param_groups list a param index more than once")
-        plan = []  # (segment, step, {name: [(member, array)]})
+        plan = []  # (segment, step, {name: [(member, array)]}, scalar state)
+        rule = self.rule
         for (group, saved_ids), segments in zip(new_groups, self._segments):
             ids = dict(zip((m for seg in segments for m in seg.indices), saved_ids))
-            names = self.rule.state_names(group)
+            names = rule.state_names(group)
             for seg in segments:
                 entries = [state.get(ids[i], state.get(str(ids[i]))) for i in seg.indices]
-                plan.append((seg, *self._plan_segment(seg, entries, names)))
+                step, buffers = self._plan_segment(seg, entries, names)
+                # the rule's scalar state (NAdam's mu_product): recomputed from the step
+                held = rule.scalar_state(resolve_lr(as_floats(group), step - 1), step) \
+                    if step and rule.scalar_state_names else None
+                plan.append((seg, step, buffers, held))
         for (group, _), old in zip(new_groups, self.param_groups):
             old.update({k: v for k, v in group.items() if k != "params"})
-        for seg, step, buffers in plan:
-            seg.step = step
+        for seg, step, buffers, held in plan:
+            seg.step, seg.held = step, held
             seg.state = {}
             for name, parts in buffers.items():
                 seg.state[name] = np.empty_like(seg.param)

@@ -68,6 +68,8 @@ class Segment:
         #: ``(group, state, grad, zero_grad, variant, arrays)`` of the last step: reused
         #: while the very same objects come back (the steady state of a flatten() loop).
         self.bound = None
+        #: The rule's scalar state after the last step (NAdam's ``mu_product``), or None.
+        self.held = None
 
     @property
     def indices(self):

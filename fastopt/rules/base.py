@@ -83,6 +83,15 @@ class Rule:
         step (a rule whose first step differs reads it)."""
         raise NotImplementedError
 
+    #: Per-parameter scalar state torch keeps as 0-d tensors (NAdam's ``mu_product``,
+    #: ASGD's ``eta`` and ``mu``): derived from the step count by :meth:`scalar_state`,
+    #: written into state dicts, recomputed (never read) on load.
+    scalar_state_names = ()
+
+    def scalar_state(self, group, t):
+        """The :attr:`scalar_state_names` values after step ``t`` (0: before the first)."""
+        return {}
+
     def rule_keys(self):
         """Group keys that say which variant of a rule wrote a state dict (torch's
         ``decoupled_weight_decay``), with this rule's values."""
@@ -150,6 +159,14 @@ def check_betas(group, key="betas"):
         raise TypeError(f"{key} must be a pair of numbers, got {betas!r}")
     for i, beta in enumerate(betas):
         check_real(beta, f"beta parameter at index {i}", 0.0, 1.0, high_open=True)
+
+
+def lerp_weight(beta1):
+    """torch's ``lerp(m, g, w)`` with ``w = 1 - beta1`` is ``m + w*(g - m)`` for
+    ``w < 0.5`` and ``g + (w - 1)*(g - m)`` otherwise; the kernels that follow it take
+    this coefficient and read the branch from its sign (positive: base ``m``)."""
+    w = 1.0 - beta1
+    return w if w < 0.5 else w - 1.0
 
 
 def check_flags(group, *keys):

@@ -99,6 +99,10 @@ class Bucket:
         self.np_state = {}   # name -> its NumPy view
         self.state_views = {}  # name -> per-param shaped views
         self.known = [None] * len(self.params)  # (entry, keys, values) last registered
+        #: The rule's per-param scalar state (NAdam's ``mu_product``): one entry per param
+        #: in a tensor per name, 0-d views in the ``state[p]`` entries, as torch keeps it.
+        self.scalar_names = ()
+        self.np_scalars, self.scalar_views = {}, {}
 
     def _views(self, flat):
         """Per-param slices of a flat tensor, shaped like the params, each with its own
@@ -116,9 +120,16 @@ class Bucket:
         return self.state[name]
 
     def register(self, i, entry, names, has_step):
-        """Point ``entry`` (``state[p]``) at the bucket's views for ``names`` and step."""
+        """Point ``entry`` (``state[p]``) at the bucket's views for ``names``, step and the
+        rule's scalar state."""
         if has_step:
             entry["step"] = self.step_views[i]
+        for name in self.scalar_names:
+            if name not in self.np_scalars:
+                held = torch.zeros(len(self.params), dtype=scalar_dtype())
+                self.np_scalars[name] = held.numpy()
+                self.scalar_views[name] = [held[j] for j in range(len(self.params))]
+            entry[name] = self.scalar_views[name][i]
         for name in names:
             self.state_buffer(name)
             entry[name] = self.state_views[name][i]
@@ -144,6 +155,8 @@ class Bucket:
             value = entry[key]
             if key == "step":
                 self.np_steps[i] = float(value)
+            elif key in self.scalar_names:
+                continue   # recomputed from the step at the next step (the rule's)
             elif value is None:
                 del entry[key]
             elif torch.is_tensor(value):
@@ -154,7 +167,8 @@ class Bucket:
                 self.state_views[key][i].copy_(value)
         if has_step and "step" not in entry:
             self.np_steps[i] = 0
-        names = [k for k, v in entry.items() if k != "step" and torch.is_tensor(v)]
+        names = [k for k, v in entry.items() if k != "step" and k not in self.scalar_names
+                 and torch.is_tensor(v)]
         self.register(i, entry, names, has_step)
 
     # --- one step ------------------------------------------------------------------
@@ -268,7 +282,7 @@ class Bucket:
     def prepare(self, runs, grads, rule, group, names, grad_factor):
         """The kernel calls of one step over ``runs`` (gradients ``grads``, from
         :meth:`grads`): per run, ``(run, initial values of its fresh state buffers,
-        (variant, arguments))``, from the rule (:class:`~fastopt.rules.base.Rule`) over
+        (variant, arguments), the rule's scalar state after the step)``, from the rule (:class:`~fastopt.rules.base.Rule`) over
         1-D NumPy views of the flat buffers; the scalars are computed and cast once per
         step number. Raises before anything is written (a scalar that overflows the
         dtype, say); writes nothing but zero-filled flat state buffers no entry points
@@ -284,17 +298,18 @@ class Bucket:
             if found is None:   # the rule's scalars for this step number, computed once
                 found = scalars[step, fresh] = (
                     {name: rule.initial_value(name, dtype, group) for name in fresh},
-                    rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype))
-            initial, values = found
+                    rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype),
+                    rule.scalar_state(group, step + 1))
+            initial, values, held = found
             state = {name: self.np_state[name][a:b] for name in names}
             calls.append((run, initial, rule.call(self.np_param[a:b], grad, state, values,
-                                                  group)))
+                                                  group), held))
         return calls
 
     def run(self, calls, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
-        register the state entries."""
-        for (first, stop, step, fresh, _), initial, (variant, args) in calls:
+        set the scalar state, register the state entries."""
+        for (first, stop, step, fresh, _), initial, (variant, args), held in calls:
             a, b = self.offsets[first], self.offsets[stop]
             for name in fresh:
                 self.np_state[name][a:b] = initial[name]
@@ -304,6 +319,8 @@ class Bucket:
             if fresh or (has_step and step == 0):
                 for i in range(first, stop):
                     self.register(i, state[self.params[i]], fresh, has_step)
+            for name, value in held.items():
+                self.np_scalars[name][first:stop] = value
 
     def zero_grad(self, set_to_none):
         if set_to_none:

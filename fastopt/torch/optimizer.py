@@ -15,7 +15,7 @@ import torch
 from ..incoming import plain_value, state_array, step_count
 from ..optim.loop import loop_scale
 from ..threads import StepTwins
-from ..validation import as_floats, check_loop_options
+from ..validation import as_floats, check_loop_options, check_real
 from .buckets import Bucket, check_tensor
 
 
@@ -197,6 +197,7 @@ class Optimizer(torch.optim.Optimizer):
         for dtype, members in by_dtype.items():
             bucket = Bucket([group["params"][i] for i in members],
                             [first + i for i in members])
+            bucket.scalar_names = rule.scalar_state_names
             buckets.append(bucket)
             if self.eager_state and self._constructing:
                 for name in names:
@@ -356,11 +357,12 @@ class Optimizer(torch.optim.Optimizer):
             rule, plain = self._hyperparameters(merged)
             names = rule.state_names(plain)
             for index, p in zip(saved["params"], group["params"]):
-                self._check_entry(state.get(index), index, position, p, names, owner)
+                self._check_entry(state.get(index), index, position, p, names, owner,
+                                  rule.scalar_state_names)
                 position += 1
 
     @staticmethod
-    def _check_entry(entry, index, position, param, names, owner):
+    def _check_entry(entry, index, position, param, names, owner, scalar_names=()):
         """One saved ``state[index]`` entry against params[position] (see
         :meth:`_check_loadable`); an absent or empty entry is no state."""
         if entry is None:
@@ -372,6 +374,8 @@ class Optimizer(torch.optim.Optimizer):
             what = f"{owner}: state[{index}][{key!r}]"
             if key == "step":
                 step_count(value, what, 0)
+            elif key in scalar_names:   # NAdam's mu_product: a number, recomputed anyway
+                check_real(plain_value(value, what), what)
             elif torch.is_tensor(value):
                 shape = state_array(value, what).shape
                 if shape != tuple(param.shape):
