@@ -181,3 +181,28 @@ def test_surface_plots_paths_that_descend(tmp_path, capsys):
     for name, entry in paths.items():
         assert entry["path"][0] == list(START)
         assert rosenbrock(*entry["path"][-1]) < 1e-2 * rosenbrock(*START), name
+
+
+def test_default_race_is_the_seeds_and_every_registered_rule_can_race(tmp_path, capsys):
+    """The default race is the seed's nine; every other rule of the registry races when
+    ``--rules`` names it (at its default lr), lowering the loss; --surface draws every
+    named rule but sgd and minibatch (gd's path) and says so, none silently dropped."""
+    from fastopt.demo.rules import SEED_RACE
+    from fastopt.rules import RULES as REGISTRY
+
+    assert SEED_RACE == ("gd", "sgd", "minibatch", "momentum", "nesterov", "adagrad",
+                         "rmsprop", "rmsprop-nesterov", "adam")
+    others = [name for name in REGISTRY if name not in SEED_RACE]
+    assert set(others) <= set(RULES)
+    status, _, out = demo(tmp_path, "--rules", ",".join(others), "--epochs", "2")
+    assert status == 0
+    results = json.loads(out.read_text())["rules"]
+    assert [r["rule"] for r in results] == others
+    for r in results:
+        assert r["lr"] == REGISTRY[r["rule"]].defaults["lr"]
+        assert r["loss_curve"][-1] < r["loss_curve"][0], r["rule"]
+    status, _, out = demo(tmp_path, "--surface", "--rules", "minibatch,lion,rprop",
+                          name="surface")
+    assert status == 0
+    assert set(json.loads(out.read_text())) == {"lion", "rprop"}
+    assert "minibatch follows gd's path" in capsys.readouterr().out

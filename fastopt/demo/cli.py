@@ -10,7 +10,7 @@ import numpy as np
 from ..cli import UsageError, check_option
 from ..threads import num_threads
 from ..validation import check_int
-from .rules import RULES
+from .rules import RULES, SEED_RACE
 
 LAYERS = (64, 64, 10)
 DEFAULT_EPOCHS = 30
@@ -19,8 +19,9 @@ DEFAULT_BATCH_SIZE = 32
 
 def configure(parser):
     parser.add_argument(
-        "--rules", default=",".join(RULES), metavar="NAMES",
-        help=f"comma-separated rules to race, from: {', '.join(RULES)} (default: all)")
+        "--rules", default=",".join(SEED_RACE), metavar="NAMES",
+        help=f"comma-separated rules to race, from: {', '.join(RULES)} (default: the "
+             f"seed's {', '.join(SEED_RACE)})")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                         help=f"passes over the training set, the same for every rule "
                              f"(default {DEFAULT_EPOCHS})")
@@ -102,10 +103,17 @@ def run(args):
 def run_surface(rules, args):
     from . import surface
 
-    paths = {r.name: (surface.LEARNING_RATES[r.name], surface.path(r, surface.LEARNING_RATES[r.name]))
-             for r in rules if r.name in surface.LEARNING_RATES}
-    if not paths:
+    drawn = [r for r in rules if r.name not in surface.SAME_AS_GD]
+    if not drawn:
         raise UsageError("--surface needs a rule other than sgd and minibatch in --rules")
+    for r in rules:
+        if r.name in surface.SAME_AS_GD:
+            print(f"--surface: {r.name} follows gd's path on a deterministic function; "
+                  "not drawn")
+    paths = {}
+    for r in drawn:
+        lr = surface.LEARNING_RATES.get(r.name, r.lr)
+        paths[r.name] = (lr, surface.path(r, lr))
     print(f"fastopt demo --surface: Rosenbrock from {surface.START}, {surface.STEPS} steps")
     print(f"{'rule':18s} {'lr':>6s}  {'final x':>9s} {'final y':>9s}  {'f':>9s}")
     for name, (lr, points) in paths.items():

@@ -7,10 +7,13 @@
         loss_fn(model(x), y).backward()
         opt.step()          # one kernel call per param group and dtype
 
-``SGD``, ``Adagrad``, ``RMSprop``, ``Adam``, ``AdamW`` subclass ``torch.optim.Optimizer``
-with torch's constructor signatures and defaults (RMSprop adds fastopt's ``nesterov`` and
-``eps_in_sqrt``). The update rules are fastopt's (:mod:`fastopt.optim`, one source of
-truth), run on zero-copy NumPy views of CPU tensors. torch is optional
+One class per rule of the registry (:mod:`fastopt.rules`: ``SGD``, ``Adagrad``,
+``RMSprop``, ``Adam``, ``AdamW``, ``Adadelta``, ``Adamax``, ``ASGD``, ``NAdam``, ``RAdam``,
+``Rprop``, ``Lion``) subclasses ``torch.optim.Optimizer`` with torch's constructor signature
+(read from torch.optim; RMSprop adds fastopt's ``nesterov`` and ``eps_in_sqrt``, every class
+the loop options; Lion, which torch lacks, takes its hyperparameters in the rule's order)
+and defaults (:mod:`fastopt.torch.rules`). The update rules are the registry's (one source
+of truth), run on zero-copy NumPy views of CPU tensors. torch is optional
 (``pip install fastopt[torch]``) and only this package imports it.
 
 **Supported tensors**: dense float32/float64 CPU tensors. CUDA, sparse, complex and
