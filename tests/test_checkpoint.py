@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastopt
+from cases import MATRIX
+from fastopt.rules import RULES as REGISTRY
 from fastopt import schedules
 from fastopt.checkpoint import load, save
 
@@ -31,6 +33,10 @@ RULES = {
     "adam-amsgrad": (fastopt.Adam, dict(lr=0.01, amsgrad=True)),
     "adamw": (fastopt.AdamW, dict(lr=0.01, weight_decay=0.1)),
 }
+#: Every other rule of the registry, with the last option combination of its test matrix.
+RULES.update({name: (fastopt.optim.CLASSES[REGISTRY[name].class_name],
+                     dict(combos[-1], lr=lr))
+              for name, (lr, combos) in MATRIX.items() if name not in RULES})
 
 
 def make_params(dtype=np.float64, seed=0, shapes=SHAPES):
@@ -742,12 +748,16 @@ def test_flipped_data_byte_is_a_value_error(saved_file, tmp_path):
 # --- fastopt.torch ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rule", ["Adam", "SGD"])
+@pytest.mark.parametrize("rule", ["Adam", "SGD", "NAdam", "ASGD"])
 def test_torch_adapter_round_trip(rule, tmp_path):
+    """NAdam's mu_product and ASGD's eta and mu (0-d tensors in torch's layout) travel as
+    JSON state values and are recomputed from the step on load."""
     torch = pytest.importorskip("torch")
     fastopt_torch = pytest.importorskip("fastopt.torch")
     cls = getattr(fastopt_torch, rule)
-    options = dict(lr=0.01, amsgrad=True) if rule == "Adam" else dict(lr=0.05, momentum=0.9)
+    options = {"Adam": dict(lr=0.01, amsgrad=True), "SGD": dict(lr=0.05, momentum=0.9),
+               "NAdam": dict(lr=0.01, decoupled_weight_decay=True, weight_decay=0.1),
+               "ASGD": dict(lr=0.05, t0=2)}[rule]
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     twin = torch.nn.Linear(4, 3)
