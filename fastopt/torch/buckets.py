@@ -29,8 +29,22 @@ import torch
 from ..flat import offsets
 from ..kernels.reductions import block_table
 
-SUPPORTED = (torch.float32, torch.float64)
-SUPPORTED_TEXT = "dense (strided) float32/float64 CPU tensors"
+SUPPORTED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+SUPPORTED_TEXT = "dense (strided) float32/float64/bfloat16/float16 CPU tensors"
+
+#: Half-precision parameter dtypes: trained over a float32 master the bucket keeps, with
+#: the kernels reading the half gradient and writing the half copy in the same pass.
+HALF = {torch.bfloat16: np.dtype(np.uint16), torch.float16: np.dtype(np.int16)}
+
+
+def numpy_view(tensor):
+    """A zero-copy NumPy view of a CPU tensor as the kernels take it: float32/float64 as
+    themselves, bfloat16 as ``uint16`` bits and float16 as ``int16`` bits
+    (:mod:`fastopt.precision`)."""
+    bits = HALF.get(tensor.dtype)
+    if bits is None:
+        return tensor.numpy()
+    return tensor.view(torch.int16).numpy().view(bits)
 
 #: Foreign gradients (allocated by autograd) averaging fewer elements than this are
 #: gathered into the flat gradient buffer in one copy rather than read in place with one
@@ -60,6 +74,10 @@ def slices(flat, shapes, offsets):
     slice and is ``(b - a) * itemsize`` bytes long, so no two share a storage, none
     overlaps another, and ``torch.save`` of one writes only its bytes. The memory is
     ``flat``'s, not a copy; each slice keeps it alive (through the NumPy view)."""
+    if flat.dtype in HALF:   # NumPy has no bfloat16: slice the int16 bits, view them back
+        array = flat.view(torch.int16).numpy()
+        return [torch.from_numpy(array[a:b].reshape(tuple(shape))).view(flat.dtype)
+                for shape, a, b in zip(shapes, offsets, offsets[1:])]
     array = flat.numpy()
     return [torch.from_numpy(array[a:b].reshape(tuple(shape)))
             for shape, a, b in zip(shapes, offsets, offsets[1:])]
@@ -89,7 +107,15 @@ class Bucket:
         self.grad_views = self._views(self.grad)
         self.param_addresses = [p.data_ptr() for p in self.params]
         self.grad_addresses = [g.data_ptr() for g in self.grad_views]
-        self.np_param, self.np_grad = self.param.numpy(), self.grad.numpy()
+        #: Half-precision params: the float32 master the kernels update (``master``,
+        #: per-param views in ``master_views``, saved in ``state[p]["master"]``), and the
+        #: params' bits, written in the same pass (``np_copy``). None for float32/64.
+        self.half = dtype in HALF
+        self.master = self.param.float() if self.half else None
+        self.master_views = self._views(self.master) if self.half else None
+        self.np_copy = numpy_view(self.param) if self.half else None
+        self.np_param = (self.master if self.half else self.param).numpy()
+        self.np_grad = numpy_view(self.grad)
         self.np_shapes = [tuple(p.shape) for p in self.params]
         self._gathered = []   # (index, foreign gradient) the next grads() copies in
         self.steps = torch.zeros(len(self.params), dtype=scalar_dtype())
@@ -112,9 +138,10 @@ class Bucket:
     # --- state buffers and torch.optim's per-param entries ------------------------
 
     def state_buffer(self, name):
-        """The flat state tensor ``name``, allocated (zeros) on first use."""
+        """The flat state tensor ``name``, allocated (zeros) on first use (float32 for
+        half-precision params: the state lives with the master)."""
         if name not in self.state:
-            flat = torch.zeros_like(self.param)
+            flat = torch.zeros_like(self.master if self.half else self.param)
             self.state[name], self.np_state[name] = flat, flat.numpy()
             self.state_views[name] = self._views(flat)
         return self.state[name]
@@ -124,6 +151,8 @@ class Bucket:
         rule's scalar state."""
         if has_step:
             entry["step"] = self.step_views[i]
+        if self.half:
+            entry["master"] = self.master_views[i]
         for name in self.scalar_names:
             if name not in self.np_scalars:
                 held = torch.zeros(len(self.params), dtype=scalar_dtype())
@@ -147,12 +176,18 @@ class Bucket:
         ``ZeroRedundancyOptimizer.load_state_dict``) into the flat buffers and point it at
         their views. An empty or missing entry means no state: the step count restarts."""
         p = self.params[i]
+        if self.half:   # the master restarts from the param, unless the entry holds one
+            master = entry.get("master") if entry else None
+            with torch.no_grad():
+                self.master_views[i].copy_(p.detach() if master is None else master)
         if not entry:
             self.np_steps[i] = 0
             self.known[i] = None
             return
         for key in list(entry):
             value = entry[key]
+            if key == "master" and self.half:
+                continue    # copied above
             if key == "step":
                 self.np_steps[i] = float(value)
             elif key in self.scalar_names:
@@ -167,8 +202,8 @@ class Bucket:
                 self.state_views[key][i].copy_(value)
         if has_step and "step" not in entry:
             self.np_steps[i] = 0
-        names = [k for k, v in entry.items() if k != "step" and k not in self.scalar_names
-                 and torch.is_tensor(v)]
+        names = [k for k, v in entry.items() if k not in ("step", "master")
+                 and k not in self.scalar_names and torch.is_tensor(v)]
         self.register(i, entry, names, has_step)
 
     # --- one step ------------------------------------------------------------------
@@ -253,7 +288,7 @@ class Bucket:
         out = []
         for first, stop, _, _, foreign in runs:
             a, b = self.offsets[first], self.offsets[stop]
-            array = None if foreign is None else foreign.numpy()
+            array = None if foreign is None else numpy_view(foreign)
             if array is None:
                 out.append(self.np_grad[a:b])
             elif array.flags.c_contiguous and not self._owns(array):
@@ -267,7 +302,8 @@ class Bucket:
         """Whether ``array``'s memory overlaps this bucket's flat param or state memory."""
         start = array.__array_interface__["data"][0]
         end = start + array.nbytes
-        for flat in (self.param, *self.state.values()):
+        flats = (self.param, *self.state.values(), *((self.master,) if self.half else ()))
+        for flat in flats:
             first = flat.data_ptr()
             if start < first + flat.nbytes and first < end:
                 return True
@@ -302,8 +338,9 @@ class Bucket:
                     rule.scalar_state(group, step + 1))
             initial, values, held = found
             state = {name: self.np_state[name][a:b] for name in names}
+            copy = self.np_copy[a:b] if self.half else None
             calls.append((run, initial, rule.call(self.np_param[a:b], grad, state, values,
-                                                  group), held))
+                                                  group, copy=copy), held))
         return calls
 
     def run(self, calls, state, has_step):

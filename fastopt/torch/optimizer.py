@@ -20,7 +20,9 @@ from .buckets import Bucket, check_tensor
 
 
 #: The NumPy dtype of each supported torch dtype (for ``validation.cast_scalars``).
-_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+#: (half-precision params: float32, the dtype of their master and state)
+_NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+                 torch.bfloat16: np.dtype(np.float32), torch.float16: np.dtype(np.float32)}
 
 
 def _amp_value(value, name, owner):
@@ -325,11 +327,25 @@ class Optimizer(torch.optim.Optimizer):
         load raises ``ValueError`` (``TypeError`` for a value of the wrong type) and changes
         nothing: groups, state, step counts and flat buffers stay as they were."""
         self._check_loadable(state_dict)
+        # torch casts every floating state tensor to its param's dtype as it loads; for
+        # half-precision params the master and the state are float32: keep the originals.
+        originals = {}
+        if any(bucket.half for buckets in self._buckets for bucket in buckets):
+            params = [p for group in self.param_groups for p in group["params"]]
+            ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+            for index, p in zip(ids, params):
+                entry = state_dict["state"].get(index)
+                if isinstance(entry, dict):
+                    originals[p] = {k: v for k, v in entry.items()
+                                    if k != "step" and torch.is_tensor(v)}
         super().load_state_dict(state_dict)
         for buckets in self._buckets:
             for bucket in buckets:
                 for i, p in enumerate(bucket.params):
-                    bucket.adopt(i, self.state.get(p), self.has_step, self._owner)
+                    entry = self.state.get(p)
+                    if bucket.half and entry and p in originals:
+                        entry.update(originals[p])
+                    bucket.adopt(i, entry, self.has_step, self._owner)
 
     def _check_loadable(self, state_dict):
         """Check ``state_dict`` as torch's ``load_state_dict`` will install it: each saved
