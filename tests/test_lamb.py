@@ -183,3 +183,38 @@ def test_torch_front_end_takes_norms_per_parameter():
         opt.step()
     for tensor, b in zip(tensors, want):
         np.testing.assert_allclose(tensor.detach().numpy(), b, **TOL[np.float64])
+
+
+def test_both_passes_vectorize_on_x86():
+    """The float32 passes use packed SIMD (``vsqrtps``/``vdivps`` on ymm/zmm, and the
+    first pass's float64 squares packed ``vcvtps2pd``), serial and parallel twins: each
+    block's loops index slices from 0 (an index from ``block_span`` kept LLVM scalar)."""
+    import platform
+    import re
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-only: checks AVX2/AVX-512 instructions")
+    from llvmlite import binding
+    if not binding.get_host_cpu_features().get("avx2"):
+        pytest.skip("host CPU has no AVX2")
+    from fastopt.kernels.segmented import layout
+
+    variant, args = kernel_call((64,), np.float32)
+    where = layout((64,))
+    scratch = (where.offsets, where.block_offsets, np.empty(1), np.empty(1))
+    first = (*args, *scratch)
+    second = (args[0], args[2], args[3], args[4], *args[9:14], *scratch)
+    packed = r"[^\n]*%[yz]mm"
+    for twin in ("serial", "parallel"):
+        for stage, stage_args, needed in ((variant.first, first, ("vsqrtps", "vdivps",
+                                                                    "vcvtps2pd")),
+                                          (variant.second, second, ("vsqrtps", "vdivps"))):
+            dispatcher = getattr(stage, twin)
+            options = {k: v for k, v in dispatcher.targetoptions.items()
+                       if k not in ("cache", "nopython")}
+            fresh = numba.njit(**options)(dispatcher.py_func)
+            fresh(*(a.copy() if isinstance(a, np.ndarray) else a for a in stage_args))
+            (signature,) = fresh.signatures
+            asm = fresh.inspect_asm(signature)
+            for instruction in needed:
+                assert re.search(rf"\b{instruction}\b{packed}", asm), (twin, instruction)

@@ -113,17 +113,21 @@ def lamb(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1, b
         _, start, stop = block_span(b, offsets, block_offsets)
         acc_p = lanes()
         acc_u = lanes()
-        for row in range(start, stop, acc_p.shape[0]):
-            for j in range(min(acc_p.shape[0], stop - row)):
-                i = row + j
-                p = param[i]
-                g = widen(grad[i]) * grad_factor
+        width = acc_p.shape[0]
+        for row in range(start, stop, width):
+            # slices indexed from 0: the loop vectorizes (no negative-index wraparound)
+            end = min(row + width, stop)
+            ps, gs = param[row:end], grad[row:end]
+            ms, vs = exp_avg[row:end], exp_avg_sq[row:end]
+            for j in range(ps.shape[0]):
+                p = ps[j]
+                g = widen(gs[j]) * grad_factor
                 if zero_grad:
-                    grad[i] = 0
-                m = beta1 * exp_avg[i] + one_minus_beta1 * g
-                v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-                exp_avg[i] = m
-                exp_avg_sq[i] = v
+                    gs[j] = 0
+                m = beta1 * ms[j] + one_minus_beta1 * g
+                v = beta2 * vs[j] + one_minus_beta2 * g * g
+                ms[j] = m
+                vs[j] = v
                 u = (m / bias_correction1) / (np.sqrt(v / bias_correction2) + eps)
                 if weight_decay != 0:
                     u = u + weight_decay * p
@@ -162,13 +166,15 @@ def lamb_apply(param, exp_avg, exp_avg_sq, param_copy, bias_correction1, bias_co
     for b in prange(param_squares.shape[0]):
         k, start, stop = block_span(b, offsets, block_offsets)
         step = cast_like(lr, steps[k])
-        for i in range(start, stop):
-            p = param[i]
-            u = (exp_avg[i] / bias_correction1) / (
-                np.sqrt(exp_avg_sq[i] / bias_correction2) + eps)
+        # slices indexed from 0: the loop vectorizes (no negative-index wraparound)
+        ps, ms, vs = param[start:stop], exp_avg[start:stop], exp_avg_sq[start:stop]
+        copies = param_copy[start:stop] if write_copy else param_copy
+        for j in range(ps.shape[0]):
+            p = ps[j]
+            u = (ms[j] / bias_correction1) / (np.sqrt(vs[j] / bias_correction2) + eps)
             if weight_decay != 0:
                 u = u + weight_decay * p
             q = p - step * u
-            param[i] = q
+            ps[j] = q
             if write_copy:
-                param_copy[i] = narrow_to(param_copy, q)
+                copies[j] = narrow_to(param_copy, q)
