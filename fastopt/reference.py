@@ -262,7 +262,36 @@ def lion(param, grad, state, *, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
     return param, {"step": state.get("step", 0) + 1, "exp_avg": beta2 * m + (1 - beta2) * g}
 
 
+def _norm(x):
+    """``||x||`` of one tensor from float64 squares (a float32 norm cannot overflow)."""
+    return float(np.sqrt(np.sum(np.square(x.astype(np.float64)))))
+
+
+def lamb(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0,
+         maximize=False, grad_factor=1.0):
+    """LAMB (You et al. 2020, as optax's ``lamb``) over ONE tensor, the scope of its norms::
+
+        m = beta1*m + (1-beta1)*g;  v = beta2*v + (1-beta2)*g*g
+        u = (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps) + weight_decay*w
+        trust = ||w|| / ||u||   (1 where either norm is 0)
+        w -= lr * trust * u
+
+    The norms are taken in float64; ``lr * trust`` is rounded once to the param's dtype."""
+    beta1, beta2 = betas
+    g = _gradient(param, grad, grad_factor, maximize, 0.0)
+    t = state.get("step", 0) + 1
+    m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
+    v = beta2 * state.get("exp_avg_sq", np.zeros_like(param)) + (1 - beta2) * g * g
+    u = (m / (1 - beta1 ** t)) / (np.sqrt(v / (1 - beta2 ** t)) + eps)
+    if weight_decay != 0:
+        u = u + weight_decay * param
+    param_norm, update_norm = _norm(param), _norm(u)
+    trust = 1.0 if param_norm == 0 or update_norm == 0 else param_norm / update_norm
+    step = param.dtype.type(lr * trust)
+    return param - step * u, {"step": t, "exp_avg": m, "exp_avg_sq": v}
+
+
 #: Every rule's reference, by the rule's registry name (:mod:`fastopt.rules`).
 RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw,
          "adamax": adamax, "radam": radam, "adadelta": adadelta, "rprop": rprop,
-         "nadam": nadam, "asgd": asgd, "lion": lion}
+         "nadam": nadam, "asgd": asgd, "lion": lion, "lamb": lamb}

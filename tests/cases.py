@@ -68,6 +68,11 @@ MATRIX = {
         {"eps": 1e-4},
         {"weight_decay": 0.05, "decoupled_weight_decay": True, "maximize": True},
     ]),
+    "lamb": (0.01, [
+        {}, {"weight_decay": 0.1}, {"betas": (0.8, 0.99)}, {"maximize": True},
+        {"eps": 1e-4},
+        {"betas": (0.85, 0.98), "weight_decay": 0.05, "eps": 1e-5, "maximize": True},
+    ]),
     "rprop": (0.01, [
         {}, {"etas": (0.3, 1.5)}, {"step_sizes": (1e-3, 0.05)}, {"maximize": True},
         {"etas": (0.4, 1.1), "step_sizes": (1e-4, 1.0), "maximize": True},

@@ -26,8 +26,10 @@ QUICK = ["--repeat", "1", "--min-time", "0.002"]
 #: sgd (momentum): reads p, g, b; writes p, b. adagrad: reads p, g, sum; writes p, sum.
 #: rmsprop (plain): reads p, g, square_avg; writes p, square_avg.
 #: adam, adamw: reads p, g, m, v; writes p, m, v.
+#: lamb: the same buffers (the minimum traffic; its two passes read p, m, v twice).
 HAND_COUNT = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adadelta": 7,
-              "adamax": 7, "asgd": 5, "lion": 5, "nadam": 7, "radam": 7, "rprop": 7}
+              "adamax": 7, "asgd": 5, "lion": 5, "nadam": 7, "radam": 7, "rprop": 7,
+              "lamb": 7}
 
 
 def _positive(value):

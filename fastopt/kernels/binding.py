@@ -12,6 +12,12 @@ of the buffers' dtype, one of them ``grad_factor``, the multiplier of the gradie
 kernel's compile-time options (``Kernel.flags``) end with ``zero_grad`` and
 ``write_copy``, which every kernel has.
 
+A per-tensor kernel (``Kernel.layout``, LAMB's) ends its signature with the arrays that
+describe the buffer's members (``offsets, block_offsets`` of
+:func:`~fastopt.kernels.reductions.block_table`, per-block scratch): they are neither
+buffers nor scalars, and the caller does not pass them (its ``Kernel.compound`` does);
+``Binding.layout`` names them.
+
 :class:`Binding` reads the signature once and keeps the plan: which names are buffers,
 which are scalars and in what order, the empty arrays that stand for unused buffers
 (one slot per buffer, so no two alias: :func:`~fastopt.kernels.config.unused`), and the
@@ -37,6 +43,7 @@ class Binding:
     * ``buffers``: the state buffer names, in order (between ``grad`` and ``param_copy``).
     * ``scalars``: the scalar names, in order (``grad_factor`` among them).
     * ``options``: the rule's own compile-time options (the flags before ``zero_grad``).
+    * ``layout``: ``Kernel.layout``, the trailing layout arrays (empty for most kernels).
     """
 
     def __init__(self, kernel):
@@ -46,6 +53,12 @@ class Binding:
             raise TypeError(f"{where}: arguments must start with param, grad and include "
                             f"param_copy after the state buffers; got {names}")
         end = names.index("param_copy") + 1
+        layout = tuple(getattr(kernel, "layout", ()))
+        if layout:
+            if names[len(names) - len(layout):] != layout:
+                raise TypeError(f"{where}: its signature must end with its layout "
+                                f"arrays {layout}; got {names}")
+            names = names[:len(names) - len(layout)]
         if "grad_factor" not in names[end:]:
             raise TypeError(f"{where}: a scalar must be grad_factor; got {names}")
         if tuple(kernel.flags[-2:]) != COMMON_FLAGS:
@@ -55,6 +68,7 @@ class Binding:
         self.buffers = names[2:end - 1]
         self.scalars = names[end:]
         self.options = tuple(kernel.flags[:-2])
+        self.layout = layout
         self._buffer_set = frozenset(self.buffers)
         self._pick = (operator.itemgetter(*self.scalars) if len(self.scalars) > 1
                       else lambda named: (named[self.scalars[0]],))

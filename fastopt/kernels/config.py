@@ -191,11 +191,26 @@ class Kernel:
     in ``flags`` order, and runs the serial or parallel twin by the size of the first
     argument (the parameter buffer) against ``PARALLEL_THRESHOLD``. From ``@njit`` code,
     call ``kernel.variant(**options).parallel`` (or ``.serial``), bound to a global name.
+
+    A per-tensor kernel (a reduction per member of the buffer, then an update: LAMB) adds:
+
+    * ``layout``: the names of the body's LAST arguments that describe the buffer's member
+      layout and its per-block scratch (``offsets``, ``block_offsets``, ... from
+      :func:`~fastopt.kernels.reductions.block_table`). The caller never passes them:
+      :class:`~fastopt.kernels.binding.Binding` leaves them out of the scalars, and the
+      ``compound`` supplies them.
+    * ``compound``: a class whose instance, ``compound(variant)``, stands for each
+      :class:`Variant` (its ``flags``, ``serial``, ``parallel`` and ``__call__`` taking the
+      bound arguments without the layout), runs this body as its first pass and then its
+      own further passes, and has ``over(sizes)`` for a buffer of several members.
+      :mod:`fastopt.kernels.lamb` is one.
     """
 
-    def __init__(self, body, flags=()):
+    def __init__(self, body, flags=(), layout=(), compound=None):
         self.body = body
         self.flags = tuple(flags)
+        self.layout = tuple(layout)
+        self.compound = compound
         self._variants = {}
         self.__doc__ = body.__doc__
         self.__name__ = body.__name__
@@ -212,7 +227,10 @@ class Kernel:
     def _variant(self, key):
         found = self._variants.get(key)
         if found is None:
-            found = self._variants[key] = Variant(self.body, dict(zip(self.flags, key)))
+            found = Variant(self.body, dict(zip(self.flags, key)))
+            if self.compound is not None:
+                found = self.compound(found)
+            self._variants[key] = found
         return found
 
     def resolve(self, args):
@@ -288,9 +306,10 @@ _UNUSED = {(np.dtype(t), slot): np.empty(0, dtype=t)
 _UNUSED.update({(np.dtype(key).type, slot): array for (key, slot), array in _UNUSED.items()})
 
 
-def kernel(body=None, *, flags=()):
+def kernel(body=None, *, flags=(), layout=(), compound=None):
     """Decorator: ``@kernel`` or ``@kernel(flags=("amsgrad", ...))`` makes ``body`` a
-    :class:`Kernel`, compiled per option combination into serial and parallel twins."""
+    :class:`Kernel`, compiled per option combination into serial and parallel twins
+    (``layout``, ``compound``: a per-tensor kernel's, see :class:`Kernel`)."""
     if body is None:
-        return lambda function: Kernel(function, flags)
-    return Kernel(body, flags)
+        return lambda function: Kernel(function, flags, layout, compound)
+    return Kernel(body, flags, layout, compound)

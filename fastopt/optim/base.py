@@ -284,7 +284,8 @@ class Optimizer:
                 if not (bound is not None and bound[0] is group and bound[1] is state
                         and bound[2] is grad and bound[3] == zero_grad):
                     bound = (group, state, grad, zero_grad,
-                             *rule.bind(seg.param, grad, state, group, zero_grad))
+                             *rule.bind(seg.param, grad, state, group, zero_grad,
+                                        sizes=seg.sizes))
                 held = rule.scalar_state(group, step) if rule.scalar_state_names else None
                 calls.append((seg, state, step, grad, bound, values, held))
         # Nothing can fail from here on: commit, then run the kernels.

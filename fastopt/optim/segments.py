@@ -54,12 +54,14 @@ class Segment:
     """A 1-D parameter view, the params it covers, its state buffers and step count.
 
     ``members``: ``(param index, offset, size, shape)`` per array in the segment.
+    ``sizes``: the members' sizes, in order (what a per-tensor rule's ``bind`` reads).
     ``state``: state name -> 1-D buffer of the segment's length (PyTorch's names).
     """
 
     def __init__(self, param, members):
         self.param = param
         self.members = members
+        self.sizes = tuple(m[2] for m in members)
         self.state = {}
         self.step = 0
         self.own_grad = None   # 1-D gradient view when the params came from flatten()
@@ -79,7 +81,7 @@ class Segment:
     def blocks(self):
         """The members' :func:`~fastopt.kernels.reductions.block_table`, for the norm."""
         if self._blocks is None:
-            self._blocks = block_table(tuple(m[2] for m in self.members))
+            self._blocks = block_table(self.sizes)
         return self._blocks
 
     def grad_view(self, grads):

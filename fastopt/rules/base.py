@@ -15,7 +15,11 @@ A :class:`Rule` is stateless. It says, for one update rule:
   the group (``grad_factor`` excepted: the front end adds it), and ``sources``, which
   hyperparameter each scalar is blamed on when it overflows the buffers' dtype;
 * ``kernel``: its :class:`~fastopt.kernels.config.Kernel`, called by name through the
-  kernel's :class:`~fastopt.kernels.binding.Binding`.
+  kernel's :class:`~fastopt.kernels.binding.Binding`;
+* ``per_tensor``: whether the update reads reductions over each parameter tensor (LAMB's
+  trust ratio): then :meth:`bind` gives the kernel variant ``over(sizes)``, the member
+  sizes of the buffer, which the front ends pass (``sizes=``; elementwise rules ignore it,
+  and ``fastopt.torch`` does not even compute it for them).
 
 The NumPy optimizers (:mod:`fastopt.optim`), ``fastopt.torch``, the bench, the asv suite,
 the demo and the tests read the registry (:mod:`fastopt.rules`); nothing restates a rule.
@@ -41,6 +45,9 @@ class Rule:
     defaults = {}
     #: Whether torch.optim keeps ``state["step"]`` for the rule (SGD does not).
     counts_steps = True
+    #: Whether the update depends on reductions over each parameter tensor: the kernel's
+    #: variants then have ``over(sizes)`` (:class:`~fastopt.kernels.lamb.LambStep`).
+    per_tensor = False
     #: Scalar name -> ``(hyperparameter, formula)``: the message of an overflow of the
     #: buffers' dtype (``validation.cast_scalars``). A scalar not listed is blamed on itself,
     #: ``grad_factor`` on the loop option ``grad_scale``.
@@ -121,24 +128,33 @@ class Rule:
         known = {"grad_factor": ("grad_scale", "1 / grad_scale"), **self.sources, **overrides}
         return tuple(known.get(name, (name, name)) for name in self.kernel.binding.scalars)
 
-    def bind(self, param, grad, state, group, zero_grad=False, copy=None):
+    def bind(self, param, grad, state, group, zero_grad=False, copy=None, sizes=None):
         """``(variant, arrays)``: the kernel variant for ``group``'s options and the
-        array arguments over these buffers (``state``: name -> 1-D buffer), in order."""
+        array arguments over these buffers (``state``: name -> 1-D buffer), in order.
+        ``sizes``: the element counts of the tensors laid end to end in ``param`` (a tuple
+        of ints, in order; ``None``: one tensor), read by a :attr:`per_tensor` rule only."""
         binding = self.binding
-        return (binding.variant(self.options(group), zero_grad, copy is not None),
-                binding.arrays(param, grad, state, copy))
+        variant = binding.variant(self.options(group), zero_grad, copy is not None)
+        if self.per_tensor:
+            variant = variant.over(sizes)
+        return variant, binding.arrays(param, grad, state, copy)
 
-    def call(self, param, grad, state, values, group, zero_grad=False, copy=None):
+    def call(self, param, grad, state, values, group, zero_grad=False, copy=None,
+             sizes=None):
         """``(variant, args)``: the kernel call over these buffers (``state``: name ->
-        1-D buffer) with the scalars :meth:`values` gave; run it as ``variant(*args)``."""
-        variant, arrays = self.bind(param, grad, state, group, zero_grad, copy)
+        1-D buffer) with the scalars :meth:`values` gave; run it as ``variant(*args)``.
+        ``sizes``: as :meth:`bind`."""
+        variant, arrays = self.bind(param, grad, state, group, zero_grad, copy, sizes)
         return variant, arrays + values
 
-    def prepare(self, step, group, grad, grad_factor, zero_grad=False, copy=None):
+    def prepare(self, step, group, grad, grad_factor, zero_grad=False, copy=None,
+                sizes=None):
         """:meth:`call` for a :class:`~fastopt.optim.segments.SegmentStep` ``step``
-        (its ``param``, ``state``, ``step`` number and ``fresh`` names)."""
+        (its ``param``, ``state``, ``step`` number and ``fresh`` names); ``sizes``: as
+        :meth:`bind`."""
         values = self.values(group, step.step, step.fresh, grad_factor, step.param.dtype)
-        return self.call(step.param, grad, step.state, values, group, zero_grad, copy)
+        return self.call(step.param, grad, step.state, values, group, zero_grad, copy,
+                         sizes)
 
     def check_rule_keys(self, group, where):
         """Raise ``ValueError`` if ``group`` (a saved param group) holds a

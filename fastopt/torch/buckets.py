@@ -327,6 +327,7 @@ class Bucket:
             self.state_buffer(name)
         calls, scalars = [], {}
         dtype = self.np_param.dtype
+        per_tensor = rule.per_tensor
         for run, grad in zip(runs, grads):
             first, stop, step, fresh, _ = run
             a, b = self.offsets[first], self.offsets[stop]
@@ -339,8 +340,9 @@ class Bucket:
             initial, values, held = found
             state = {name: self.np_state[name][a:b] for name in names}
             copy = self.np_copy[a:b] if self.half else None
+            sizes = self.sizes[first:stop] if per_tensor else None   # LAMB's norms
             calls.append((run, initial, rule.call(self.np_param[a:b], grad, state, values,
-                                                  group, copy=copy), held))
+                                                  group, copy=copy, sizes=sizes), held))
         return calls
 
     def run(self, calls, state, has_step):
