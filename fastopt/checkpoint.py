@@ -165,7 +165,7 @@ def save(optimizer, path, *, params=False):
         live = [p for group in optimizer.param_groups for p in group["params"]]
         ids = [i for group in groups for i in group["params"]]
         for index, param in zip(ids, live):
-            tensors[f"params/{_index_key(index)}"] = _contiguous(as_numpy(param))
+            tensors[f"params/{_index_key(index)}"] = _contiguous(_param_array(param))
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -502,7 +502,7 @@ def _build(optimizer, tensors, metadata, path):
     position = {index: i for i, index in enumerate(ids)}
     if len(position) != len(ids):
         raise _corrupt(path, "a parameter index appears in two param groups")
-    arrays = [as_numpy(p) for p in live]
+    arrays = [_param_array(p) for p in live]
 
     def param_for(index, what):
         if index not in position:
@@ -607,6 +607,15 @@ def _to_torch(array):
     import torch
 
     return torch.from_numpy(np.array(array))  # a writable copy
+
+
+def _param_array(param):
+    """A param as NumPy: a view, except that a bfloat16/float16 torch param is widened to
+    float32 (exactly). Its master and state are float32 too (``fastopt.torch``), and
+    safetensors' NumPy side reads no bfloat16; ``_write_param`` rounds it back."""
+    if hasattr(param, "detach") and param.is_floating_point() and param.element_size() == 2:
+        return param.detach().float().numpy()
+    return as_numpy(param)
 
 
 def _write_param(param, array):

@@ -16,8 +16,12 @@ and defaults (:mod:`fastopt.torch.rules`). The update rules are the registry's (
 of truth), run on zero-copy NumPy views of CPU tensors. torch is optional
 (``pip install fastopt[torch]``) and only this package imports it.
 
-**Supported tensors**: dense float32/float64 CPU tensors. CUDA, sparse, complex and
-float16/bfloat16 params (or sparse gradients) raise ``TypeError`` naming what is supported.
+**Supported tensors**: dense float32/float64/bfloat16/float16 CPU tensors. CUDA, sparse,
+complex and other params (or sparse gradients) raise ``TypeError`` naming what is
+supported. bfloat16/float16 params train over a float32 master the optimizer keeps (one
+per group and dtype, with float32 state): each step reads the half gradient, updates the
+master and the state, and writes the half params in the same pass; ``state[p]["master"]``
+holds it (the param's shape), so state dicts and checkpoints carry it.
 
 **Flat storage.** At construction each param group's params are copied, per dtype, into
 one flat tensor and rebound to their slices of it, as FSDP's and DeepSpeed's flat
