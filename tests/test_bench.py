@@ -250,3 +250,19 @@ def test_asv_check():
                           text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": ""})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "No problems found" in done.stdout, done.stdout
+
+
+def test_thread_scaling_table(tmp_path, capsys):
+    """``--threads 1,2`` adds the scaling table: per rule, dtype and size, the kernel at
+    each thread count and its speed-up over one thread (1.00x at one thread)."""
+    path = tmp_path / "scaling.json"
+    code = main(["bench", "--rules", "lion", "--sizes", "1000", "--dtypes", "float32",
+                 "--threads", "1,2", "--no-torch", "--no-model", "--adapter-rules", "none",
+                 "--loop-rules", "none", "--json", str(path), *QUICK])
+    assert code == 0
+    assert "thread scaling" in capsys.readouterr().out
+    rows = json.loads(path.read_text())["scaling"]
+    assert [(r["rule"], r["threads"]) for r in rows] == [("lion", 1), ("lion", 2)]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["triad_speedup"] == 1.0
+    kernels = {r["threads"]: r["kernel"] for r in json.loads(path.read_text())["kernels"]}
+    assert rows[1]["speedup"] == pytest.approx(kernels[1] / kernels[2])

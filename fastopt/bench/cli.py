@@ -234,6 +234,14 @@ def run(args):
                   "triad GB/s: the machine's (same size, threads); of ceiling: the time "
                   "of the same loads and stores without arithmetic over the kernel's, "
                   "timed interleaved with it (1.00: at the ceiling)")
+            scaling = report.scaling_rows(result["kernels"])
+            if scaling:
+                result["scaling"] = scaling
+                print()
+                print(report.scaling_table(scaling))
+                print(f"\nthread scaling: the kernel's time at each thread count and its "
+                      f"speed-up over {min(threads)} thread(s); triad x: the machine's "
+                      "bandwidth scaling over the same counts")
         if model:
             if kernels:
                 print()

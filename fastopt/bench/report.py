@@ -52,6 +52,42 @@ def kernel_table(rows):
     return table(KERNEL_HEADERS, body, ["<", "<", ">"] + [">"] * (len(KERNEL_HEADERS) - 3))
 
 
+def scaling_rows(rows):
+    """Thread scaling from the kernel table's rows: per rule, dtype and size, the kernel
+    time at each thread count, its speed-up over the fewest threads measured, the
+    triad's speed-up over the same counts (the machine's bandwidth scaling, for
+    comparison) and the kernel's fraction of its ceiling. ``[]`` with one thread count."""
+    counts = sorted({r["threads"] for r in rows})
+    if len(counts) < 2:
+        return []
+    by_key = {}
+    for r in rows:
+        by_key.setdefault((r["rule"], r["dtype"], r["size"]), {})[r["threads"]] = r
+    out = []
+    for (rule, dtype, size), at in by_key.items():
+        base = at.get(counts[0])
+        for threads in counts:
+            r = at.get(threads)
+            if r is None or base is None:
+                continue
+            out.append({"rule": rule, "dtype": dtype, "size": size, "threads": threads,
+                        "kernel": r["kernel"], "speedup": base["kernel"] / r["kernel"],
+                        "triad_speedup": base["triad"] / r["triad"],
+                        "ceiling_fraction": r["ceiling_fraction"]})
+    return out
+
+
+SCALING_HEADERS = ["rule", "dtype", "size", "thr", "kernel", "x fewest thr", "triad x",
+                   "of ceiling"]
+
+
+def scaling_table(rows):
+    body = [[r["rule"], r["dtype"], fmt_size(r["size"]), r["threads"], fmt_time(r["kernel"]),
+             fmt_ratio(r["speedup"]), fmt_ratio(r["triad_speedup"]),
+             f"{r['ceiling_fraction']:.2f}"] for r in rows]
+    return table(SCALING_HEADERS, body, ["<", "<", ">", ">", ">", ">", ">", ">"])
+
+
 MODEL_HEADERS = ["rule", "dtype", "workload", "tensors", "elements", "thr", "step",
                  "t.fused", "t.foreach", "t.single", "x fused", "x t.best"]
 
