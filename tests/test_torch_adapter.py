@@ -244,6 +244,13 @@ def test_checkpoint_interchange(name, direction, transport):
     options = CHECKPOINT_CONFIGS[name]
     torch_cls = lambda params: getattr(torch.optim, name)(params, foreach=False, **options)  # noqa
     fast_cls = lambda params: getattr(ft, name)(params, **options)  # noqa
+    assert_checkpoint_interchange(torch_cls, fast_cls, direction, transport)
+
+
+def assert_checkpoint_interchange(torch_cls, fast_cls, direction, transport):
+    """5 steps with one class, its state dict (through ``torch.save`` bytes or not) into
+    the other class on a copy of the model, 10 more steps on both: params in step every
+    step, and the final state (same keys) close."""
     first, second = ((torch_cls, fast_cls) if direction == "torch->fastopt"
                      else (fast_cls, torch_cls))
     batch = make_batch()
@@ -267,6 +274,7 @@ def test_checkpoint_interchange(name, direction, transport):
         assert_same_params(model, resumed_model, torch.float32, step)
     final = resumed.state_dict()["state"]
     for index, entry in opt.state_dict()["state"].items():
+        assert final[index].keys() == entry.keys()
         for key, value in entry.items():
             assert_close_scaled(final[index][key], value)
 

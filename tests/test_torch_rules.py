@@ -10,7 +10,6 @@ kept by torch in its default dtype and derived by fastopt in float64, so float64
 torch's default dtype to float64 (as torch computes them then).
 """
 
-import copy
 import inspect
 
 import numpy as np
@@ -22,8 +21,8 @@ import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
 from cases import MATRIX  # noqa: E402
 from fastopt.rules import RULES  # noqa: E402
-from test_torch_adapter import (_through_bytes, assert_close_scaled,  # noqa: E402
-                                assert_same_params, backward, side_by_side)
+from test_torch_adapter import (assert_checkpoint_interchange,  # noqa: E402
+                                assert_close_scaled, backward, side_by_side)
 from torch_models import make_batch, make_model  # noqa: E402
 
 SEED_CLASSES = {"SGD", "Adagrad", "RMSprop", "Adam", "AdamW"}
@@ -99,31 +98,7 @@ def test_checkpoint_interchange(name, direction, transport):
     torch_cls = lambda params: getattr(torch.optim, rule.torch_class)(  # noqa: E731
         params, foreach=False, **options)
     fast_cls = lambda params: getattr(ft, rule.class_name)(params, **options)  # noqa: E731
-    first, second = ((torch_cls, fast_cls) if direction == "torch->fastopt"
-                     else (fast_cls, torch_cls))
-    batch, model = make_batch(), make_model()
-    opt = first(model.parameters())
-    for _ in range(5):
-        opt.zero_grad()
-        backward(model, batch)
-        opt.step()
-    saved = opt.state_dict()
-    if transport == "torch.save":
-        saved = _through_bytes(saved)
-    resumed_model = copy.deepcopy(model)
-    resumed = second(resumed_model.parameters())
-    resumed.load_state_dict(saved)
-    for step in range(10):
-        for m, o in ((model, opt), (resumed_model, resumed)):
-            o.zero_grad()
-            backward(m, batch)
-            o.step()
-        assert_same_params(model, resumed_model, torch.float32, step)
-    final = resumed.state_dict()["state"]
-    for index, entry in opt.state_dict()["state"].items():
-        assert final[index].keys() == entry.keys()
-        for key, value in entry.items():
-            assert_close_scaled(final[index][key], value)
+    assert_checkpoint_interchange(torch_cls, fast_cls, direction, transport)
 
 
 @pytest.mark.parametrize("name", sorted(RULES))

@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import gradient, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -42,9 +42,7 @@ def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_factor
-        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
-            g = g + weight_decay * p
+        g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
         s = sum[i] + g * g

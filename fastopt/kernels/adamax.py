@@ -1,10 +1,9 @@
 """Adamax (Adam's infinity-norm variant, torch.optim.Adamax): one kernel body."""
 
-import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import gradient, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -65,9 +64,7 @@ def adamax(param, grad, exp_avg, exp_inf, param_copy,
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_factor
-        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
-            g = g + weight_decay * p
+        g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
         m = exp_avg[i]

@@ -3,7 +3,7 @@
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import gradient, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -65,9 +65,7 @@ def asgd(param, grad, ax, param_copy, weight_decay, param_decay, eta, mu, grad_f
     copy_to_average = mu == 1
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_factor
-        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
-            g = g + weight_decay * p
+        g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
         q = p * param_decay - eta * g

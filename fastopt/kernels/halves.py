@@ -134,3 +134,15 @@ def _narrow_to(out, x):
     if out.dtype == types.float32:
         return lambda out, x: x
     return None
+
+
+@register_jitable
+def gradient(g, grad_factor, weight_decay, p):
+    """The gradient a rule sees, from one loaded gradient element ``g`` (any format
+    :func:`widen` reads): ``widen(g) * grad_factor``, plus torch's coupled (L2) weight
+    decay ``weight_decay * p``, with no such term when ``weight_decay`` is 0 (as torch:
+    an infinite ``p`` would make ``0 * p`` NaN). Every elementwise kernel starts here."""
+    g = widen(g) * grad_factor
+    if weight_decay != 0:
+        g = g + weight_decay * p
+    return g

@@ -5,7 +5,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import gradient, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -72,9 +72,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, param_copy,
     small_weight = abs(one_minus_beta1) < 0.5   # torch's lerp picks its formula by this
     for i in prange(param.shape[0]):
         p = param[i] * param_decay
-        g = widen(grad[i]) * grad_factor
-        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
-            g = g + weight_decay * p
+        g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
         m = exp_avg[i]

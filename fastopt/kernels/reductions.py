@@ -61,7 +61,15 @@ def _lane_squares(block):
         for j in range(x.shape[0]):
             v = np.float64(widen(x[j]))
             acc[j] += v * v
-    half = LANES // 2
+    return fold_lanes(acc)
+
+
+@register_jitable
+def fold_lanes(acc):
+    """The sum of ``acc`` (float64 lane accumulators), folded in a fixed halving tree; the
+    order every lane-summed block uses (here and :mod:`fastopt.kernels.segmented`).
+    ``acc`` is consumed."""
+    half = acc.shape[0] // 2
     while half:
         for j in range(half):
             acc[j] += acc[j + half]

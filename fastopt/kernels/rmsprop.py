@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import gradient, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -55,9 +55,7 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_factor
-        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
-            g = g + weight_decay * p
+        g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
         r = alpha * square_avg[i] + one_minus_alpha * g * g

@@ -33,18 +33,6 @@ def block_span(b, offsets, block_offsets):
 
 
 @register_jitable
-def fold_lanes(acc):
-    """The sum of ``acc`` (``LANES`` float64 lane accumulators), folded in a fixed halving
-    tree (as :func:`~fastopt.kernels.reductions.block_squares`); ``acc`` is consumed."""
-    half = acc.shape[0] // 2
-    while half:
-        for j in range(half):
-            acc[j] += acc[j + half]
-        half //= 2
-    return acc[0]
-
-
-@register_jitable
 def lanes():
     """Fresh float64 lane accumulators for one block: element ``k`` of a block (counted
     from the block's start) adds into lane ``k % LANES``, rows in order."""

@@ -3,7 +3,7 @@
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import gradient, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -49,9 +49,7 @@ def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_factor,
     """
     for i in prange(param.shape[0]):
         p = param[i]
-        g = widen(grad[i]) * grad_factor
-        if weight_decay != 0:   # as torch: no 0 * p term, so an infinite p stays infinite
-            g = g + weight_decay * p
+        g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
         if use_momentum:

@@ -13,7 +13,7 @@ import operator
 import numpy as np
 
 from ..flat import Flat, check_float_array
-from ..incoming import plain_value, short_repr, state_array, step_count
+from ..incoming import plain_value, state_array, step_count
 from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
 from .loop import loop_scale

@@ -9,7 +9,6 @@ relative (measured: 0 in bf16, 1.5e-4 in fp16), params within rtol 1e-4, atol 1e
 after eight clipped steps of lr 0.01 (measured: 3e-8 and 1e-6).
 """
 
-import copy
 
 import pytest
 
