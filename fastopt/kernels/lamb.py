@@ -10,7 +10,8 @@ from numba import prange
 
 from .config import kernel
 from .halves import narrow_to, widen
-from .segmented import block_span, cast_like, fold_lanes, lanes, layout, member_sums
+from .reductions import fold_lanes
+from .segmented import block_span, cast_like, lanes, layout, member_sums
 
 # Compile-time options (bound to constants per variant; these defaults are never compiled).
 zero_grad = write_copy = False

@@ -6,7 +6,7 @@ ratio, Adafactor's factored second moments) still runs over one flat buffer per 
 layout of the global norm (:func:`~fastopt.kernels.reductions.block_table`): each member is
 cut into blocks of ``BLOCK`` elements anchored at its own first element, so a block never
 spans two members; a first pass writes one float64 partial per block (``prange`` over
-blocks, each block summed in a fixed order: :func:`fold_lanes`), and the per-member sums
+blocks, each block summed in a fixed order: :func:`~fastopt.kernels.reductions.fold_lanes`), and the per-member sums
 add each member's partials in block order (:func:`member_sums`). Threads only decide who
 computes which block, so the sums are bitwise identical for any thread count, for the
 serial and parallel twins, and for one flat buffer or the same values as separate arrays.
