@@ -5,6 +5,8 @@ triad, and peak memory of a step."""
 from fastopt.bench import cases, ceiling, measure, triad
 
 PARAMS = [list(cases.RULES), list(cases.DTYPES), list(cases.SIZES)]
+#: The kernel and its ceiling for every case: the rules and their option variants.
+KERNEL_PARAMS = [list(cases.CASES), list(cases.DTYPES), list(cases.SIZES)]
 PARAM_NAMES = ["rule", "dtype", "size"]
 
 #: Timing of the track_ benchmarks (they time for themselves): short, median of 3.
@@ -14,7 +16,7 @@ TRACK_TIMING = dict(repeat=3, min_time=0.02)
 class Kernel:
     """The bare kernel call (the ``Kernel`` picks its serial or parallel twin by size)."""
 
-    params = PARAMS
+    params = KERNEL_PARAMS
     param_names = PARAM_NAMES
 
     def setup(self, rule, dtype, size):

@@ -75,6 +75,13 @@ class Case:
 
     rule: str
     options: dict = field(default_factory=dict)
+    #: The case's name in ``CASES`` and in the tables: the rule's, or a variant's
+    #: (``"adam-amsgrad"``, :data:`VARIANTS`).
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.name:
+            object.__setattr__(self, "name", self.rule)
 
     @property
     def spec(self):
@@ -141,12 +148,25 @@ class Case:
 
     def label(self):
         options = ", ".join(f"{k}={v}" for k, v in self.options.items())
-        return f"{self.rule}({options})"
+        return f"{self.name}({options})"
 
 
 CASES = {name: Case(name, BENCH_OPTIONS.get(name, {})) for name in REGISTRY}
 
+#: The rules, one case each: what ``fastopt bench`` and asv run by default.
 RULES = tuple(CASES)
+
+#: Option variants whose kernel is another compile-time variant (other loads and stores,
+#: another loop), benchmarked on request (``fastopt bench --rules adam-amsgrad``) and in
+#: asv's ceiling track: issue 14's "every option variant".
+VARIANTS = {
+    "sgd-nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}),
+    "rmsprop-centered": ("rmsprop", {"centered": True}),
+    "rmsprop-momentum": ("rmsprop", {"momentum": 0.9}),
+    "rmsprop-nesterov": ("rmsprop", {"momentum": 0.9, "nesterov": True}),
+    "adam-amsgrad": ("adam", {"amsgrad": True}),
+}
+CASES.update({name: Case(rule, options, name) for name, (rule, options) in VARIANTS.items()})
 
 
 # --- buffers and calls ------------------------------------------------------------------
@@ -176,7 +196,7 @@ def kernel_args(case, size, dtype, seed=0):
 
 
 #: Rules whose kernel reads half-precision gradients and writes a half copy.
-MIXED_RULES = tuple(CASES)
+MIXED_RULES = RULES
 
 
 def mixed_kernel_args(case, size, grad_format, copy_format, seed=0):

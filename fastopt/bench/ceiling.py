@@ -46,8 +46,21 @@ def rotate3(first, second, third, read_only):
         third[i] = old if old > other else other
 
 
+@kernel
+def rotate4(first, second, third, fourth, read_only):
+    """Reads ``first`` to ``fourth`` and ``read_only``; writes the first four (Adam with
+    amsgrad: the parameter, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``)."""
+    for i in prange(first.shape[0]):
+        old = first[i]
+        other = read_only[i]
+        first[i] = second[i]
+        second[i] = third[i]
+        third[i] = fourth[i]
+        fourth[i] = old if old > other else other
+
+
 #: Ceiling kernels by (buffers written, buffers only read).
-KERNELS = {(2, 1): rotate2, (3, 1): rotate3}
+KERNELS = {(2, 1): rotate2, (3, 1): rotate3, (4, 1): rotate4}
 
 
 def buffers(case, size, dtype, seed=0):
@@ -63,7 +76,7 @@ def layout(case):
     read_only = tuple(name for name in case.reads if name not in case.writes)
     missing = set(case.writes) - set(case.reads)
     if missing:   # a kernel that writes a buffer it never reads: not a rotation
-        raise ValueError(f"{case.rule}: writes {sorted(missing)} without reading them")
+        raise ValueError(f"{case.name}: writes {sorted(missing)} without reading them")
     return KERNELS[len(case.writes), len(read_only)], case.writes + read_only
 
 

@@ -22,7 +22,8 @@ from . import cases, loops, measure, report, suites
 
 def configure(parser):
     parser.add_argument("--rules", default=",".join(cases.RULES),
-                        help=f"comma-separated rules (default: all: {','.join(cases.RULES)})")
+                        help=f"comma-separated rules (default: all: {','.join(cases.RULES)}) "
+                             f"or option variants ({','.join(cases.VARIANTS)})")
     parser.add_argument("--dtypes", default=None,
                         help="comma-separated dtypes, float32 and/or float64 (default: both; "
                              "float32 with --threshold)")
@@ -89,7 +90,7 @@ def parse_options(args):
     unknown = [r for r in rules if r not in cases.CASES]
     if unknown or not rules:
         raise UsageError(f"--rules: unknown {unknown or rules!r}; choose from "
-                         f"{','.join(cases.RULES)}")
+                         f"{','.join(cases.CASES)}")
     default_dtypes = "float32" if args.threshold else ",".join(cases.DTYPES)
     dtypes = _split(args.dtypes or default_dtypes)
     if not dtypes or any(d not in cases.DTYPES for d in dtypes):

@@ -94,9 +94,9 @@ def kernel_rows(rules, dtypes, sizes, thread_counts, timing, torch=True, progres
 
 def _kernel_row(case, dtype, size, threads, timing, torch, triad_time, triad_gbps, progress):
     shapes = [(size,)]
-    row = {"rule": case.rule, "options": case.options, "dtype": dtype, "size": size,
+    row = {"rule": case.name, "options": case.options, "dtype": dtype, "size": size,
            "threads": threads, "bytes_per_element": case.bytes_per_element(dtype)}
-    label = f"{case.rule} {dtype} {size}"
+    label = f"{case.name} {dtype} {size}"
     row.update(kernel_and_ceiling(case, size, dtype, timing))
     if progress:
         progress.step(f"{label} kernel")
@@ -173,11 +173,11 @@ def _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for
     rows = []
     for threads, dtype, case in _each_case(rules, dtypes, thread_counts):
         for workload, shapes in workloads.items():
-            row = {"rule": case.rule, "options": case.options, "dtype": dtype,
+            row = {"rule": case.name, "options": case.options, "dtype": dtype,
                    "workload": workload, "tensors": len(shapes),
                    "elements": int(sum(np.prod(s) for s in shapes)), "threads": threads}
             _measure(row, makers_for(case, shapes, dtype), timing, progress,
-                     f"{case.rule} {dtype} {workload}")
+                     f"{case.name} {dtype} {workload}")
             rows.append(row)
     return rows
 
@@ -279,10 +279,10 @@ def threshold_rows(rules, dtypes, sizes, thread_counts, timing, progress=None):
     rows = []
     for threads, dtype, case in _each_case(rules, dtypes, thread_counts):
         for size in sizes:
-            row = {"rule": case.rule, "dtype": dtype, "size": size, "threads": threads}
+            row = {"rule": case.name, "dtype": dtype, "size": size, "threads": threads}
             makers = {twin: (lambda twin=twin: cases.kernel_call(case, size, dtype, twin=twin))
                       for twin in ("serial", "parallel")}
-            _measure(row, makers, timing, progress, f"{case.rule} {dtype} {size}")
+            _measure(row, makers, timing, progress, f"{case.name} {dtype} {size}")
             row["parallel_speedup"] = row["serial"] / row["parallel"]
             rows.append(row)
     return rows
