@@ -62,8 +62,8 @@ class LambStep:
         return found
 
     def __call__(self, param, grad, exp_avg, exp_avg_sq, param_copy, beta1,
-                 one_minus_beta1, beta2, one_minus_beta2, bias_correction1,
-                 bias_correction2, eps, weight_decay, lr, grad_factor):
+                 one_minus_beta1, beta2, one_minus_beta2, step_scale,
+                 inv_sqrt_bias_correction2, eps, weight_decay, lr, grad_factor):
         where = self.layout
         if where is None:
             where = layout((param.shape[0],))
@@ -75,30 +75,31 @@ class LambStep:
         if self.twin is not None:
             first, second = getattr(first, self.twin), getattr(second, self.twin)
         first(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1, beta2,
-              one_minus_beta2, bias_correction1, bias_correction2, eps, weight_decay, lr,
+              one_minus_beta2, step_scale, inv_sqrt_bias_correction2, eps, weight_decay, lr,
               grad_factor, where.offsets, where.block_offsets, param_squares,
               update_squares)
-        second(param, exp_avg, exp_avg_sq, param_copy, bias_correction1, bias_correction2,
+        second(param, exp_avg, exp_avg_sq, param_copy, step_scale, inv_sqrt_bias_correction2,
                eps, weight_decay, lr, where.offsets, where.block_offsets, param_squares,
                update_squares)
 
 
 @kernel(flags=("zero_grad", "write_copy"), layout=LAYOUT, compound=LambStep)
 def lamb(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1, beta2,
-         one_minus_beta2, bias_correction1, bias_correction2, eps, weight_decay, lr,
+         one_minus_beta2, step_scale, inv_sqrt_bias_correction2, eps, weight_decay, lr,
          grad_factor, offsets, block_offsets, param_squares, update_squares):
     """LAMB's first pass, per block ``b`` of the layout (``prange`` over blocks)::
 
         g = widen(grad[i]) * grad_factor                # -1 in it for maximize
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + ((1 - beta2) * g) * g           # torch's addcmul order
-        u = (m / bias_correction1) / (sqrt(v / bias_correction2) + eps) + weight_decay * p
+        u = (m * step_scale) / (sqrt(v) * inv_sqrt_bias_correction2 + eps) + weight_decay * p
         param_squares[b]  = sum over the block of float64(p)**2
         update_squares[b] = sum over the block of float64(u)**2
         grad[i] = 0                                     # only if zero_grad
 
-    ``bias_correction1 = 1 - beta1**t``, ``bias_correction2 = 1 - beta2**t`` (divided by,
-    as optax and the reference do); no ``weight_decay * p`` term when ``weight_decay``
+    ``step_scale = 1 / (1 - beta1**t)``, ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``
+    (multiplied by, as Adam's kernel does: one division per element where dividing by
+    both corrections takes three; the reference divides, which agrees to rounding); no ``weight_decay * p`` term when ``weight_decay``
     is 0 (an infinite ``p`` would make ``u`` NaN). ``lr`` is unused here (the second
     pass's). The block sums go lane by lane (:func:`~fastopt.kernels.segmented.lanes`)
     then fold in a fixed tree: bitwise the same for any thread count and layout.
@@ -129,7 +130,7 @@ def lamb(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1, b
                 v = beta2 * vs[j] + one_minus_beta2 * g * g
                 ms[j] = m
                 vs[j] = v
-                u = (m / bias_correction1) / (np.sqrt(v / bias_correction2) + eps)
+                u = (m * step_scale) / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)
                 if weight_decay != 0:
                     u = u + weight_decay * p
                 wide_p = np.float64(p)
@@ -141,7 +142,7 @@ def lamb(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1, b
 
 
 @kernel(flags=("write_copy",), layout=LAYOUT)
-def lamb_apply(param, exp_avg, exp_avg_sq, param_copy, bias_correction1, bias_correction2,
+def lamb_apply(param, exp_avg, exp_avg_sq, param_copy, step_scale, inv_sqrt_bias_correction2,
                eps, weight_decay, lr, offsets, block_offsets, param_squares,
                update_squares):
     """LAMB's second pass: per member ``k``, ``||p||`` and ``||u||`` from its blocks'
@@ -172,7 +173,7 @@ def lamb_apply(param, exp_avg, exp_avg_sq, param_copy, bias_correction1, bias_co
         copies = param_copy[start:stop] if write_copy else param_copy
         for j in range(ps.shape[0]):
             p = ps[j]
-            u = (ms[j] / bias_correction1) / (np.sqrt(vs[j] / bias_correction2) + eps)
+            u = (ms[j] * step_scale) / (np.sqrt(vs[j]) * inv_sqrt_bias_correction2 + eps)
             if weight_decay != 0:
                 u = u + weight_decay * p
             q = p - step * u

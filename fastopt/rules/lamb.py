@@ -1,5 +1,7 @@
 """LAMB: layer-wise adaptive moments, the trust ratio taken per parameter tensor."""
 
+import math
+
 from ..kernels.lamb import lamb
 from ..validation import check_lr, check_number
 from .base import Rule, check_betas, check_flags
@@ -42,8 +44,8 @@ class LAMB(Rule):
     defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, maximize=False)
     sources = {"beta1": ("betas", "beta1"), "one_minus_beta1": ("betas", "1 - beta1"),
                "beta2": ("betas", "beta2"), "one_minus_beta2": ("betas", "1 - beta2"),
-               "bias_correction1": ("betas", "1 - beta1**t"),
-               "bias_correction2": ("betas", "1 - beta2**t")}
+               "step_scale": ("betas", "1 / (1 - beta1**t)"),
+               "inv_sqrt_bias_correction2": ("betas", "1 / sqrt(1 - beta2**t)")}
 
     def check(self, group):
         check_lr(group)
@@ -58,6 +60,7 @@ class LAMB(Rule):
     def scalars(self, group, t, fresh):
         beta1, beta2 = group["betas"]
         return dict(beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
-                    one_minus_beta2=1.0 - beta2, bias_correction1=1.0 - beta1 ** t,
-                    bias_correction2=1.0 - beta2 ** t, eps=group["eps"],
+                    one_minus_beta2=1.0 - beta2, step_scale=1.0 / (1.0 - beta1 ** t),
+                    inv_sqrt_bias_correction2=1.0 / math.sqrt(1.0 - beta2 ** t),
+                    eps=group["eps"],
                     weight_decay=group["weight_decay"], lr=group["lr"])
