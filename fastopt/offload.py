@@ -2,12 +2,13 @@
 
 An offload engine keeps float32 master weights and optimizer state on the CPU, receives
 half-precision gradients from the accelerator, and sends a half-precision copy of the
-updated weights back. :func:`adam_step` does the CPU part in one pass over memory: it
-reads the gradient in its own format (float32, bfloat16 or float16) with the loss scale
-and clip factor folded in, updates the master and the state, and writes the bf16/fp16
-copy (rounded to nearest even, as torch's ``.to()``) in the same loop. For Adam with
-bf16 gradients and a bf16 copy that is 28 bytes moved per element, where unscale + fp32
-step + cast move 42.
+updated weights back. :func:`step` does the CPU part for any rule of the registry
+(:func:`adam_step` is its Adam/AdamW form, shaped as DeepSpeed's CPU Adam call), in one
+pass over memory: it reads the gradient in its own format (float32, bfloat16 or float16)
+with the loss scale and clip factor folded in, updates the master and the state, and
+writes the bf16/fp16 copy (rounded to nearest even, as torch's ``.to()``) in the same
+loop. For Adam with bf16 gradients and a bf16 copy that is 28 bytes moved per element,
+where unscale + fp32 step + cast move 42. :func:`init_state` makes a rule's state.
 
 Buffers are NumPy arrays or CPU torch tensors, used in place through zero-copy views:
 bfloat16 as ``ml_dtypes.bfloat16`` arrays or ``torch.bfloat16`` tensors, float16 as
@@ -23,6 +24,98 @@ from .validation import as_floats, check_bool, check_real
 
 #: The gradient factor's name in this entry's arguments, for an overflow message.
 _FACTOR_SOURCE = ("loss_scale", "clip_factor / loss_scale")
+
+
+def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_factor=1.0,
+         **hyperparameters):
+    r"""One step of any rule of the registry over flat buffers, in place, in one pass.
+
+    ``rule``: a registry name (``"adam"``, ``"adamw"``, ``"sgd"``, ``"lion"``, ...;
+    :data:`fastopt.rules.RULES`). ``master``: the float32 (or float64) parameters, written.
+    ``grad``: the gradient in float32, bfloat16 or float16 (only float32 over a float64
+    master), read only, divided by ``loss_scale`` then multiplied by ``clip_factor`` (and
+    negated for ``maximize``), as the optimizers' ``grad_scale``. ``state``: a dict of the
+    rule's state buffers by torch's names, exactly those the rule needs for these
+    hyperparameters (:func:`init_state` makes them), each of the master's dtype and shape,
+    written. ``step``: the step number, counted from 1 (the caller counts). ``out``:
+    ``None``, or a bfloat16/float16 buffer of the master's shape receiving the updated
+    master rounded to nearest even (torch's ``.to()``), in the same pass. The rule's
+    hyperparameters by keyword, with its defaults (``lr``, ``betas``, ...).
+
+    The scalars are the optimizers' (the rule's ``scalars``, derived in float64 and cast
+    to the master's dtype), so ``master`` and ``state`` are bitwise what ``fastopt``'s
+    optimizer of that rule gives on the widened gradient with ``grad_scale=loss_scale``.
+    A per-tensor rule (LAMB) takes the whole buffer as one tensor. Every argument is
+    checked before anything is written (``TypeError``/``ValueError`` naming it).
+    """
+    spec = RULES.get(rule) if isinstance(rule, str) else None
+    if spec is None:
+        raise ValueError(f"rule: {rule!r} is not one of {sorted(RULES)}")
+    unknown = sorted(set(hyperparameters) - set(spec.defaults))
+    if unknown:
+        raise TypeError(f"{spec.class_name} got unexpected keyword argument(s) {unknown}; "
+                        f"it takes {sorted(spec.defaults)}")
+    master_v = _buffer(master, "master", ("float32", "float64"), writes=True)
+    n, shape = master_v.size, master.shape
+    grad_formats = ("float32", *HALF_FORMATS) if master_v.dtype == np.float32 else (
+        "float64",)
+    grad_v = _buffer(grad, "grad", grad_formats, shape=shape)
+    group = {**spec.defaults, **hyperparameters}
+    if callable(group["lr"]):
+        raise TypeError(f"lr must be a real number (evaluate a schedule first), "
+                        f"got {group['lr']!r}")
+    spec.check(group)
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of the rule's state buffers by name, got "
+                        f"{type(state).__name__}")
+    names = spec.state_names(group)
+    if set(state) != set(names):
+        raise ValueError(f"state must hold exactly {list(names)} for {spec.class_name} "
+                         f"with these hyperparameters; got {sorted(state, key=str)}")
+    fmt = "float32" if master_v.dtype == np.float32 else "float64"
+    buffers = {name: _buffer(state[name], name, (fmt,), shape=shape, writes=True)
+               for name in names}
+    named = [("master", master_v), ("grad", grad_v), *buffers.items()]
+    if out is not None:
+        if master_v.dtype != np.float32:
+            raise TypeError("out: a half copy needs a float32 master")
+        named.append(("out", _buffer(out, "out", HALF_FORMATS, shape=shape, writes=True)))
+    _check_disjoint(named)
+    t = step_count(step, "step", 1)
+    loss_scale = check_real(loss_scale, "loss_scale", 0.0, low_open=True, finite=True)
+    clip_factor = check_real(clip_factor, "clip_factor", 0.0, finite=True)
+    group = as_floats(group)
+    # As the optimizers' loop options: 1/loss_scale, then times the clip factor (float64).
+    factor = 1.0 / loss_scale * clip_factor
+    if group.get("maximize", False):
+        factor = -factor
+    fresh = frozenset(names) if t == 1 else frozenset()   # the state starts at step 1
+    values = spec.values(group, t, fresh, factor, master_v.dtype,
+                         spec.ordered_sources(grad_factor=_FACTOR_SOURCE))
+    copy = named[-1][1].reshape(n) if out is not None else None
+    variant, args = spec.call(master_v.reshape(n), grad_v.reshape(n),
+                              {name: b.reshape(n) for name, b in buffers.items()}, values,
+                              group, copy=copy, sizes=(n,) if spec.per_tensor else None)
+    variant(*args)
+
+
+_any_step = step   # adam_step's keyword ``step`` hides the function inside it
+
+
+def init_state(rule, master, **hyperparameters):
+    """The state buffers :func:`step` needs for ``rule`` with these hyperparameters: NumPy
+    arrays of the master's dtype and shape, each filled with the rule's initial value
+    (zeros; Adagrad's ``initial_accumulator_value``, Rprop's ``step_size = lr``)."""
+    spec = RULES.get(rule) if isinstance(rule, str) else None
+    if spec is None:
+        raise ValueError(f"rule: {rule!r} is not one of {sorted(RULES)}")
+    master_v = _buffer(master, "master", ("float32", "float64"))
+    group = {**spec.defaults, **hyperparameters}
+    spec.check(group)
+    group = as_floats(group)
+    return {name: np.full(master_v.shape, spec.initial_value(name, master_v.dtype, group),
+                          master_v.dtype)
+            for name in spec.state_names(group)}
 
 
 def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999),
@@ -88,34 +181,10 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
             model.zero_grad(set_to_none=True)
     """
     master_v = _buffer(master, "master", ("float32",), writes=True)
-    n, shape = master_v.size, master.shape
-    grad_v = _buffer(grad, "grad", ("float32", *HALF_FORMATS), shape=shape)
-    exp_avg_v = _buffer(exp_avg, "exp_avg", ("float32",), shape=shape, writes=True)
-    exp_avg_sq_v = _buffer(exp_avg_sq, "exp_avg_sq", ("float32",), shape=shape, writes=True)
-    named = [("master", master_v), ("grad", grad_v), ("exp_avg", exp_avg_v),
-             ("exp_avg_sq", exp_avg_sq_v)]
-    if out is not None:
-        named.append(("out", _buffer(out, "out", HALF_FORMATS, shape=shape, writes=True)))
-    _check_disjoint(named)
-    t = step_count(step, "step", 1)
-    if callable(lr):
-        raise TypeError(f"lr must be a real number (evaluate a schedule first), got {lr!r}")
-    group = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=False,
-                 maximize=False)
-    rule = RULES["adamw" if check_bool(adamw, "adamw") else "adam"]
-    rule.check(group)
-    loss_scale = check_real(loss_scale, "loss_scale", 0.0, low_open=True, finite=True)
-    clip_factor = check_real(clip_factor, "clip_factor", 0.0, finite=True)
-    # As the optimizers' loop options: 1/loss_scale, then times the clip factor (float64).
-    factor = 1.0 / loss_scale * clip_factor
-    group = as_floats(group)
-    values = rule.values(group, t, frozenset(), factor, np.dtype(np.float32),
-                         rule.ordered_sources(grad_factor=_FACTOR_SOURCE))
-    state = {"exp_avg": exp_avg_v.reshape(n), "exp_avg_sq": exp_avg_sq_v.reshape(n)}
-    copy = named[4][1].reshape(n) if out is not None else None
-    variant, args = rule.call(master_v.reshape(n), grad_v.reshape(n), state, values, group,
-                              copy=copy)
-    variant(*args)
+    rule = "adamw" if check_bool(adamw, "adamw") else "adam"
+    _any_step(rule, master_v, grad, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
+              step=step, out=out, loss_scale=loss_scale, clip_factor=clip_factor, lr=lr,
+              betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 def _buffer(x, name, formats, shape=None, writes=False):

@@ -14,7 +14,7 @@ from .kernels.halves import BF16_BITS, FP16_BITS
 
 #: Format name -> the dtype of the view the kernels take.
 KERNEL_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": BF16_BITS,
-                 "float16": FP16_BITS}
+                 "float16": FP16_BITS, "float64": np.dtype(np.float64)}
 HALF_FORMATS = ("bfloat16", "float16")
 
 
@@ -30,6 +30,8 @@ def _ml_dtypes():
 def _numpy_format(dtype):
     if dtype == np.float32:
         return "float32"
+    if dtype == np.float64:
+        return "float64"
     if dtype == np.float16:
         return "float16"
     if dtype.name == "bfloat16":          # ml_dtypes.bfloat16, without importing it
@@ -38,7 +40,7 @@ def _numpy_format(dtype):
 
 
 _TORCH_FORMATS = {"torch.float32": "float32", "torch.bfloat16": "bfloat16",
-                  "torch.float16": "float16"}
+                  "torch.float16": "float16", "torch.float64": "float64"}
 
 
 def is_tensor(x):
@@ -58,7 +60,7 @@ def kernel_view(x, name, formats):
             raise TypeError(f"{name}: a tensor on {x.device}; fastopt needs CPU tensors")
         if x.requires_grad:
             x = x.detach()
-        if fmt == "float32":
+        if fmt in ("float32", "float64"):
             return x.numpy(), fmt
         import torch
         bits = x.view(torch.int16).numpy()           # zero copy; same shape and strides

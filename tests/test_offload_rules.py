@@ -1,0 +1,114 @@
+"""``fastopt.offload.step``: the one-pass offload step for every rule of the registry.
+
+For each rule of the test matrix (its last option combination), 12 steps over a float32
+master with bfloat16 gradients and a bfloat16 copy: master and state bitwise what the
+rule's NumPy optimizer gives on the widened gradients with ``grad_scale=loss_scale``, and
+the copy bitwise torch's cast of the master; the same over a float64 master with float64
+gradients. Refusals change nothing.
+"""
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+import fastopt
+from cases import MATRIX
+from fastopt import offload
+from fastopt.rules import RULES
+
+LOSS_SCALE = 256.0
+STEPS = 12
+CASES = [(name, dict(combos[-1], lr=lr)) for name, (lr, combos) in MATRIX.items()]
+
+
+def problem(n, dtype, grad_dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    master = rng.standard_normal(n).astype(dtype)
+    grads = [(rng.standard_normal(n) * 0.1 * LOSS_SCALE).astype(grad_dtype)
+             for _ in range(STEPS)]
+    return master, grads
+
+
+@pytest.mark.parametrize("n", [1000, (1 << 17) + 3])
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_every_rule_matches_its_optimizer_on_widened_gradients(case, n):
+    name, options = case
+    master, grads = problem(n, np.float32, ml_dtypes.bfloat16)
+    param = master.copy()
+    opt = fastopt.optim.CLASSES[RULES[name].class_name]([param], grad_scale=LOSS_SCALE,
+                                                       **options)
+    state = offload.init_state(name, master, **options)
+    copy = np.zeros(n, ml_dtypes.bfloat16)
+    for t, grad in enumerate(grads, start=1):
+        offload.step(name, master, grad, state, step=t, out=copy, loss_scale=LOSS_SCALE,
+                     **options)
+        opt.step([grad.astype(np.float32)])
+        np.testing.assert_array_equal(master.view(np.uint32), param.view(np.uint32),
+                                      err_msg=f"step {t}")
+    saved = opt.state_dict()["state"][0]
+    for key, buffer in state.items():
+        np.testing.assert_array_equal(buffer, saved[key], err_msg=key)
+    want = torch.from_numpy(master).to(torch.bfloat16).view(torch.int16).numpy()
+    np.testing.assert_array_equal(copy.view(np.int16), want)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_float64_master(case):
+    name, options = case
+    master, grads = problem(257, np.float64, np.float64)
+    param = master.copy()
+    opt = fastopt.optim.CLASSES[RULES[name].class_name]([param], **options)
+    state = offload.init_state(name, master, **options)
+    for t, grad in enumerate(grads, start=1):
+        offload.step(name, master, grad, state, step=t, **options)
+        opt.step([grad])
+    np.testing.assert_array_equal(master, param)
+
+
+def _buffers():
+    master, (grad, *_) = problem(64, np.float32, ml_dtypes.bfloat16)
+    return master, grad, offload.init_state("adam", master, amsgrad=True)
+
+
+REFUSALS = [
+    (dict(rule="nope"), ValueError, "rule"),
+    (dict(betas=(0.9, 1.5)), ValueError, "beta"),
+    (dict(momentum=0.9), TypeError, "momentum"),
+    (dict(state="missing"), ValueError, "max_exp_avg_sq"),
+    (dict(state="float64"), TypeError, "exp_avg"),
+    (dict(state="extra"), ValueError, "state must hold"),
+    (dict(step=0), ValueError, "step"),
+    (dict(loss_scale=0.0), ValueError, "loss_scale"),
+    (dict(lr=lambda t: 0.1), TypeError, "lr"),
+    (dict(out="float32"), TypeError, "out"),
+]
+
+
+@pytest.mark.parametrize("bad, error, words", REFUSALS,
+                         ids=[f"{next(iter(b))}-{i}" for i, (b, _, _) in enumerate(REFUSALS)])
+def test_refusals_write_nothing(bad, error, words):
+    master, grad, state = _buffers()
+    args = dict(rule="adam", step=1, amsgrad=True, out=None)
+    args.update(bad)
+    if args.get("state") == "missing":
+        state.pop("max_exp_avg_sq")
+    elif args.get("state") == "float64":
+        state["exp_avg"] = state["exp_avg"].astype(np.float64)
+    elif args.get("state") == "extra":
+        state["momentum_buffer"] = np.zeros_like(master)
+    args.pop("state", None)
+    if args.get("out") == "float32":
+        args["out"] = np.zeros_like(master)
+    before = [master.copy(), *(b.copy() for b in state.values())]
+    with pytest.raises(error, match=words):
+        offload.step(args.pop("rule"), master, grad, state, **args)
+    for a, b in zip([master, *state.values()], before):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_half_gradient_needs_a_float32_master():
+    master = np.zeros(8)
+    grad = np.zeros(8, ml_dtypes.bfloat16)
+    with pytest.raises(TypeError, match="grad"):
+        offload.step("sgd", master, grad, {}, step=1)
