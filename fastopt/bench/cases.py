@@ -169,7 +169,7 @@ def kernel_args(case, size, dtype, seed=0):
     flat.grads[0][...] = grad
     opt = case.optimizer(flat, **case.options)
     (seg,), group = opt._segments[0], opt.param_groups[0]
-    state, _ = opt.new_state(seg.param, seg.state, group)
+    state, _ = opt.new_state(seg.param, seg.state, group, seg)
     steady = SegmentStep(seg.param, state, STEP, frozenset())   # momentum buffers exist
     variant, args = opt.rule.prepare(steady, group, seg.own_grad, 1.0)
     return (*args, *variant.flags.values())
