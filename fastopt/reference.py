@@ -318,7 +318,9 @@ def adafactor(param, grad, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3)
         u = g / sqrt(max(v, eps1**2)) ;  p = p - alpha / max(1, ||u|| / (sqrt(n) d)) * u
 
     ``eps1=None``: the dtype's machine epsilon. Reductions are float64 sums rounded once
-    to the dtype (where torch's return a tensor); ``alpha``, ``denom`` in float64."""
+    to the dtype (where torch's return a tensor); ``alpha``, ``denom`` in float64. An
+    empty param steps (its state advances, nothing moves); torch raises
+    ``ZeroDivisionError`` there (``0.0 / 0 ** 0.5``)."""
     dtype = param.dtype.type
     g = _gradient(param, grad, grad_factor, maximize, 0.0)
     t = state.get("step", 0) + 1
@@ -328,11 +330,19 @@ def adafactor(param, grad, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3)
     weight = float(t) ** beta2_decay
     rho = min(lr, 1 / t ** 0.5)
     n = param.size
-    alpha = max(eps2, _rounded_norm(param) / n ** 0.5) * rho
+    root = max(n, 1) ** 0.5   # an empty param: nothing moves (torch divides 0 by 0)
+    alpha = max(eps2, _rounded_norm(param) / root) * rho
     if weight_decay != 0:
         param = param * dtype(1 - lr * weight_decay)
     new = {"step": t}
     wide = np.square(g.astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):  # an empty row's mean: 0/0, NaN
+        return _adafactor_rest(param, g, state, wide, new, weight, eps1, alpha, root, d)
+
+
+def _adafactor_rest(param, g, state, wide, new, weight, eps1, alpha, root, d):
+    """The factors, the variance estimate and the update of :func:`adafactor`."""
+    dtype = param.dtype.type
     if g.ndim > 1:
         rows, cols = g.shape[-2], g.shape[-1]
         row_mean = np.sqrt(wide.sum(axis=-1, keepdims=True)).astype(param.dtype)
@@ -353,7 +363,7 @@ def adafactor(param, grad, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3)
         new["variance"] = v = variance
     v = np.where(v < dtype(eps1 * eps1), dtype(eps1 * eps1), v)
     u = (dtype(1) / np.sqrt(v)) * g
-    denom = max(1.0, _rounded_norm(u) / (n ** 0.5 * d))
+    denom = max(1.0, _rounded_norm(u) / (root * d))
     return param + dtype(-alpha / denom) * u, new
 
 

@@ -88,8 +88,9 @@ class FactoredLayout:
                 row_off += lead * rows
                 col_off += lead * columns
                 leads += lead
-                work.append(work[-1] + (lead * rows if size else 0))
-                cols.append(cols[-1] + (lead * -(-columns // CHUNK) if size else 0))
+                # an empty member's rows/columns still get their mean, 0/0 = NaN, as torch
+                work.append(work[-1] + lead * rows)
+                cols.append(cols[-1] + lead * -(-columns // CHUNK))
             else:
                 table[k] = (offset, size, row_off, col_off, var_off, 1, 1, size, 0, leads)
                 var_off += size
