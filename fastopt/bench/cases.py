@@ -117,7 +117,11 @@ class Case:
 
     @property
     def arrays(self):
-        names = self.spec.state_names(self.hyperparameters)
+        """The bench's buffers are 1-D: a state a 1-D param lacks (the rule's
+        ``state_shape`` is ``None``: Adafactor's ``row_var``, ``col_var``) is untouched."""
+        spec, group = self.spec, self.hyperparameters
+        names = [name for name in spec.state_names(group)
+                 if spec.state_shape(name, group, (2,)) is not None]
         return ("param", "grad", *(name if name in names else None
                                    for name in self.kernel.binding.buffers), None)
 
