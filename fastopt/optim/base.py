@@ -384,7 +384,8 @@ class Optimizer:
         groups and params, the keys, the hyperparameters (as at construction), the rule
         (``decoupled_weight_decay`` must match), the step counts (whole, in [1, 2**53])
         and every state buffer (:func:`fastopt.incoming.state_array`: a real float or
-        integer array or tensor, of the param's shape; cast to the param's dtype). A
+        integer array or tensor, of its state's shape: the param's, or the rule's
+        ``state_shape``, Adafactor's factors; cast to the param's dtype). A
         refused load raises ``ValueError`` (``TypeError`` for a value of the wrong type)
         saying what differs, and changes nothing."""
         if not isinstance(state_dict, dict) or {"state", "param_groups"} - set(state_dict):

@@ -352,7 +352,7 @@ class Optimizer(torch.optim.Optimizer):
         group completed with this class's defaults (as ``__setstate__`` completes it) and
         validated as at construction (:meth:`_hyperparameters`); every ``step`` a whole
         number in [0, 2**53]; every state tensor dense, CPU, of a real dtype and shaped like
-        its param (:mod:`fastopt.incoming`). Mismatched group or param counts are left to
+        its param or, for the rule's own state names, as its ``state_shape`` says (:mod:`fastopt.incoming`). Mismatched group or param counts are left to
         torch's own checks, which raise before anything is replaced."""
         owner = f"{self._owner}.load_state_dict"
         given = state_dict if isinstance(state_dict, dict) else {}
