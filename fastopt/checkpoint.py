@@ -488,7 +488,7 @@ def _build(optimizer, tensors, metadata, path):
     if len(groups) != len(optimizer.param_groups):
         raise ValueError(f"checkpoint {path} has {len(groups)} param groups, the optimizer "
                          f"has {len(optimizer.param_groups)}")
-    ids, live = [], []
+    ids, live, live_groups = [], [], []
     for g, (saved, group) in enumerate(zip(groups, optimizer.param_groups)):
         if not isinstance(saved, dict) or not isinstance(saved.get("params"), list) \
                 or not all(type(i) is int for i in saved["params"]):
@@ -499,6 +499,7 @@ def _build(optimizer, tensors, metadata, path):
                              f"{len(group['params'])}")
         ids.extend(saved["params"])
         live.extend(group["params"])
+        live_groups.extend([group] * len(group["params"]))
     position = {index: i for i, index in enumerate(ids)}
     if len(position) != len(ids):
         raise _corrupt(path, "a parameter index appears in two param groups")
@@ -510,8 +511,23 @@ def _build(optimizer, tensors, metadata, path):
                              f"optimizer has {len(ids)} params")
         return position[index]
 
-    def check(array, what, i):
+    rule_of = getattr(optimizer, "rule", None)
+
+    def check(array, what, i, key=None):
+        """A state array of ``key`` has the shape of the rule's ``state_shape`` (the
+        param's unless the rule says otherwise) and the param's dtype."""
         want = arrays[i]
+        if key is not None and rule_of is not None and rule_of.shaped_state:
+            shape = rule_of.state_shape(key, live_groups[i], tuple(want.shape))
+            if shape is None:
+                raise ValueError(f"checkpoint {path}: {what}: params[{i}] of shape "
+                                 f"{want.shape} has no {key!r} state (another rule?)")
+            if array.shape != tuple(shape) or array.dtype != want.dtype:
+                raise ValueError(f"checkpoint {path}: {what} has shape {array.shape} and "
+                                 f"dtype {array.dtype}, the {key!r} state of params[{i}] "
+                                 f"(shape {want.shape}) has shape {tuple(shape)} and dtype "
+                                 f"{want.dtype}")
+            return
         if array.shape != want.shape or array.dtype != want.dtype:
             raise ValueError(f"checkpoint {path}: {what} has shape {array.shape} and dtype "
                              f"{array.dtype}, params[{i}] has shape {want.shape} and dtype "
@@ -530,7 +546,7 @@ def _build(optimizer, tensors, metadata, path):
                 if array.size != 1 or array.item() != steps.get(str(index)):
                     raise _corrupt(path, f"state/{index}/step disagrees with 'steps'")
             else:
-                check(array, f"state[{index}][{key!r}]", i)
+                check(array, f"state[{index}][{key!r}]", i, key)
             state.setdefault(index, {})[key] = to_value(array)
             continue
         match = _PARAM_NAME.fullmatch(tensor_name)

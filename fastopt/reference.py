@@ -291,7 +291,84 @@ def lamb(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_de
     return param - step * u, {"step": t, "exp_avg": m, "exp_avg_sq": v}
 
 
+def _rounded_norm(x):
+    """torch's ``x.norm(2).item()`` for a tensor of ``x``'s dtype: here the float64 norm
+    rounded once to that dtype, as a Python float."""
+    return float(x.dtype.type(_norm(x)))
+
+
+def _lerp(start, end, weight):
+    """torch's ``start.lerp_(end, weight)`` (the branch on ``weight < 0.5``; the
+    coefficient ``weight`` or ``weight - 1`` derived in float64, as the kernels take it)."""
+    if weight < 0.5:
+        return start + start.dtype.type(weight) * (end - start)
+    return end + start.dtype.type(weight - 1.0) * (end - start)
+
+
+def adafactor(param, grad, state, *, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0,
+              weight_decay=0.0, maximize=False, grad_factor=1.0):
+    """Adafactor as ``torch.optim.Adafactor``'s ``_single_tensor_adafactor``, over ONE
+    tensor (its norms and factors are per tensor; state ``row_var`` ``(*lead, R, 1)`` and
+    ``col_var`` ``(*lead, 1, C)`` for 2+ dims, ``variance`` otherwise)::
+
+        w = t**beta2_decay ;  rho = min(lr, 1/sqrt(t))
+        alpha = max(eps2, ||p|| / sqrt(n)) * rho ;  p = p * (1 - lr*weight_decay)
+        row_var = lerp(row_var, mean(g*g, -1), w) ;  col_var = lerp(col_var, mean(g*g, -2), w)
+        v = row_var @ col_var / max(mean(row_var, -2), eps1)     (or lerp(variance, g*g, w))
+        u = g / sqrt(max(v, eps1**2)) ;  p = p - alpha / max(1, ||u|| / (sqrt(n) d)) * u
+
+    ``eps1=None``: the dtype's machine epsilon. Reductions are float64 sums rounded once
+    to the dtype (where torch's return a tensor); ``alpha``, ``denom`` in float64. An
+    empty param steps (its state advances, nothing moves); torch raises
+    ``ZeroDivisionError`` there (``0.0 / 0 ** 0.5``)."""
+    dtype = param.dtype.type
+    g = _gradient(param, grad, grad_factor, maximize, 0.0)
+    t = state.get("step", 0) + 1
+    eps1, eps2 = eps
+    if eps1 is None:
+        eps1 = float(np.finfo(param.dtype).eps)
+    weight = float(t) ** beta2_decay
+    rho = min(lr, 1 / t ** 0.5)
+    n = param.size
+    root = max(n, 1) ** 0.5   # an empty param: nothing moves (torch divides 0 by 0)
+    alpha = max(eps2, _rounded_norm(param) / root) * rho
+    if weight_decay != 0:
+        param = param * dtype(1 - lr * weight_decay)
+    new = {"step": t}
+    wide = np.square(g.astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):  # an empty row's mean: 0/0, NaN
+        return _adafactor_rest(param, g, state, wide, new, weight, eps1, alpha, root, d)
+
+
+def _adafactor_rest(param, g, state, wide, new, weight, eps1, alpha, root, d):
+    """The factors, the variance estimate and the update of :func:`adafactor`."""
+    dtype = param.dtype.type
+    if g.ndim > 1:
+        rows, cols = g.shape[-2], g.shape[-1]
+        row_mean = np.sqrt(wide.sum(axis=-1, keepdims=True)).astype(param.dtype)
+        row_mean = row_mean * row_mean / dtype(cols)
+        col_mean = np.sqrt(wide.sum(axis=-2, keepdims=True)).astype(param.dtype)
+        col_mean = col_mean * col_mean / dtype(rows)
+        row_var = _lerp(state.get("row_var", np.zeros(g.shape[:-1] + (1,), param.dtype)),
+                        row_mean, weight)
+        col_var = _lerp(state.get("col_var", np.zeros(g.shape[:-2] + (1, cols),
+                                                      param.dtype)), col_mean, weight)
+        new["row_var"], new["col_var"] = row_var, col_var
+        mean = (row_var.astype(np.float64).sum(axis=-2, keepdims=True) / rows).astype(
+            param.dtype)
+        mean = np.where(mean < dtype(eps1), dtype(eps1), mean)
+        v = row_var * col_var / mean
+    else:
+        variance = _lerp(state.get("variance", np.zeros_like(param)), g * g, weight)
+        new["variance"] = v = variance
+    v = np.where(v < dtype(eps1 * eps1), dtype(eps1 * eps1), v)
+    u = (dtype(1) / np.sqrt(v)) * g
+    denom = max(1.0, _rounded_norm(u) / (root * d))
+    return param + dtype(-alpha / denom) * u, new
+
+
 #: Every rule's reference, by the rule's registry name (:mod:`fastopt.rules`).
 RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw,
          "adamax": adamax, "radam": radam, "adadelta": adadelta, "rprop": rprop,
-         "nadam": nadam, "asgd": asgd, "lion": lion, "lamb": lamb}
+         "nadam": nadam, "asgd": asgd, "lion": lion, "lamb": lamb,
+         "adafactor": adafactor}

@@ -73,6 +73,12 @@ MATRIX = {
         {"eps": 1e-4},
         {"betas": (0.85, 0.98), "weight_decay": 0.05, "eps": 1e-5, "maximize": True},
     ]),
+    "adafactor": (0.01, [
+        {}, {"weight_decay": 0.1}, {"d": 2.0}, {"beta2_decay": -0.5},
+        {"eps": (1e-30, 1e-3)}, {"maximize": True},
+        {"beta2_decay": -0.6, "eps": (1e-20, 1e-2), "d": 1.5, "weight_decay": 0.05,
+         "maximize": True},
+    ]),
     "rprop": (0.01, [
         {}, {"etas": (0.3, 1.5)}, {"step_sizes": (1e-3, 0.05)}, {"maximize": True},
         {"etas": (0.4, 1.1), "step_sizes": (1e-4, 1.0), "maximize": True},

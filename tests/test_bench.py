@@ -29,7 +29,7 @@ QUICK = ["--repeat", "1", "--min-time", "0.002"]
 #: lamb: the same buffers (the minimum traffic; its two passes read p, m, v twice).
 HAND_COUNT = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adadelta": 7,
               "adamax": 7, "asgd": 5, "lion": 5, "nadam": 7, "radam": 7, "rprop": 7,
-              "lamb": 7,
+              "lamb": 7, "adafactor": 5,   # adafactor, 1-D: p, g, variance
               # option variants: Nesterov SGD reads p, g, b and writes p, b; centered
               # RMSprop adds grad_avg, momentum RMSprop momentum_buffer; amsgrad max_exp_avg_sq
               "sgd-nesterov": 5, "rmsprop-centered": 7, "rmsprop-momentum": 7,

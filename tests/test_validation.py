@@ -208,7 +208,9 @@ def test_zero_size_and_0d_params_step_like_the_reference(case, layout):
             if name in REGISTRY[rule].scalar_state_names:   # NAdam's mu_product: a number
                 assert state[i][name] == pytest.approx(value, rel=1e-12)
             elif name != "step":
-                assert state[i][name].shape == EMPTY_AND_SCALAR_SHAPES[i]
+                group = {**REGISTRY[rule].defaults, **options}
+                assert state[i][name].shape == REGISTRY[rule].state_shape(
+                    name, group, EMPTY_AND_SCALAR_SHAPES[i])
                 np.testing.assert_allclose(state[i][name], value, rtol=1e-12, atol=1e-13)
 
 

@@ -124,7 +124,11 @@ class Case:
 
     @property
     def arrays(self):
-        names = self.spec.state_names(self.hyperparameters)
+        """The bench's buffers are 1-D: a state a 1-D param lacks (the rule's
+        ``state_shape`` is ``None``: Adafactor's ``row_var``, ``col_var``) is untouched."""
+        spec, group = self.spec, self.hyperparameters
+        names = [name for name in spec.state_names(group)
+                 if spec.state_shape(name, group, (2,)) is not None]
         return ("param", "grad", *(name if name in names else None
                                    for name in self.kernel.binding.buffers), None)
 
@@ -189,7 +193,7 @@ def kernel_args(case, size, dtype, seed=0):
     flat.grads[0][...] = grad
     opt = case.optimizer(flat, **case.options)
     (seg,), group = opt._segments[0], opt.param_groups[0]
-    state, _ = opt.new_state(seg.param, seg.state, group)
+    state, _ = opt.new_state(seg.param, seg.state, group, seg)
     steady = SegmentStep(seg.param, state, STEP, frozenset())   # momentum buffers exist
     variant, args = opt.rule.prepare(steady, group, seg.own_grad, 1.0)
     return (*args, *variant.flags.values())

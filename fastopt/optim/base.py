@@ -276,7 +276,7 @@ class Optimizer:
         if scale is not None:
             rule = self.rule
             for (_, seg), group, grad in zip(work, resolved, views):
-                state, fresh = self.new_state(seg.param, seg.state, group)
+                state, fresh = self.new_state(seg.param, seg.state, group, seg)
                 step = seg.step + 1
                 sign = -scale if group["maximize"] else scale
                 values = rule.values(group, step, fresh, sign, seg.param.dtype)
@@ -285,7 +285,7 @@ class Optimizer:
                         and bound[2] is grad and bound[3] == zero_grad):
                     bound = (group, state, grad, zero_grad,
                              *rule.bind(seg.param, grad, state, group, zero_grad,
-                                        sizes=seg.sizes))
+                                        sizes=seg.sizes, shapes=seg.shapes))
                 held = rule.scalar_state(group, step) if rule.scalar_state_names else None
                 calls.append((seg, state, step, grad, bound, values, held))
         # Nothing can fail from here on: commit, then run the kernels.
@@ -311,17 +311,31 @@ class Optimizer:
 
     # --- state --------------------------------------------------------------------
 
-    def new_state(self, param, state, group):
+    def new_state(self, param, state, group, segment=None):
         """``(state, fresh)``: ``state`` (a dict of buffers by name, not changed) plus a
         buffer like ``param`` for every name the group needs that it lacks, filled with
-        :meth:`Rule.initial_value <fastopt.rules.base.Rule.initial_value>`; ``fresh`` names those (an empty frozenset when none)."""
+        :meth:`Rule.initial_value <fastopt.rules.base.Rule.initial_value>`; ``fresh`` names
+        those (an empty frozenset when none). For a rule whose state has shapes of its own
+        (:meth:`Rule.state_shape <fastopt.rules.base.Rule.state_shape>`), each buffer has
+        the length :meth:`Segment.state_members
+        <fastopt.optim.segments.Segment.state_members>` gives for ``segment`` (the
+        segment whose ``param`` this is; required then)."""
         fresh = _NOTHING
-        for name in self.rule.state_names(group):
+        rule = self.rule
+        for name in rule.state_names(group):
             if name not in state:
                 if not fresh:
                     state, fresh = dict(state), set()
-                state[name] = np.full_like(param, self.rule.initial_value(name, param.dtype,
-                                                                          group))
+                value = rule.initial_value(name, param.dtype, group)
+                if rule.shaped_state:
+                    if segment is None:
+                        raise TypeError(f"{type(self).__name__}.new_state needs the "
+                                        "segment: the rule's state is not shaped as "
+                                        "its params")
+                    _, total = segment.state_members(rule, name, group)
+                    state[name] = np.full(total, value, dtype=param.dtype)
+                else:
+                    state[name] = np.full_like(param, value)
                 fresh.add(name)
         return state, fresh
 
@@ -332,14 +346,20 @@ class Optimizer:
         return {index: entry for index, entry in self._state_entries(copy=False)}
 
     def _state_entries(self, copy):
-        for segments in self._segments:
+        rule = self.rule
+        for group, segments in zip(self.param_groups, self._segments):
             for seg in segments:
                 if seg.step == 0:
                     continue
-                for member in seg.members:
+                layouts = {name: seg.state_members(rule, name, group)[0]
+                           for name in seg.state}
+                for k, member in enumerate(seg.members):
                     entry = {"step": seg.step}
                     for name, buffer in seg.state.items():
-                        view = seg.member_view(buffer, member)
+                        where = layouts[name][k]
+                        if where is None:   # the param has no such state (Adafactor's)
+                            continue
+                        view = seg.member_view(buffer, where)
                         entry[name] = view.copy() if copy else view
                     if seg.held:   # the rule's scalar state (NAdam's mu_product)
                         entry.update(seg.held)
@@ -364,7 +384,8 @@ class Optimizer:
         groups and params, the keys, the hyperparameters (as at construction), the rule
         (``decoupled_weight_decay`` must match), the step counts (whole, in [1, 2**53])
         and every state buffer (:func:`fastopt.incoming.state_array`: a real float or
-        integer array or tensor, of the param's shape; cast to the param's dtype). A
+        integer array or tensor, of its state's shape: the param's, or the rule's
+        ``state_shape``, Adafactor's factors; cast to the param's dtype). A
         refused load raises ``ValueError`` (``TypeError`` for a value of the wrong type)
         saying what differs, and changes nothing."""
         if not isinstance(state_dict, dict) or {"state", "param_groups"} - set(state_dict):
@@ -407,7 +428,7 @@ class Optimizer:
             names = rule.state_names(group)
             for seg in segments:
                 entries = [state.get(ids[i], state.get(str(ids[i]))) for i in seg.indices]
-                step, buffers = self._plan_segment(seg, entries, names)
+                step, buffers = self._plan_segment(seg, entries, names, group)
                 # the rule's scalar state (NAdam's mu_product): recomputed from the step
                 held = rule.scalar_state(resolve_lr(as_floats(group), step - 1), step) \
                     if step and rule.scalar_state_names else None
@@ -417,15 +438,17 @@ class Optimizer:
         for seg, step, buffers, held in plan:
             seg.step, seg.held = step, held
             seg.state = {}
-            for name, parts in buffers.items():
-                seg.state[name] = np.empty_like(seg.param)
+            for name, (total, parts) in buffers.items():
+                seg.state[name] = np.empty(total, dtype=seg.param.dtype)
                 for member, array in parts:
                     seg.member_view(seg.state[name], member)[...] = array
 
-    def _plan_segment(self, seg, entries, names):
-        """``(step, {name: [(member, array)]})`` for one segment, every array converted
-        (:func:`fastopt.incoming.state_array`), shape-checked and cast to the segment's
-        dtype, so that writing them cannot fail."""
+    def _plan_segment(self, seg, entries, names, group=None):
+        """``(step, {name: (length, [(state member, array)])})`` for one segment, every
+        array converted (:func:`fastopt.incoming.state_array`), checked against the
+        shape of its state (the param's, or the rule's :meth:`state_shape
+        <fastopt.rules.base.Rule.state_shape>`) and cast to the segment's dtype, so that
+        writing them cannot fail. ``group``: the (new) param group."""
         for index, entry in zip(seg.indices, entries):
             if entry is not None and not isinstance(entry, dict):
                 raise ValueError(f"state_dict state[{index}] must be a dict, got "
@@ -443,20 +466,32 @@ class Optimizer:
             raise ValueError(f"state_dict has different step counts {sorted(steps)} for "
                              f"params {seg.indices}, which share one flat buffer")
         buffers = {}
+        rule = self.rule
         for name in names:
             parts = []
-            for member, entry in zip(seg.members, entries):
+            where, total = seg.state_members(rule, name, group)
+            for member, at, entry in zip(seg.members, where, entries):
                 what = f"state_dict state[{member[0]}][{name!r}]"
+                if at is None:   # the param has no such state (Adafactor's variance)
+                    if entry.get(name) is not None:
+                        raise ValueError(f"{what}: params[{member[0]}] of shape "
+                                         f"{tuple(member[3])} has no {name!r} state "
+                                         "(saved by another rule?)")
+                    continue
                 if name not in entry or entry[name] is None:
                     raise ValueError(f"state_dict state[{member[0]}] lacks {name!r} "
                                      "(saved by another rule or with other options?)")
                 array = state_array(entry[name], what)
-                if array.shape != tuple(member[3]):
-                    raise ValueError(f"{what} has shape {array.shape}, params[{member[0]}] "
-                                     f"has {member[3]}")
+                if array.shape != tuple(at[3]):
+                    if tuple(at[3]) == tuple(member[3]):
+                        raise ValueError(f"{what} has shape {array.shape}, "
+                                         f"params[{member[0]}] has {member[3]}")
+                    raise ValueError(f"{what} has shape {array.shape}, the {name!r} state "
+                                     f"of params[{member[0]}] (shape {tuple(member[3])}) "
+                                     f"has {at[3]}")
                 with np.errstate(all="ignore"):  # as torch: out-of-range values become inf
-                    parts.append((member, array.astype(seg.param.dtype)))
-            buffers[name] = parts
+                    parts.append((at, array.astype(seg.param.dtype)))
+            buffers[name] = (total, parts)
         return steps.pop(), buffers
 
 

@@ -54,14 +54,19 @@ class Segment:
     """A 1-D parameter view, the params it covers, its state buffers and step count.
 
     ``members``: ``(param index, offset, size, shape)`` per array in the segment.
-    ``sizes``: the members' sizes, in order (what a per-tensor rule's ``bind`` reads).
-    ``state``: state name -> 1-D buffer of the segment's length (PyTorch's names).
+    ``sizes``, ``shapes``: the members' sizes and shapes, in order (what a per-tensor
+    rule's ``bind`` reads).
+    ``state``: state name -> 1-D buffer (PyTorch's names): of the segment's length, laid
+    out as the params, unless the rule's state has shapes of its own
+    (:meth:`~fastopt.rules.base.Rule.state_shape`): then as :meth:`state_members` says.
     """
 
     def __init__(self, param, members):
         self.param = param
         self.members = members
         self.sizes = tuple(m[2] for m in members)
+        self.shapes = tuple(tuple(int(n) for n in m[3]) for m in members)
+        self._layouts = {}   # state name -> (state members, total), for shaped state
         self.state = {}
         self.step = 0
         self.own_grad = None   # 1-D gradient view when the params came from flatten()
@@ -98,6 +103,22 @@ class Segment:
         for (_, offset, size, _), grad in zip(self.members, members):
             self._gather[offset:offset + size] = plain(grad).reshape(-1)
         return self._gather
+
+    def state_members(self, rule, name, group):
+        """``(members, total)`` of the flat state buffer ``name``: per member ``(param
+        index, offset, size, shape)`` of its view in the buffer (``None`` where the
+        param has no such state), and the buffer's length. :attr:`members` and the
+        segment's length for a rule whose state is shaped as the params; else from
+        :meth:`~fastopt.rules.base.Rule.state_layout`, computed once per name."""
+        if not rule.shaped_state:
+            return self.members, self.param.shape[0]
+        found = self._layouts.get(name)
+        if found is None:
+            shapes, offsets = rule.state_layout(name, group, self.shapes)
+            members = [None if shape is None else (m[0], a, b - a, shape)
+                       for m, shape, a, b in zip(self.members, shapes, offsets, offsets[1:])]
+            found = self._layouts[name] = (members, offsets[-1])
+        return found
 
     def member_view(self, buffer, member):
         _, offset, size, shape = member

@@ -19,12 +19,21 @@ A :class:`Rule` is stateless. It says, for one update rule:
 * ``per_tensor``: whether the update reads reductions over each parameter tensor (LAMB's
   trust ratio): then :meth:`bind` gives the kernel variant ``over(sizes)``, the member
   sizes of the buffer, which the front ends pass (``sizes=``; elementwise rules ignore it,
-  and ``fastopt.torch`` does not even compute it for them).
+  and ``fastopt.torch`` does not even compute it for them); with ``member_shapes`` the
+  variant is ``over(shapes)``, the members' shapes (``shapes=``: Adafactor's factors);
+* :meth:`state_shape`: the shape of a state buffer's per-param view (the param's unless
+  a rule says otherwise: Adafactor's ``row_var`` is ``(*lead, rows, 1)``; ``None``: the
+  param has no such state). The front ends lay each flat state buffer out from these
+  shapes (:meth:`state_layout`), once per segment or bucket and name;
+* :meth:`dtype_scalars`: scalars that depend on the buffers' dtype (Adafactor's
+  ``eps1=None``: the dtype's machine epsilon), filled in by :meth:`values`.
 
 The NumPy optimizers (:mod:`fastopt.optim`), ``fastopt.torch``, the bench, the asv suite,
 the demo and the tests read the registry (:mod:`fastopt.rules`); nothing restates a rule.
 A subclass with a ``name`` registers itself when its module is imported.
 """
+
+import math
 
 from ..incoming import plain_value
 from ..validation import cast_scalars, check_bool, check_real, short_repr
@@ -48,6 +57,9 @@ class Rule:
     #: Whether the update depends on reductions over each parameter tensor: the kernel's
     #: variants then have ``over(sizes)`` (:class:`~fastopt.kernels.lamb.LambStep`).
     per_tensor = False
+    #: With ``per_tensor``: whether the kernel's variants take ``over(shapes)`` (the
+    #: members' shapes, tuples) rather than ``over(sizes)``.
+    member_shapes = False
     #: Scalar name -> ``(hyperparameter, formula)``: the message of an overflow of the
     #: buffers' dtype (``validation.cast_scalars``). A scalar not listed is blamed on itself,
     #: ``grad_factor`` on the loop option ``grad_scale``.
@@ -62,6 +74,10 @@ class Rule:
         #: The kernel's :class:`~fastopt.kernels.binding.Binding` (its arguments by name).
         self.binding = self.kernel.binding if self.kernel is not None else None
         self._ordered_sources = self.ordered_sources() if self.kernel is not None else None
+        #: Whether the rule's state views have shapes of their own (:meth:`state_shape`
+        #: overridden); False: every state buffer is laid out as the params.
+        self.shaped_state = type(self).state_shape is not Rule.state_shape
+        self._dtype_dependent = type(self).dtype_scalars is not Rule.dtype_scalars
 
     def __repr__(self):
         return f"<fastopt rule {self.name}>"
@@ -79,6 +95,32 @@ class Rule:
     def initial_state(self, name, group):
         """The value state buffer ``name`` starts at (zeros unless a rule says so)."""
         return 0.0
+
+    def state_shape(self, name, group, shape):
+        """The shape of state ``name``'s view for a param of ``shape`` (a tuple), or
+        ``None`` when such a param has no ``name`` state (not in its state dict entry, no
+        elements in the flat buffer). The param's shape unless a rule says otherwise;
+        it may read only group keys a step cannot change (the front ends cache it)."""
+        return shape
+
+    def state_layout(self, name, group, shapes):
+        """``(state shapes, offsets)`` of the flat state buffer ``name`` over members of
+        ``shapes`` (the params' shapes, in order): each member's :meth:`state_shape`
+        (``None``: no state) and the ``len(shapes) + 1`` offsets of the members' views
+        in the buffer (the last one its length)."""
+        out, offsets = [], [0]
+        for shape in shapes:
+            found = self.state_shape(name, group, tuple(shape))
+            found = None if found is None else tuple(int(n) for n in found)
+            out.append(found)
+            offsets.append(offsets[-1] + (0 if found is None else math.prod(found)))
+        return out, offsets
+
+    def dtype_scalars(self, named, dtype):
+        """``named`` (scalar name -> value, from :meth:`scalars`) completed with the
+        values that depend on the buffers' ``dtype`` (a NumPy dtype); as it is unless a
+        rule says otherwise."""
+        return named
 
     def options(self, group):
         """The kernel's own compile-time options for ``group``: name -> bool."""
@@ -119,6 +161,8 @@ class Rule:
         :meth:`ordered_sources`, for an entry whose arguments have other names)."""
         named = self.scalars(group, t, fresh)
         named["grad_factor"] = grad_factor
+        if self._dtype_dependent:
+            named = self.dtype_scalars(named, dtype)
         return cast_scalars(dtype, self.binding.ordered_scalars(named),
                             sources or self._ordered_sources)
 
@@ -128,33 +172,37 @@ class Rule:
         known = {"grad_factor": ("grad_scale", "1 / grad_scale"), **self.sources, **overrides}
         return tuple(known.get(name, (name, name)) for name in self.kernel.binding.scalars)
 
-    def bind(self, param, grad, state, group, zero_grad=False, copy=None, sizes=None):
+    def bind(self, param, grad, state, group, zero_grad=False, copy=None, sizes=None,
+             shapes=None):
         """``(variant, arrays)``: the kernel variant for ``group``'s options and the
         array arguments over these buffers (``state``: name -> 1-D buffer), in order.
         ``sizes``: the element counts of the tensors laid end to end in ``param`` (a tuple
-        of ints, in order; ``None``: one tensor), read by a :attr:`per_tensor` rule only."""
+        of ints, in order; ``None``: one tensor), read by a :attr:`per_tensor` rule only;
+        ``shapes``: their shapes (a tuple of tuples), read by a :attr:`member_shapes`
+        rule only."""
         binding = self.binding
         variant = binding.variant(self.options(group), zero_grad, copy is not None)
         if self.per_tensor:
-            variant = variant.over(sizes)
+            variant = variant.over(shapes if self.member_shapes else sizes)
         return variant, binding.arrays(param, grad, state, copy)
 
     def call(self, param, grad, state, values, group, zero_grad=False, copy=None,
-             sizes=None):
+             sizes=None, shapes=None):
         """``(variant, args)``: the kernel call over these buffers (``state``: name ->
         1-D buffer) with the scalars :meth:`values` gave; run it as ``variant(*args)``.
-        ``sizes``: as :meth:`bind`."""
-        variant, arrays = self.bind(param, grad, state, group, zero_grad, copy, sizes)
+        ``sizes``, ``shapes``: as :meth:`bind`."""
+        variant, arrays = self.bind(param, grad, state, group, zero_grad, copy, sizes,
+                                    shapes)
         return variant, arrays + values
 
     def prepare(self, step, group, grad, grad_factor, zero_grad=False, copy=None,
-                sizes=None):
+                sizes=None, shapes=None):
         """:meth:`call` for a :class:`~fastopt.optim.segments.SegmentStep` ``step``
-        (its ``param``, ``state``, ``step`` number and ``fresh`` names); ``sizes``: as
-        :meth:`bind`."""
+        (its ``param``, ``state``, ``step`` number and ``fresh`` names); ``sizes``,
+        ``shapes``: as :meth:`bind`."""
         values = self.values(group, step.step, step.fresh, grad_factor, step.param.dtype)
         return self.call(step.param, grad, step.state, values, group, zero_grad, copy,
-                         sizes)
+                         sizes, shapes)
 
     def check_rule_keys(self, group, where):
         """Raise ``ValueError`` if ``group`` (a saved param group) holds a

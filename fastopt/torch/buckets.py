@@ -73,13 +73,15 @@ def slices(flat, shapes, offsets):
     (``torch.from_numpy`` of a NumPy view): its ``untyped_storage()`` starts at the
     slice and is ``(b - a) * itemsize`` bytes long, so no two share a storage, none
     overlaps another, and ``torch.save`` of one writes only its bytes. The memory is
-    ``flat``'s, not a copy; each slice keeps it alive (through the NumPy view)."""
+    ``flat``'s, not a copy; each slice keeps it alive (through the NumPy view). A shape
+    ``None`` (a param without that state: Adafactor's) gives ``None``."""
     if flat.dtype in HALF:   # NumPy has no bfloat16: slice the int16 bits, view them back
         array = flat.view(torch.int16).numpy()
-        return [torch.from_numpy(array[a:b].reshape(tuple(shape))).view(flat.dtype)
+        return [None if shape is None else
+                torch.from_numpy(array[a:b].reshape(tuple(shape))).view(flat.dtype)
                 for shape, a, b in zip(shapes, offsets, offsets[1:])]
     array = flat.numpy()
-    return [torch.from_numpy(array[a:b].reshape(tuple(shape)))
+    return [None if shape is None else torch.from_numpy(array[a:b].reshape(tuple(shape)))
             for shape, a, b in zip(shapes, offsets, offsets[1:])]
 
 
@@ -129,6 +131,57 @@ class Bucket:
         #: in a tensor per name, 0-d views in the ``state[p]`` entries, as torch keeps it.
         self.scalar_names = ()
         self.np_scalars, self.scalar_views = {}, {}
+        #: The rule and (plain) group whose :meth:`~fastopt.rules.base.Rule.state_shape`
+        #: lays the state buffers out (:meth:`use_rule`); ``None``: as the params.
+        self.rule = self.group = None
+        self._layouts = {}   # state name -> (per-param state shapes, offsets)
+        self._names_of = {}  # (i, names) -> the names param i has state for
+
+    def use_rule(self, rule, group):
+        """Lay out state buffers by ``rule``'s :meth:`state_shape
+        <fastopt.rules.base.Rule.state_shape>` for ``group`` (set once, before any state
+        exists), and keep its scalar state names."""
+        self.scalar_names = rule.scalar_state_names
+        if rule.shaped_state:
+            self.rule, self.group = rule, group
+
+    def state_layout(self, name):
+        """``(shapes, offsets)`` of the flat state buffer ``name``: the per-param view
+        shapes (``None``: no such state) and the ``len(params) + 1`` offsets; the params'
+        own for a rule whose state is shaped as its params. Cached per name."""
+        found = self._layouts.get(name)
+        if found is None:
+            if self.rule is None:
+                found = (self.np_shapes, self.offsets)
+            else:
+                shapes, offsets = self.rule.state_layout(name, self.group, self.np_shapes)
+                found = (shapes, offsets)
+            self._layouts[name] = found
+        return found
+
+    def state_offsets(self, name):
+        """The offsets of the params' views in the flat state buffer ``name``."""
+        return self.offsets if self.rule is None else self.state_layout(name)[1]
+
+    def names_of(self, i, names):
+        """The names among ``names`` that param ``i`` has state for (all of them unless
+        the rule's :meth:`state_shape <fastopt.rules.base.Rule.state_shape>` says
+        ``None`` for some)."""
+        if self.rule is None:
+            return names
+        key = (i, tuple(names))
+        found = self._names_of.get(key)
+        if found is None:
+            found = self._names_of[key] = tuple(
+                n for n in names if self.state_layout(n)[0][i] is not None)
+        return found
+
+    def expected_shape(self, i, name):
+        """The shape ``state[p][name]`` must have for param ``i`` (``None``: it has no
+        such state)."""
+        if self.rule is None:
+            return self.np_shapes[i]
+        return self.state_layout(name)[0][i]
 
     def _views(self, flat):
         """Per-param slices of a flat tensor, shaped like the params, each with its own
@@ -141,9 +194,16 @@ class Bucket:
         """The flat state tensor ``name``, allocated (zeros) on first use (float32 for
         half-precision params: the state lives with the master)."""
         if name not in self.state:
-            flat = torch.zeros_like(self.master if self.half else self.param)
+            like = self.master if self.half else self.param
+            if self.rule is None:
+                flat = torch.zeros_like(like)
+                views = self._views(flat)
+            else:
+                shapes, offsets = self.state_layout(name)
+                flat = torch.zeros(offsets[-1], dtype=like.dtype)
+                views = slices(flat, shapes, offsets)
             self.state[name], self.np_state[name] = flat, flat.numpy()
-            self.state_views[name] = self._views(flat)
+            self.state_views[name] = views
         return self.state[name]
 
     def register(self, i, entry, names, has_step):
@@ -161,7 +221,9 @@ class Bucket:
             entry[name] = self.scalar_views[name][i]
         for name in names:
             self.state_buffer(name)
-            entry[name] = self.state_views[name][i]
+            view = self.state_views[name][i]
+            if view is not None:   # None: the param has no such state (Adafactor's)
+                entry[name] = view
         self.known[i] = (entry, tuple(entry), tuple(entry.values()))
 
     def is_known(self, i, entry):
@@ -195,9 +257,17 @@ class Bucket:
             elif value is None:
                 del entry[key]
             elif torch.is_tensor(value):
-                if value.shape != p.shape:
+                want = self.expected_shape(i, key)
+                if want is None:
+                    raise ValueError(f"{owner}: state[{self.indices[i]}][{key!r}]: the param "
+                                     f"(shape {tuple(p.shape)}) has no {key!r} state")
+                if tuple(value.shape) != tuple(want):
                     raise ValueError(f"{owner}: state[{self.indices[i]}][{key!r}] has shape "
-                                     f"{tuple(value.shape)}, the param has {tuple(p.shape)}")
+                                     f"{tuple(value.shape)}, " + (
+                                         f"the param has {tuple(p.shape)}"
+                                         if tuple(want) == tuple(p.shape) else
+                                         f"the param's {key!r} state (param shape "
+                                         f"{tuple(p.shape)}) has {tuple(want)}"))
                 self.state_buffer(key)
                 self.state_views[key][i].copy_(value)
         if has_step and "step" not in entry:
@@ -234,13 +304,15 @@ class Bucket:
             if grad is not self.grad_views[i]:
                 foreign = self._foreign(i, grad, owner)
             entry = state.get(p)
+            own = names if self.rule is None else self.names_of(i, names)
             if self.is_known(i, entry):
-                complete = wanted.issubset(self.known[i][1])
+                complete = (wanted if own is names else frozenset(own)).issubset(
+                    self.known[i][1])
             else:
                 self.adopt(i, entry, has_step, owner)
                 complete = False
             step = int(self.np_steps[i]) if has_step else 0
-            fresh = () if complete else tuple(n for n in names if not entry or n not in entry)
+            fresh = () if complete else tuple(n for n in own if not entry or n not in entry)
             taken.append((i, step, fresh, foreign))
         foreign_sizes = [f.numel() for *_, f in taken if f is not None]
         gather = (len(foreign_sizes) > 1
@@ -338,20 +410,30 @@ class Bucket:
                     rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype),
                     rule.scalar_state(group, step + 1))
             initial, values, held = found
-            state = {name: self.np_state[name][a:b] for name in names}
+            if self.rule is None:
+                state = {name: self.np_state[name][a:b] for name in names}
+            else:   # the state's own layout (Adafactor's factors)
+                state = {}
+                for name in names:
+                    offsets = self.state_offsets(name)
+                    state[name] = self.np_state[name][offsets[first]:offsets[stop]]
             copy = self.np_copy[a:b] if self.half else None
-            sizes = self.sizes[first:stop] if per_tensor else None   # LAMB's norms
+            sizes = shapes = None
+            if per_tensor:   # LAMB's norms, Adafactor's factors
+                sizes = self.sizes[first:stop]
+                shapes = tuple(self.np_shapes[first:stop])
             calls.append((run, initial, rule.call(self.np_param[a:b], grad, state, values,
-                                                  group, copy=copy, sizes=sizes), held))
+                                                  group, copy=copy, sizes=sizes,
+                                                  shapes=shapes), held))
         return calls
 
     def run(self, calls, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
         set the scalar state, register the state entries."""
         for (first, stop, step, fresh, _), initial, (variant, args), held in calls:
-            a, b = self.offsets[first], self.offsets[stop]
             for name in fresh:
-                self.np_state[name][a:b] = initial[name]
+                offsets = self.state_offsets(name)
+                self.np_state[name][offsets[first]:offsets[stop]] = initial[name]
             variant(*args)
             if has_step:
                 self.np_steps[first:stop] += 1

@@ -199,7 +199,7 @@ class Optimizer(torch.optim.Optimizer):
         for dtype, members in by_dtype.items():
             bucket = Bucket([group["params"][i] for i in members],
                             [first + i for i in members])
-            bucket.scalar_names = rule.scalar_state_names
+            bucket.use_rule(rule, plain)
             buckets.append(bucket)
             if self.eager_state and self._constructing:
                 for name in names:
@@ -352,7 +352,7 @@ class Optimizer(torch.optim.Optimizer):
         group completed with this class's defaults (as ``__setstate__`` completes it) and
         validated as at construction (:meth:`_hyperparameters`); every ``step`` a whole
         number in [0, 2**53]; every state tensor dense, CPU, of a real dtype and shaped like
-        its param (:mod:`fastopt.incoming`). Mismatched group or param counts are left to
+        its param or, for the rule's own state names, as its ``state_shape`` says (:mod:`fastopt.incoming`). Mismatched group or param counts are left to
         torch's own checks, which raise before anything is replaced."""
         owner = f"{self._owner}.load_state_dict"
         given = state_dict if isinstance(state_dict, dict) else {}
@@ -374,13 +374,17 @@ class Optimizer(torch.optim.Optimizer):
             names = rule.state_names(plain)
             for index, p in zip(saved["params"], group["params"]):
                 self._check_entry(state.get(index), index, position, p, names, owner,
-                                  rule.scalar_state_names)
+                                  rule.scalar_state_names, rule, plain)
                 position += 1
 
     @staticmethod
-    def _check_entry(entry, index, position, param, names, owner, scalar_names=()):
+    def _check_entry(entry, index, position, param, names, owner, scalar_names=(),
+                     rule=None, group=None):
         """One saved ``state[index]`` entry against params[position] (see
-        :meth:`_check_loadable`); an absent or empty entry is no state."""
+        :meth:`_check_loadable`); an absent or empty entry is no state. A state tensor
+        of the rule's ``names`` must have the shape of the ``rule``'s
+        :meth:`~fastopt.rules.base.Rule.state_shape` for ``group`` (the param's unless
+        the rule says otherwise); any other tensor the param's."""
         if entry is None:
             return
         if not isinstance(entry, dict):
@@ -394,7 +398,19 @@ class Optimizer(torch.optim.Optimizer):
                 check_real(plain_value(value, what), what)
             elif torch.is_tensor(value):
                 shape = state_array(value, what).shape
-                if shape != tuple(param.shape):
+                want = tuple(param.shape)
+                if rule is not None and rule.shaped_state and key in names:
+                    want = rule.state_shape(key, group, want)
+                    if want is None:
+                        raise ValueError(f"{what}: params[{position}] (shape "
+                                         f"{tuple(param.shape)}) has no {key!r} state "
+                                         "(saved by another rule?)")
+                    want = tuple(want)
+                    if shape != want:
+                        raise ValueError(f"{what} has shape {shape}, the {key!r} state of "
+                                         f"params[{position}] (shape {tuple(param.shape)}) "
+                                         f"has {want}")
+                if shape != want:
                     raise ValueError(f"{what} has shape {shape}, params[{position}] has "
                                      f"{tuple(param.shape)}")
             elif value is not None and key in names:
