@@ -36,8 +36,9 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
     master), read only, divided by ``loss_scale`` then multiplied by ``clip_factor`` (and
     negated for ``maximize``), as the optimizers' ``grad_scale``. ``state``: a dict of the
     rule's state buffers by torch's names, exactly those the rule needs for these
-    hyperparameters (:func:`init_state` makes them), each of the master's dtype and shape,
-    written. ``step``: the step number, counted from 1 (the caller counts). ``out``:
+    hyperparameters (:func:`init_state` makes them), each of the master's dtype, shaped
+    as the rule keeps it for a tensor of the master's shape (the master's own, or
+    Adafactor's factored ``row_var``/``col_var`` for a matrix), written. ``step``: the step number, counted from 1 (the caller counts). ``out``:
     ``None``, or a bfloat16/float16 buffer of the master's shape receiving the updated
     master rounded to nearest even (torch's ``.to()``), in the same pass. The rule's
     hyperparameters by keyword, with its defaults (``lr``, ``betas``, ...).
@@ -45,7 +46,7 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
     The scalars are the optimizers' (the rule's ``scalars``, derived in float64 and cast
     to the master's dtype), so ``master`` and ``state`` are bitwise what ``fastopt``'s
     optimizer of that rule gives on the widened gradient with ``grad_scale=loss_scale``.
-    A per-tensor rule (LAMB) takes the whole buffer as one tensor. Every argument is
+    A per-tensor rule (LAMB, Adafactor) takes the master as one tensor of its shape. Every argument is
     checked before anything is written (``TypeError``/``ValueError`` naming it).
     """
     spec = RULES.get(rule) if isinstance(rule, str) else None
@@ -68,12 +69,13 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of the rule's state buffers by name, got "
                         f"{type(state).__name__}")
-    names = spec.state_names(group)
+    shapes = _state_shapes(spec, group, shape)
+    names = tuple(shapes)
     if set(state) != set(names):
         raise ValueError(f"state must hold exactly {list(names)} for {spec.class_name} "
                          f"with these hyperparameters; got {sorted(state, key=str)}")
     fmt = "float32" if master_v.dtype == np.float32 else "float64"
-    buffers = {name: _buffer(state[name], name, (fmt,), shape=shape, writes=True)
+    buffers = {name: _buffer(state[name], name, (fmt,), shape=shapes[name], writes=True)
                for name in names}
     named = [("master", master_v), ("grad", grad_v), *buffers.items()]
     if out is not None:
@@ -94,8 +96,9 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
                          spec.ordered_sources(grad_factor=_FACTOR_SOURCE))
     copy = named[-1][1].reshape(n) if out is not None else None
     variant, args = spec.call(master_v.reshape(n), grad_v.reshape(n),
-                              {name: b.reshape(n) for name, b in buffers.items()}, values,
-                              group, copy=copy, sizes=(n,) if spec.per_tensor else None)
+                              {name: b.reshape(-1) for name, b in buffers.items()}, values,
+                              group, copy=copy, sizes=(n,) if spec.per_tensor else None,
+                              shapes=(tuple(shape),) if spec.member_shapes else None)
     variant(*args)
 
 
@@ -113,9 +116,20 @@ def init_state(rule, master, **hyperparameters):
     group = {**spec.defaults, **hyperparameters}
     spec.check(group)
     group = as_floats(group)
-    return {name: np.full(master_v.shape, spec.initial_value(name, master_v.dtype, group),
+    return {name: np.full(shape, spec.initial_value(name, master_v.dtype, group),
                           master_v.dtype)
-            for name in spec.state_names(group)}
+            for name, shape in _state_shapes(spec, group, master_v.shape).items()}
+
+
+def _state_shapes(spec, group, shape):
+    """name -> shape of each state buffer ``spec`` keeps for a tensor of ``shape`` (the
+    param's, or the rule's own: Adafactor's factored ``row_var``/``col_var``)."""
+    shapes = {}
+    for name in spec.state_names(group):
+        own = spec.state_shape(name, group, tuple(shape))
+        if own is not None:
+            shapes[name] = tuple(own)
+    return shapes
 
 
 def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999),

@@ -112,3 +112,23 @@ def test_half_gradient_needs_a_float32_master():
     grad = np.zeros(8, ml_dtypes.bfloat16)
     with pytest.raises(TypeError, match="grad"):
         offload.step("sgd", master, grad, {}, step=1)
+
+
+def test_adafactor_master_of_a_matrix_keeps_factored_state():
+    """A per-tensor rule takes the master as one tensor of its shape: Adafactor over a
+    (64, 48) master keeps row_var (64, 1) and col_var (1, 48), and steps bitwise as
+    ``fastopt.Adafactor`` on that matrix."""
+    rng = np.random.default_rng(3)
+    master = rng.standard_normal((64, 48)).astype(np.float32)
+    param = master.copy()
+    opt = fastopt.Adafactor([param], lr=0.01)
+    state = offload.init_state("adafactor", master, lr=0.01)
+    assert {k: v.shape for k, v in state.items()} == {"row_var": (64, 1), "col_var": (1, 48)}
+    for t in range(1, 6):
+        grad = rng.standard_normal((64, 48)).astype(np.float32)
+        offload.step("adafactor", master, grad, state, step=t, lr=0.01)
+        opt.step([grad])
+        np.testing.assert_array_equal(master, param)
+    saved = opt.state_dict()["state"][0]
+    for key, buffer in state.items():
+        np.testing.assert_array_equal(buffer, saved[key], err_msg=key)
