@@ -85,6 +85,13 @@ MATRIX = {
     ]),
 }
 
+#: Buffers each rule's bench case moves per element (``fastopt.bench.cases``: every
+#: buffer read once and every buffer written once), counted by hand: fp32 Adam reads p, g,
+#: m, v and writes p, m, v: 7. Checked against ``Case.bytes_per_element``.
+BUFFERS_MOVED = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adadelta": 7,
+                 "adamax": 7, "asgd": 5, "lion": 5, "nadam": 7, "radam": 7, "rprop": 7,
+                 "lamb": 7, "adafactor": 5}   # adafactor, 1-D: p, g, variance
+
 #: (optimizer class, reference function, learning rate used in tests), per rule.
 RULES = {name: (fastopt.optim.CLASSES[REGISTRY[name].class_name], reference.RULES[name], lr)
          for name, (lr, _) in MATRIX.items()}
