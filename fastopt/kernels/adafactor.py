@@ -12,11 +12,16 @@ dimension (0-d and 1-d, as torch's ``grad.dim() > 1`` test) keeps a ``variance``
 own size and no ``row_var``/``col_var``. Each state buffer is the members' state laid end
 to end, in member order (its offsets: :class:`FactoredLayout`).
 
-Work rows. Every pass but the column pass runs ``prange`` over *work rows*: each row
+Work rows. Every pass but the column pass works per *work row*: each row
 ``(*lead, r, :)`` of a factored member (``C`` elements), and chunks of ``BLOCK`` elements
-of an unfactored one. The column pass runs over *column tasks*: ``CHUNK`` columns of one
-``lead`` slice, summed over its ``R`` rows in row order. Every sum is float64, added in a
-fixed order per row/task, and the per-member norms add the per-row partials in row order:
+of an unfactored one; it runs ``prange`` over *work units* (``unit_starts``): one chunk,
+or ``max(1, BLOCK // C)`` consecutive rows of one factored member, so a unit's float64
+lane accumulators are allocated once, not per short row. The column pass runs over
+*column tasks*: ``CHUNK`` columns of one ``lead`` slice, summed over its ``R`` rows in row
+order. Every loop indexes slices of its row/chunk from 0 (global indices kept LLVM's loop
+vectorizer off). Every sum is float64, added in a fixed order per row/task (lanes: element
+``j`` into lane ``j % ROW_LANES`` of a factored row, ``j % LANES`` of a chunk, the lanes
+folded in a fixed tree), and the per-member norms add the per-row partials in row order:
 the results are bitwise the same for any thread count, for the serial and parallel twins,
 and for one flat buffer or the same tensors as separate arrays.
 """
