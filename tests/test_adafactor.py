@@ -249,3 +249,44 @@ def test_checkpoint_round_trip_and_shape_check(tmp_path):
     for i, entry in opt.state_dict()["state"].items():
         for k, v in entry.items():
             np.testing.assert_array_equal(other.state_dict()["state"][i][k], v)
+
+
+def test_all_passes_vectorize_on_x86():
+    """The float32 passes use packed SIMD on ymm/zmm, serial and parallel twins: the
+    apply and norms passes ``vsqrtps``/``vdivps`` (one packed loop per branch: factored
+    rows and unfactored chunks), the first pass's and the column pass's float64 squares
+    packed ``vcvtps2pd``. Every loop indexes slices from 0 (global indices into the
+    whole buffer kept LLVM scalar) and sums in float64 lanes."""
+    import platform
+    import re
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("x86-only: checks AVX2/AVX-512 instructions")
+    from llvmlite import binding
+    if not binding.get_host_cpu_features().get("avx2"):
+        pytest.skip("host CPU has no AVX2")
+
+    shapes = ((40, 33), (300,))
+    variant, args = kernel_call(shapes, np.float32)
+    where = variant.layout
+    layout = (where.members, where.work_starts, where.col_starts, where.unit_starts,
+              np.zeros(where.rows), np.zeros(where.rows), np.ones(where.leads))
+    stages = (
+        (variant.first, args, {"vcvtps2pd": 2}),
+        (variant.columns, (*args[:4], *args[6:9], args[14]), {"vcvtps2pd": 1}),
+        (variant.norms, (*args[:5], args[9], args[14]), {"vsqrtps": 2, "vdivps": 2}),
+        (variant.last, (*args[:6], *args[9:15]), {"vsqrtps": 2, "vdivps": 2}),
+    )
+    for twin in ("serial", "parallel"):
+        for stage, stage_args, needed in stages:
+            dispatcher = getattr(stage, twin)
+            options = {k: v for k, v in dispatcher.targetoptions.items()
+                       if k not in ("cache", "nopython")}
+            fresh = numba.njit(**options)(dispatcher.py_func)
+            fresh(*(a.copy() if isinstance(a, np.ndarray) else a
+                    for a in (*stage_args, *layout)))
+            (signature,) = fresh.signatures
+            asm = fresh.inspect_asm(signature)
+            for instruction, least in needed.items():
+                found = len(re.findall(rf"\b{instruction}\b[^\n]*%[yz]mm", asm))
+                assert found >= least, (twin, dispatcher.py_func.__name__, instruction)

@@ -12,11 +12,16 @@ dimension (0-d and 1-d, as torch's ``grad.dim() > 1`` test) keeps a ``variance``
 own size and no ``row_var``/``col_var``. Each state buffer is the members' state laid end
 to end, in member order (its offsets: :class:`FactoredLayout`).
 
-Work rows. Every pass but the column pass runs ``prange`` over *work rows*: each row
+Work rows. Every pass but the column pass works per *work row*: each row
 ``(*lead, r, :)`` of a factored member (``C`` elements), and chunks of ``BLOCK`` elements
-of an unfactored one. The column pass runs over *column tasks*: ``CHUNK`` columns of one
-``lead`` slice, summed over its ``R`` rows in row order. Every sum is float64, added in a
-fixed order per row/task, and the per-member norms add the per-row partials in row order:
+of an unfactored one; it runs ``prange`` over *work units* (``unit_starts``): one chunk,
+or ``max(1, BLOCK // C)`` consecutive rows of one factored member, so a unit's float64
+lane accumulators are allocated once, not per short row. The column pass runs over
+*column tasks*: ``CHUNK`` columns of one ``lead`` slice, summed over its ``R`` rows in row
+order. Every loop indexes slices of its row/chunk from 0 (global indices kept LLVM's loop
+vectorizer off). Every sum is float64, added in a fixed order per row/task (lanes: element
+``j`` into lane ``j % ROW_LANES`` of a factored row, ``j % LANES`` of a chunk, the lanes
+folded in a fixed tree), and the per-member norms add the per-row partials in row order:
 the results are bitwise the same for any thread count, for the serial and parallel twins,
 and for one flat buffer or the same tensors as separate arrays.
 """
@@ -30,8 +35,8 @@ from numba.extending import register_jitable
 
 from .config import kernel
 from .halves import narrow_to, widen
-from .reductions import BLOCK
-from .segmented import cast_like
+from .reductions import BLOCK, fold_lanes
+from .segmented import cast_like, lanes
 
 # Compile-time options (bound to constants per variant; these defaults are never compiled).
 zero_grad = write_copy = False
@@ -39,9 +44,14 @@ zero_grad = write_copy = False
 #: Columns per task of the column pass.
 CHUNK = 256
 
+#: Float64 lanes of a factored row's sums: element ``j`` of a row (counted from the row's
+#: start) adds into lane ``j % ROW_LANES``, pieces in order, then the lanes fold in a fixed
+#: halving tree (:func:`~fastopt.kernels.reductions.fold_lanes`). A power of two.
+ROW_LANES = 16
+
 #: The layout arrays every pass ends with (``Kernel.layout``).
-LAYOUT = ("members", "work_starts", "col_starts", "param_squares", "update_squares",
-          "row_means")
+LAYOUT = ("members", "work_starts", "col_starts", "unit_starts", "param_squares",
+          "update_squares", "row_means")
 
 # Columns of the ``members`` table (int64, one row per member).
 P_OFF, SIZE, RV_OFF, CV_OFF, V_OFF, LEAD, ROWS, COLS, FACTORED, LEAD_START = range(10)
@@ -77,7 +87,7 @@ class FactoredLayout:
     def __init__(self, shapes):
         self.shapes = shapes
         table = np.zeros((len(shapes), 10), np.int64)
-        work, cols = [0], [0]
+        work, cols, units = [0], [0], [0]
         offset = row_off = col_off = var_off = leads = 0
         for k, shape in enumerate(shapes):
             size = math.prod(shape)
@@ -91,16 +101,22 @@ class FactoredLayout:
                 # an empty member's rows/columns still get their mean, 0/0 = NaN, as torch
                 work.append(work[-1] + lead * rows)
                 cols.append(cols[-1] + lead * -(-columns // CHUNK))
+                per_unit = max(1, BLOCK // max(columns, 1))
+                units.extend(range(work[-2] + per_unit, work[-1], per_unit))
+                if work[-1] > work[-2]:
+                    units.append(work[-1])
             else:
                 table[k] = (offset, size, row_off, col_off, var_off, 1, 1, size, 0, leads)
                 var_off += size
                 work.append(work[-1] + -(-size // BLOCK))
                 cols.append(cols[-1])
+                units.extend(range(work[-2] + 1, work[-1] + 1))
             offset += size
         self.members = table
         self.work_starts = np.array(work, np.int64)
         self.col_starts = np.array(cols, np.int64)
-        for array in (table, self.work_starts, self.col_starts):
+        self.unit_starts = np.array(units, np.int64)
+        for array in (table, self.work_starts, self.col_starts, self.unit_starts):
             array.flags.writeable = False
         self.rows, self.leads, self.total = work[-1], max(leads, 1), offset
         self.totals = {"row_var": row_off, "col_var": col_off, "variance": var_off}
@@ -179,8 +195,8 @@ class AdafactorStep:
                                  f"members' {name} need {where.totals[name]}")
         param_squares, update_squares = np.empty(where.rows), np.empty(where.rows)
         row_means = np.empty(where.leads)
-        layout = (where.members, where.work_starts, where.col_starts, param_squares,
-                  update_squares, row_means)
+        layout = (where.members, where.work_starts, where.col_starts, where.unit_starts,
+                  param_squares, update_squares, row_means)
         passes = (self.first, self.columns, self.norms, self.last)
         if self.twin is not None:
             passes = tuple(getattr(p, self.twin) for p in passes)
@@ -234,8 +250,9 @@ def _update(p_like, g, v, eps1_squared):
 @kernel(flags=("zero_grad", "write_copy"), layout=LAYOUT, compound=AdafactorStep)
 def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_weight, beta2_lerp,
               eps1, eps1_squared, eps2, rho, d, param_decay, grad_factor, members,
-              work_starts, col_starts, param_squares, update_squares, row_means):
-    """Adafactor's first pass, per work row ``w`` (``prange``), with
+              work_starts, col_starts, unit_starts, param_squares, update_squares,
+              row_means):
+    """Adafactor's first pass, per work row ``w`` (``prange`` over work units), with
     ``g = widen(grad[i]) * grad_factor`` (-1 in it for maximize)::
 
         param_squares[w] = sum over the row of float64(p)**2
@@ -246,46 +263,67 @@ def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_weight,
     torch's ``torch.norm(grad, dim=-1, keepdim=True).square_().div_(C)`` and ``lerp_``
     (``beta2_weight = t**beta2_decay``, ``beta2_lerp`` its lerp coefficient:
     :func:`~fastopt.rules.base.lerp_weight`); the norm is a float64 sum rounded once.
+    Sums go lane by lane (``ROW_LANES`` lanes per factored row, ``LANES`` per unfactored
+    chunk) and fold in a fixed tree.
 
     Scalars (of the buffers' dtype): ``beta2_weight``, ``beta2_lerp``, ``eps1`` (the
     dtype's machine epsilon when torch's ``eps[0]`` is None), ``eps1_squared``, ``eps2``,
     ``rho = min(lr, 1/sqrt(t))``, ``d``, ``param_decay = 1 - lr*weight_decay``,
     ``grad_factor``. Layout (``Kernel.layout``, given by :class:`AdafactorStep`): the
-    :class:`FactoredLayout`'s ``members``, ``work_starts``, ``col_starts``, and float64
-    scratch ``param_squares``, ``update_squares`` (one per work row), ``row_means`` (one
-    per lead slice). From Python, call the kernel (or a variant) without the layout: an
-    :class:`AdafactorStep` runs the four passes.
+    :class:`FactoredLayout`'s ``members``, ``work_starts``, ``col_starts``,
+    ``unit_starts``, and float64 scratch ``param_squares``, ``update_squares`` (one per
+    work row), ``row_means`` (one per lead slice). From Python, call the kernel (or a
+    variant) without the layout: an :class:`AdafactorStep` runs the four passes.
     """
-    for w in prange(param_squares.shape[0]):
-        k, r = _work_row(w, members, work_starts)
-        start, stop = _span(k, r, members)
-        acc_p = 0.0
-        acc_g = 0.0
+    for unit in prange(unit_starts.shape[0] - 1):
+        first, last = unit_starts[unit], unit_starts[unit + 1]
+        k = np.searchsorted(work_starts, first, side="right") - 1
         if members[k, FACTORED]:
-            for i in range(start, stop):
-                p = np.float64(param[i])
-                g = np.float64(widen(grad[i]) * grad_factor)
-                acc_p += p * p
-                acc_g += g * g
-            norm = cast_like(grad_factor, np.sqrt(acc_g))
-            mean = norm * norm / cast_like(grad_factor, members[k, COLS])
-            at = members[k, RV_OFF] + r
-            row_var[at] = _lerp(row_var[at], mean, beta2_weight, beta2_lerp)
+            cols = members[k, COLS]
+            count = cast_like(grad_factor, cols)
+            acc_p = np.empty(ROW_LANES)
+            acc_g = np.empty(ROW_LANES)
+            for w in range(first, last):
+                r = w - work_starts[k]
+                start = members[k, P_OFF] + r * cols
+                for j in range(ROW_LANES):
+                    acc_p[j] = 0.0
+                    acc_g[j] = 0.0
+                for piece in range(start, start + cols, ROW_LANES):
+                    # slices indexed from 0: the loop vectorizes
+                    end = min(piece + ROW_LANES, start + cols)
+                    ps, gs = param[piece:end], grad[piece:end]
+                    for j in range(ps.shape[0]):
+                        p = np.float64(ps[j])
+                        g = np.float64(widen(gs[j]) * grad_factor)
+                        acc_p[j] += p * p
+                        acc_g[j] += g * g
+                param_squares[w] = fold_lanes(acc_p)
+                norm = cast_like(grad_factor, np.sqrt(fold_lanes(acc_g)))
+                at = members[k, RV_OFF] + r
+                row_var[at] = _lerp(row_var[at], norm * norm / count, beta2_weight,
+                                    beta2_lerp)
         else:
+            start, stop = _span(k, first - work_starts[k], members)
             shift = members[k, V_OFF] - members[k, P_OFF]
-            for i in range(start, stop):
-                p = np.float64(param[i])
-                acc_p += p * p
-                g = widen(grad[i]) * grad_factor
-                variance[i + shift] = _lerp(variance[i + shift], g * g, beta2_weight,
-                                            beta2_lerp)
-        param_squares[w] = acc_p
+            acc_p = lanes()
+            width = acc_p.shape[0]
+            for row in range(start, stop, width):
+                end = min(row + width, stop)
+                ps, gs = param[row:end], grad[row:end]
+                vs = variance[row + shift:end + shift]
+                for j in range(ps.shape[0]):
+                    p = np.float64(ps[j])
+                    acc_p[j] += p * p
+                    g = widen(gs[j]) * grad_factor
+                    vs[j] = _lerp(vs[j], g * g, beta2_weight, beta2_lerp)
+            param_squares[first] = fold_lanes(acc_p)
 
 
 @kernel(layout=LAYOUT)
 def adafactor_columns(param, grad, row_var, col_var, beta2_weight, beta2_lerp, eps1,
-                      grad_factor, members, work_starts, col_starts, param_squares,
-                      update_squares, row_means):
+                      grad_factor, members, work_starts, col_starts, unit_starts,
+                      param_squares, update_squares, row_means):
     """Adafactor's second pass, per column task (``prange``): ``CHUNK`` columns ``j`` of
     one lead slice ``l`` of a factored member, over its ``R`` rows in order::
 
@@ -293,7 +331,8 @@ def adafactor_columns(param, grad, row_var, col_var, beta2_weight, beta2_lerp, e
         col_var[l, j] = lerp(col_var[l, j], n*n / R, beta2_weight)
 
     and, by the slice's first task, ``row_means[l] = max(dtype(mean(row_var[l])), eps1)``
-    (float64 sum; torch's ``row_var.mean(dim=-2).clamp_(min=eps1)``, NaN kept)."""
+    (float64 sum in eight interleaved chains added in a fixed tree; torch's
+    ``row_var.mean(dim=-2).clamp_(min=eps1)``, NaN kept)."""
     for task in prange(col_starts[-1]):
         k = np.searchsorted(col_starts, task, side="right") - 1
         local = task - col_starts[k]
@@ -306,20 +345,36 @@ def adafactor_columns(param, grad, row_var, col_var, beta2_weight, beta2_lerp, e
         base = members[k, P_OFF] + lead * rows * cols + first
         for r in range(rows):
             row = base + r * cols
-            for j in range(width):
-                g = np.float64(widen(grad[row + j]) * grad_factor)
+            # slices indexed from 0: the loop vectorizes
+            gs = grad[row:row + width]
+            for j in range(gs.shape[0]):
+                g = np.float64(widen(gs[j]) * grad_factor)
                 acc[j] += g * g
         at = members[k, CV_OFF] + lead * cols + first
+        cvs = col_var[at:at + width]
         count = cast_like(grad_factor, rows)
-        for j in range(width):
+        for j in range(cvs.shape[0]):
             norm = cast_like(grad_factor, np.sqrt(acc[j]))
-            col_var[at + j] = _lerp(col_var[at + j], norm * norm / count, beta2_weight,
-                                    beta2_lerp)
+            cvs[j] = _lerp(cvs[j], norm * norm / count, beta2_weight, beta2_lerp)
         if chunk == 0:
-            s = 0.0
             rv = members[k, RV_OFF] + lead * rows
-            for r in range(rows):
-                s += np.float64(row_var[rv + r])
+            rvs = row_var[rv:rv + rows]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+            i = 0
+            while i + 8 <= rows:
+                s0 += np.float64(rvs[i])
+                s1 += np.float64(rvs[i + 1])
+                s2 += np.float64(rvs[i + 2])
+                s3 += np.float64(rvs[i + 3])
+                s4 += np.float64(rvs[i + 4])
+                s5 += np.float64(rvs[i + 5])
+                s6 += np.float64(rvs[i + 6])
+                s7 += np.float64(rvs[i + 7])
+                i += 8
+            while i < rows:
+                s0 += np.float64(rvs[i])
+                i += 1
+            s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
             mean = cast_like(grad_factor, s / rows)
             if mean < eps1:
                 mean = eps1
@@ -328,38 +383,55 @@ def adafactor_columns(param, grad, row_var, col_var, beta2_weight, beta2_lerp, e
 
 @kernel(layout=LAYOUT)
 def adafactor_norms(param, grad, row_var, col_var, variance, eps1_squared, grad_factor,
-                    members, work_starts, col_starts, param_squares, update_squares,
-                    row_means):
-    """Adafactor's third pass, per work row ``w`` (``prange``): ``update_squares[w]`` =
-    the float64 sum of squares of the row's update ``u`` (:func:`adafactor_apply`)."""
-    for w in prange(update_squares.shape[0]):
-        k, r = _work_row(w, members, work_starts)
-        start, stop = _span(k, r, members)
-        acc = 0.0
+                    members, work_starts, col_starts, unit_starts, param_squares,
+                    update_squares, row_means):
+    """Adafactor's third pass, per work row ``w`` (``prange`` over work units):
+    ``update_squares[w]`` = the float64 sum of squares of the row's update ``u``
+    (:func:`adafactor_apply`), lane by lane as the first pass's sums."""
+    for unit in prange(unit_starts.shape[0] - 1):
+        first, last = unit_starts[unit], unit_starts[unit + 1]
+        k = np.searchsorted(work_starts, first, side="right") - 1
         if members[k, FACTORED]:
-            cols = members[k, COLS]
-            lead = r // members[k, ROWS]
-            rv = row_var[members[k, RV_OFF] + r]
-            mean = cast_like(grad_factor, row_means[members[k, LEAD_START] + lead])
-            cv = members[k, CV_OFF] + lead * cols - start
-            for i in range(start, stop):
-                g = widen(grad[i]) * grad_factor
-                u = np.float64(_update(grad_factor, g, rv * col_var[cv + i] / mean,
-                                       eps1_squared))
-                acc += u * u
+            cols, rows = members[k, COLS], members[k, ROWS]
+            acc = np.empty(ROW_LANES)
+            for w in range(first, last):
+                r = w - work_starts[k]
+                start = members[k, P_OFF] + r * cols
+                lead = r // rows
+                rv = row_var[members[k, RV_OFF] + r]
+                mean = cast_like(grad_factor, row_means[members[k, LEAD_START] + lead])
+                cv = members[k, CV_OFF] + lead * cols
+                for j in range(ROW_LANES):
+                    acc[j] = 0.0
+                for piece in range(0, cols, ROW_LANES):
+                    end = min(piece + ROW_LANES, cols)
+                    gs = grad[start + piece:start + end]
+                    cs = col_var[cv + piece:cv + end]
+                    for j in range(gs.shape[0]):
+                        g = widen(gs[j]) * grad_factor
+                        u = np.float64(_update(grad_factor, g, rv * cs[j] / mean,
+                                               eps1_squared))
+                        acc[j] += u * u
+                update_squares[w] = fold_lanes(acc)
         else:
+            start, stop = _span(k, first - work_starts[k], members)
             shift = members[k, V_OFF] - members[k, P_OFF]
-            for i in range(start, stop):
-                g = widen(grad[i]) * grad_factor
-                u = np.float64(_update(grad_factor, g, variance[i + shift], eps1_squared))
-                acc += u * u
-        update_squares[w] = acc
+            acc = lanes()
+            width = acc.shape[0]
+            for row in range(start, stop, width):
+                end = min(row + width, stop)
+                gs, vs = grad[row:end], variance[row + shift:end + shift]
+                for j in range(gs.shape[0]):
+                    g = widen(gs[j]) * grad_factor
+                    u = np.float64(_update(grad_factor, g, vs[j], eps1_squared))
+                    acc[j] += u * u
+            update_squares[first] = fold_lanes(acc)
 
 
 @kernel(flags=("zero_grad", "write_copy"), layout=LAYOUT)
 def adafactor_apply(param, grad, row_var, col_var, variance, param_copy, eps1_squared, eps2,
                     rho, d, param_decay, grad_factor, members, work_starts, col_starts,
-                    param_squares, update_squares, row_means):
+                    unit_starts, param_squares, update_squares, row_means):
     """Adafactor's last pass. Per member ``k`` (``n`` elements), in float64 as torch's
     Python scalars, from its rows' partials added in row order, the norms rounded to the
     dtype as torch's ``.item()`` of a norm of that dtype::
@@ -369,7 +441,8 @@ def adafactor_apply(param, grad, row_var, col_var, variance, param_copy, eps1_sq
         step  = dtype(-alpha / denom)
 
     (``max`` as Python's: a NaN norm gives ``eps2`` and 1.) Then per work row
-    (``prange``), ``u`` recomputed exactly as :func:`adafactor_norms` computed it::
+    (``prange`` over work units), ``u`` recomputed exactly as :func:`adafactor_norms`
+    computed it::
 
         p = p * param_decay        # only if param_decay != 1 (weight_decay != 0)
         param[i] = p + step * u
@@ -391,40 +464,50 @@ def adafactor_apply(param, grad, row_var, col_var, variance, param_copy, eps1_sq
         denom = ratio if ratio > 1.0 else 1.0
         steps[k] = -alpha / denom
     one = cast_like(grad_factor, 1.0)
-    for w in prange(update_squares.shape[0]):
-        k, r = _work_row(w, members, work_starts)
-        start, stop = _span(k, r, members)
+    for unit in prange(unit_starts.shape[0] - 1):
+        first, last = unit_starts[unit], unit_starts[unit + 1]
+        k = np.searchsorted(work_starts, first, side="right") - 1
         step = cast_like(grad_factor, steps[k])
-        copies = param_copy[start:stop] if write_copy else param_copy
         if members[k, FACTORED]:
-            cols = members[k, COLS]
-            lead = r // members[k, ROWS]
-            rv = row_var[members[k, RV_OFF] + r]
-            mean = cast_like(grad_factor, row_means[members[k, LEAD_START] + lead])
-            cv = members[k, CV_OFF] + lead * cols - start
-            for i in range(start, stop):
-                g = widen(grad[i]) * grad_factor
-                if zero_grad:
-                    grad[i] = 0
-                u = _update(grad_factor, g, rv * col_var[cv + i] / mean, eps1_squared)
-                p = param[i]
-                if param_decay != one:
-                    p = p * param_decay
-                q = p + step * u
-                param[i] = q
-                if write_copy:
-                    copies[i - start] = narrow_to(param_copy, q)
+            cols, rows = members[k, COLS], members[k, ROWS]
+            for w in range(first, last):
+                r = w - work_starts[k]
+                start = members[k, P_OFF] + r * cols
+                lead = r // rows
+                rv = row_var[members[k, RV_OFF] + r]
+                mean = cast_like(grad_factor, row_means[members[k, LEAD_START] + lead])
+                cv = members[k, CV_OFF] + lead * cols
+                # slices indexed from 0: the loop vectorizes
+                ps, gs = param[start:start + cols], grad[start:start + cols]
+                cs = col_var[cv:cv + cols]
+                copies = param_copy[start:start + cols] if write_copy else param_copy
+                for j in range(ps.shape[0]):
+                    g = widen(gs[j]) * grad_factor
+                    if zero_grad:
+                        gs[j] = 0
+                    u = _update(grad_factor, g, rv * cs[j] / mean, eps1_squared)
+                    p = ps[j]
+                    if param_decay != one:
+                        p = p * param_decay
+                    q = p + step * u
+                    ps[j] = q
+                    if write_copy:
+                        copies[j] = narrow_to(param_copy, q)
         else:
+            start, stop = _span(k, first - work_starts[k], members)
             shift = members[k, V_OFF] - members[k, P_OFF]
-            for i in range(start, stop):
-                g = widen(grad[i]) * grad_factor
+            ps, gs = param[start:stop], grad[start:stop]
+            vs = variance[start + shift:stop + shift]
+            copies = param_copy[start:stop] if write_copy else param_copy
+            for j in range(ps.shape[0]):
+                g = widen(gs[j]) * grad_factor
                 if zero_grad:
-                    grad[i] = 0
-                u = _update(grad_factor, g, variance[i + shift], eps1_squared)
-                p = param[i]
+                    gs[j] = 0
+                u = _update(grad_factor, g, vs[j], eps1_squared)
+                p = ps[j]
                 if param_decay != one:
                     p = p * param_decay
                 q = p + step * u
-                param[i] = q
+                ps[j] = q
                 if write_copy:
-                    copies[i - start] = narrow_to(param_copy, q)
+                    copies[j] = narrow_to(param_copy, q)
