@@ -34,7 +34,7 @@ from numba import prange
 from numba.extending import register_jitable
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import lerp, narrow_to, widen
 from .reductions import BLOCK, fold_lanes
 from .segmented import cast_like, lanes
 
@@ -211,16 +211,6 @@ class AdafactorStep:
 
 
 @register_jitable
-def _lerp(start, end, weight, coefficient):
-    """torch's ``start.lerp_(end, weight)``: ``start + weight*(end - start)`` for
-    ``weight < 0.5``, else ``end - (end - start)*(1 - weight)`` (``coefficient`` is
-    ``weight`` or ``weight - 1``)."""
-    if weight < 0.5:
-        return start + coefficient * (end - start)
-    return end + coefficient * (end - start)
-
-
-@register_jitable
 def _work_row(w, members, work_starts):
     """``(member, its row)`` of work row ``w``."""
     k = np.searchsorted(work_starts, w, side="right") - 1
@@ -301,8 +291,7 @@ def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_weight,
                 param_squares[w] = fold_lanes(acc_p)
                 norm = cast_like(grad_factor, np.sqrt(fold_lanes(acc_g)))
                 at = members[k, RV_OFF] + r
-                row_var[at] = _lerp(row_var[at], norm * norm / count, beta2_weight,
-                                    beta2_lerp)
+                row_var[at] = lerp(row_var[at], norm * norm / count, beta2_lerp)
         else:
             start, stop = _span(k, first - work_starts[k], members)
             shift = members[k, V_OFF] - members[k, P_OFF]
@@ -316,7 +305,7 @@ def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_weight,
                     p = np.float64(ps[j])
                     acc_p[j] += p * p
                     g = widen(gs[j]) * grad_factor
-                    vs[j] = _lerp(vs[j], g * g, beta2_weight, beta2_lerp)
+                    vs[j] = lerp(vs[j], g * g, beta2_lerp)
             param_squares[first] = fold_lanes(acc_p)
 
 
@@ -355,7 +344,7 @@ def adafactor_columns(param, grad, row_var, col_var, beta2_weight, beta2_lerp, e
         count = cast_like(grad_factor, rows)
         for j in range(cvs.shape[0]):
             norm = cast_like(grad_factor, np.sqrt(acc[j]))
-            cvs[j] = _lerp(cvs[j], norm * norm / count, beta2_weight, beta2_lerp)
+            cvs[j] = lerp(cvs[j], norm * norm / count, beta2_lerp)
         if chunk == 0:
             rv = members[k, RV_OFF] + lead * rows
             rvs = row_var[rv:rv + rows]

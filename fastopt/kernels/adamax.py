@@ -3,7 +3,7 @@
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, lerp, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -68,7 +68,7 @@ def adamax(param, grad, exp_avg, exp_inf, param_copy,
         if zero_grad:
             grad[i] = 0
         m = exp_avg[i]
-        m = (m if lerp_weight > 0 else g) + lerp_weight * (g - m)
+        m = lerp(m, g, lerp_weight)
         a = beta2 * exp_inf[i]
         b = abs(g) + eps
         u = a if a >= b or a != a else b    # torch.maximum: NaN on either side gives NaN

@@ -5,7 +5,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, lerp, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -69,14 +69,15 @@ def nadam(param, grad, exp_avg, exp_avg_sq, param_copy,
       ``@njit`` code, call ``nadam.variant(zero_grad=...).parallel``): ``zero_grad,
       write_copy``.
     """
-    small_weight = abs(one_minus_beta1) < 0.5   # torch's lerp picks its formula by this
+    # torch's lerp weight 1 - beta1 and its formula (halves.lerp): w, or w - 1 = -beta1
+    weight = one_minus_beta1 if abs(one_minus_beta1) < 0.5 else -beta1
     for i in prange(param.shape[0]):
         p = param[i] * param_decay
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
         m = exp_avg[i]
-        m = m + one_minus_beta1 * (g - m) if small_weight else g - (g - m) * beta1
+        m = lerp(m, g, weight)
         v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
         exp_avg[i] = m
         exp_avg_sq[i] = v

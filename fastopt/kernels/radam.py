@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, lerp, narrow_to
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -83,7 +83,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, param_copy,
         if zero_grad:
             grad[i] = 0
         m = exp_avg[i]
-        m = (m if lerp_weight > 0 else g) + lerp_weight * (g - m)
+        m = lerp(m, g, lerp_weight)
         v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
         exp_avg[i] = m
         exp_avg_sq[i] = v
