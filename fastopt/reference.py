@@ -367,8 +367,26 @@ def _adafactor_rest(param, g, state, wide, new, weight, eps1, alpha, root, d):
     return param + dtype(-alpha / denom) * u, new
 
 
+def yogi(param, grad, state, *, lr=1e-2, betas=(0.9, 0.999), eps=1e-3,
+         initial_accumulator_value=1e-6, weight_decay=0.0, maximize=False, grad_factor=1.0):
+    """Yogi (Zaheer et al. 2018), optax's ``scale_by_yogi`` then the learning rate:
+    ``m = b1*m + (1-b1)*g``; ``v = v - (1-b2)*sign(v - g*g)*g*g`` (both start at
+    ``initial_accumulator_value``); ``w -= lr * m_hat / (sqrt(v_hat) + eps)`` with Adam's
+    bias corrections."""
+    beta1, beta2 = betas
+    g = _gradient(param, grad, grad_factor, maximize, weight_decay)
+    t = state.get("step", 0) + 1
+    start = np.full_like(param, initial_accumulator_value)
+    m = beta1 * state.get("exp_avg", start) + (1 - beta1) * g
+    v = state.get("exp_avg_sq", start)
+    v = v - (1 - beta2) * np.sign(v - g * g) * (g * g)
+    m_hat, v_hat = m / (1 - beta1 ** t), v / (1 - beta2 ** t)
+    return param - lr * (m_hat / (np.sqrt(v_hat) + eps)), {"step": t, "exp_avg": m,
+                                                           "exp_avg_sq": v}
+
+
 #: Every rule's reference, by the rule's registry name (:mod:`fastopt.rules`).
 RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw,
          "adamax": adamax, "radam": radam, "adadelta": adadelta, "rprop": rprop,
-         "nadam": nadam, "asgd": asgd, "lion": lion, "lamb": lamb,
+         "nadam": nadam, "asgd": asgd, "lion": lion, "lamb": lamb, "yogi": yogi,
          "adafactor": adafactor}

@@ -83,6 +83,11 @@ MATRIX = {
         {}, {"etas": (0.3, 1.5)}, {"step_sizes": (1e-3, 0.05)}, {"maximize": True},
         {"etas": (0.4, 1.1), "step_sizes": (1e-4, 1.0), "maximize": True},
     ]),
+    "yogi": (0.01, [
+        {}, {"betas": (0.8, 0.99)}, {"eps": 1e-6}, {"initial_accumulator_value": 0.1},
+        {"weight_decay": 0.1}, {"maximize": True},
+        {"betas": (0.8, 0.99), "weight_decay": 0.05, "maximize": True},
+    ]),
 }
 
 #: Buffers each rule's bench case moves per element (``fastopt.bench.cases``: every
@@ -90,7 +95,8 @@ MATRIX = {
 #: m, v and writes p, m, v: 7. Checked against ``Case.bytes_per_element``.
 BUFFERS_MOVED = {"sgd": 5, "adagrad": 5, "rmsprop": 5, "adam": 7, "adamw": 7, "adadelta": 7,
                  "adamax": 7, "asgd": 5, "lion": 5, "nadam": 7, "radam": 7, "rprop": 7,
-                 "lamb": 7, "adafactor": 5}   # adafactor, 1-D: p, g, variance
+                 "lamb": 7, "adafactor": 5,   # adafactor, 1-D: p, g, variance
+                 "yogi": 7}
 
 #: (optimizer class, reference function, learning rate used in tests), per rule.
 RULES = {name: (fastopt.optim.CLASSES[REGISTRY[name].class_name], reference.RULES[name], lr)
