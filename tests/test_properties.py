@@ -96,10 +96,11 @@ def test_every_rule_matches_the_reference(problem):
             np.testing.assert_allclose(mine[name], value, **TOL[dtype], err_msg=name)
 
 
-#: Per rule, the hyperparameters that are numbers >= 0 (SGD's dampening may be negative)
-#: and the flags, from the rules' defaults.
+#: Per rule, the hyperparameters that are numbers >= 0 (SGD's dampening may be negative;
+#: a negative default, Adafactor's beta2_decay, is a number <= 0) and the flags, from the
+#: rules' defaults.
 NUMBER_KEYS = {rule: [k for k, v in RULES[rule][0].defaults.items() if k != "dampening"
-                      and isinstance(v, float)] for rule in RULES}
+                      and isinstance(v, float) and v >= 0] for rule in RULES}
 FLAG_KEYS = {rule: [k for k, v in RULES[rule][0].defaults.items() if isinstance(v, bool)]
              for rule in RULES}
 negative = st.floats(max_value=-1e-300, allow_nan=False)

@@ -20,7 +20,7 @@ def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
 
         g = widen(grad[i]) * grad_factor + weight_decay * param[i]
         s = s + g * g
-        param[i] -= clr * (g / (sqrt(s) + eps))
+        param[i] -= (clr * g) / (sqrt(s) + eps)
         param_copy[i] = half(param[i])                  # only if write_copy
         grad[i] = 0                                     # only if zero_grad
 
@@ -36,9 +36,10 @@ def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
     written, rounded, into ``param_copy`` (else ``kernels.unused(np.uint16)``).
 
     The order of operations is torch's, so float32 overflows where torch's does and
-    nowhere else: ``clr * (g / (sqrt(s) + eps))`` (``addcdiv``; ``(clr * g) / ...`` can
-    overflow where torch's quotient is finite), and no ``weight_decay * p`` term when
-    ``weight_decay`` is 0 (an infinite ``p`` would make ``g`` NaN).
+    nowhere else: ``(clr * g) / (sqrt(s) + eps)`` (torch's CPU ``addcdiv`` computes
+    ``self + (value * t1) / t2``, bitwise, measured on torch 2.13), and no
+    ``weight_decay * p`` term when ``weight_decay`` is 0 (an infinite ``p`` would make
+    ``g`` NaN).
     """
     for i in prange(param.shape[0]):
         p = param[i]
@@ -47,7 +48,7 @@ def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
             grad[i] = 0
         s = sum[i] + g * g
         sum[i] = s
-        q = p - clr * (g / (np.sqrt(s) + eps))
+        q = p - (clr * g) / (np.sqrt(s) + eps)
         param[i] = q
         if write_copy:
             param_copy[i] = narrow_to(param_copy, q)

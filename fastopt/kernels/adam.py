@@ -25,15 +25,18 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
         m  = beta1 * m + (1 - beta1) * g
         v  = beta2 * v + ((1 - beta2) * g) * g
         vmax = maximum(vmax, v)                    # only if amsgrad; NaN propagates
-        param[i] = p - step_size * (m / (sqrt(v or vmax) * inv_sqrt_bias_correction2 + eps))
+        param[i] = p - (step_size * m) / (sqrt(v or vmax) * inv_sqrt_bias_correction2 + eps)
         param_copy[i] = half(param[i])             # only if write_copy
         grad[i] = 0                                # only if zero_grad
 
     The order of operations is torch's, so float32 overflows where torch's does and
     nowhere else: ``((1 - beta2) * g) * g`` (``addcmul``; ``(1 - beta2) * (g * g)``
-    would make ``v`` Inf for ``|g|`` above ~1.8e19), ``step_size * (m / denominator)``
-    (``addcdiv``), no ``weight_decay * p`` term when ``weight_decay`` is 0 (an
-    infinite ``p`` would make ``g`` NaN), and amsgrad's maximum propagates NaN.
+    would make ``v`` Inf for ``|g|`` above ~1.8e19), ``(step_size * m) / denominator``
+    (torch's CPU ``addcdiv`` computes ``self + (value * t1) / t2``: bitwise, measured on
+    torch 2.13), no ``weight_decay * p`` term when ``weight_decay`` is 0 (an infinite
+    ``p`` would make ``g`` NaN), and amsgrad's maximum propagates NaN. The one
+    difference: the denominator multiplies by ``1/sqrt(1 - beta2**t)`` where torch
+    divides by ``sqrt(1 - beta2**t)`` (a division per element saved; a rounding apart).
 
     Arguments (all arrays 1-D, C-contiguous, one dtype, float32 or float64, except
     ``grad`` and ``param_copy``; every scalar of the state's dtype, precomputed by the
@@ -71,7 +74,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
             vmax = max_exp_avg_sq[i]
             v = v if vmax <= v or v != v else vmax
             max_exp_avg_sq[i] = v
-        q = p - step_size * (m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps))
+        q = p - (step_size * m) / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)
         param[i] = q
         if write_copy:
             param_copy[i] = narrow_to(param_copy, q)

@@ -27,8 +27,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
         q = r                                           # not centered
         d = sqrt(q + eps) if eps_in_sqrt else sqrt(q) + eps
         b = momentum * b + g / d                        # use_momentum
-        u = g / d + momentum * b if nesterov else b     # u = g / d without momentum
-        param[i] -= lr * u
+        u = g / d + momentum * b if nesterov else b     # with momentum
+        param[i] -= lr * u                              # with momentum
+        param[i] -= (lr * g) / d                        # without momentum
         param_copy[i] = half(param[i])                  # only if write_copy
         grad[i] = 0                                     # only if zero_grad
 
@@ -48,7 +49,9 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     written, rounded, into ``param_copy`` (else ``kernels.unused(np.uint16)``).
 
     The order of operations is torch's, so float32 overflows where torch's does and
-    nowhere else: ``((1 - alpha) * g) * g`` (``addcmul``), ``lr * (g / d)`` (``addcdiv``),
+    nowhere else: ``((1 - alpha) * g) * g`` (``addcmul``), ``(lr * g) / d`` without
+    momentum (torch's CPU ``addcdiv`` computes ``self + (value * t1) / t2``, bitwise,
+    measured on torch 2.13) and ``g / d`` into the momentum buffer,
     no ``weight_decay * p`` term when ``weight_decay`` is 0, and centered ``r - c * c``
     is ``r`` when ``r`` is Inf: torch's ``addcmul`` is one fused multiply-add, whose
     ``c * c`` cannot overflow on its own, so ``Inf - Inf`` (NaN) never happens there.
@@ -69,15 +72,17 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
             d = np.sqrt(r + eps)
         else:
             d = np.sqrt(r) + eps
-        u = g / d
         if use_momentum:
+            u = g / d
             b = momentum * momentum_buffer[i] + u
             momentum_buffer[i] = b
             if nesterov:
                 u = u + momentum * b
             else:
                 u = b
-        q = p - lr * u
+            q = p - lr * u
+        else:   # torch's addcdiv: (lr * g) / d
+            q = p - (lr * g) / d
         param[i] = q
         if write_copy:
             param_copy[i] = narrow_to(param_copy, q)
