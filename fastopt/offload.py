@@ -123,13 +123,11 @@ def init_state(rule, master, **hyperparameters):
 
 def _state_shapes(spec, group, shape):
     """name -> shape of each state buffer ``spec`` keeps for a tensor of ``shape`` (the
-    param's, or the rule's own: Adafactor's factored ``row_var``/``col_var``)."""
-    shapes = {}
-    for name in spec.state_names(group):
-        own = spec.state_shape(name, group, tuple(shape))
-        if own is not None:
-            shapes[name] = tuple(own)
-    return shapes
+    param's, or the rule's own: Adafactor's factored ``row_var``/``col_var``): the rule's
+    :meth:`~fastopt.rules.base.Rule.state_layout` of one member."""
+    found = {name: spec.state_layout(name, group, (tuple(shape),))[0][0]
+             for name in spec.state_names(group)}
+    return {name: own for name, own in found.items() if own is not None}
 
 
 def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999),

@@ -48,6 +48,17 @@ def is_tensor(x):
     return type(x).__module__.startswith("torch") and hasattr(x, "untyped_storage")
 
 
+def tensor_view(x, fmt=None):
+    """A CPU tensor (not requiring grad) as the kernels take it, sharing its memory, with
+    no checks: float32/float64 as themselves, bfloat16/float16 as their ``uint16``/``int16``
+    bits. ``fmt``: its format name, when the caller already has it."""
+    fmt = fmt or _TORCH_FORMATS[str(x.dtype)]
+    if fmt in HALF_FORMATS:
+        import torch
+        return x.view(torch.int16).numpy().view(KERNEL_DTYPES[fmt])   # zero copy
+    return x.numpy()
+
+
 def kernel_view(x, name, formats):
     """``(view, format)``: ``x`` (a NumPy array or a CPU torch tensor, 1-D) as the array the
     kernels take, sharing its memory, and its format name. Raises ``TypeError`` naming
@@ -60,11 +71,7 @@ def kernel_view(x, name, formats):
             raise TypeError(f"{name}: a tensor on {x.device}; fastopt needs CPU tensors")
         if x.requires_grad:
             x = x.detach()
-        if fmt in ("float32", "float64"):
-            return x.numpy(), fmt
-        import torch
-        bits = x.view(torch.int16).numpy()           # zero copy; same shape and strides
-        return bits.view(KERNEL_DTYPES[fmt]), fmt
+        return tensor_view(x, fmt), fmt
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name}: expected a NumPy array or a torch tensor, "
                         f"got {type(x).__name__}")

@@ -1,5 +1,6 @@
 """Fixtures shared by several test files."""
 
+import numpy as np
 import pytest
 
 import fastopt
@@ -20,3 +21,21 @@ def adam_kernel_sizes(monkeypatch):
 
     monkeypatch.setattr(Variant, "__call__", counting_call)
     return sizes
+
+
+@pytest.fixture
+def torch_default_dtype():
+    """Set torch's default dtype for one test (a torch dtype, or NumPy's float32/float64),
+    restored after. torch keeps NAdam's ``mu_product`` and ASGD's ``eta``/``mu`` in it
+    (float32 unless changed); fastopt derives them in float64, as torch does with a
+    float64 default, which the float64 comparisons with torch use."""
+    torch = pytest.importorskip("torch")
+    previous = torch.get_default_dtype()
+    by_numpy = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+    def set_to(dtype):
+        torch.set_default_dtype(dtype if isinstance(dtype, torch.dtype)
+                                else by_numpy[np.dtype(dtype)])
+
+    yield set_to
+    torch.set_default_dtype(previous)

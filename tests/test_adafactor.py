@@ -273,9 +273,9 @@ def test_all_passes_vectorize_on_x86():
               np.zeros(where.rows), np.zeros(where.rows), np.ones(where.leads))
     stages = (
         (variant.first, args, {"vcvtps2pd": 2}),
-        (variant.columns, (*args[:4], *args[6:9], args[14]), {"vcvtps2pd": 1}),
-        (variant.norms, (*args[:5], args[9], args[14]), {"vsqrtps": 2, "vdivps": 2}),
-        (variant.last, (*args[:6], *args[9:15]), {"vsqrtps": 2, "vdivps": 2}),
+        (variant.columns, (*args[:4], *args[6:8], args[13]), {"vcvtps2pd": 1}),
+        (variant.norms, (*args[:5], args[8], args[13]), {"vsqrtps": 2, "vdivps": 2}),
+        (variant.last, (*args[:6], *args[8:14]), {"vsqrtps": 2, "vdivps": 2}),
     )
     for twin in ("serial", "parallel"):
         for stage, stage_args, needed in stages:

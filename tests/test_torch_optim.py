@@ -24,23 +24,12 @@ TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-11, atol
 STEPS = 40
 
 
-@pytest.fixture
-def torch_default_float64():
-    """torch keeps NAdam's ``mu_product`` and ASGD's ``eta``/``mu`` in its default dtype
-    (float32 unless changed); fastopt derives them in float64, as torch does with a
-    float64 default, which the float64 comparisons use."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", TORCH_CASES, ids=case_id)
-def test_matches_torch_optim_step_by_step(case, dtype, request):
+def test_matches_torch_optim_step_by_step(case, dtype, torch_default_dtype):
     rule, options = case
-    if dtype == np.float64:
-        request.getfixturevalue("torch_default_float64")
+    if dtype == np.float64:   # NAdam's and ASGD's scalar state as fastopt derives it
+        torch_default_dtype(np.float64)
     cls, _, lr = RULES[rule]
     rng = np.random.default_rng(1)
     shapes = [(6, 4), (4,), (3, 2, 2)]

@@ -39,19 +39,11 @@ def case_id(case):
     return name + "".join(f"-{k}={v}" for k, v in options.items() if k != "lr")
 
 
-@pytest.fixture
-def default_dtype():
-    """Set torch's default dtype for the test, restoring it after."""
-    old = torch.get_default_dtype()
-    yield torch.set_default_dtype
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", TORCH_CASES, ids=case_id)
-def test_matches_torch_optim_every_step(case, dtype, default_dtype):
+def test_matches_torch_optim_every_step(case, dtype, torch_default_dtype):
     name, options = case
-    default_dtype(dtype)
+    torch_default_dtype(dtype)
     rule = RULES[name]
     (_, torch_opt), (_, fast_opt) = side_by_side(
         getattr(torch.optim, rule.torch_class), getattr(ft, rule.class_name), options,

@@ -27,7 +27,6 @@ STEPS = 40
 SHAPES = [(7, 5), (13,), ()]
 TOL = {np.float32: dict(rtol=2e-5, atol=1e-6), np.float64: dict(rtol=1e-12, atol=1e-13)}
 DTYPES = [np.float32, np.float64]
-TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 
 #: torch.optim's defaults, by torch's names (the ``group`` the scalars functions read).
 DEFAULTS = {
@@ -94,18 +93,6 @@ def run_reference(rule, options, params, grads, grad_factor=1.0):
                 np.testing.assert_array_equal(given[3][name], value)
         history.append([np.asarray(p).copy() for p in params])
     return history, states
-
-
-@pytest.fixture
-def torch_default_dtype(request):
-    """Set torch's default dtype (where its 0-d state tensors live) for one test."""
-    previous = torch.get_default_dtype()
-
-    def set_to(dtype):
-        torch.set_default_dtype(TORCH_DTYPE[dtype])
-
-    yield set_to
-    torch.set_default_dtype(previous)
 
 
 def run_torch(cls, options, params, grads):

@@ -180,8 +180,8 @@ class AdafactorStep:
                                                        self.twin)
         return found
 
-    def __call__(self, param, grad, row_var, col_var, variance, param_copy, beta2_weight,
-                 beta2_lerp, eps1, eps1_squared, eps2, rho, d, param_decay, grad_factor):
+    def __call__(self, param, grad, row_var, col_var, variance, param_copy, beta2_lerp,
+                 eps1, eps1_squared, eps2, rho, d, param_decay, grad_factor):
         where = self.layout
         if where is None:
             where = factored_layout(((param.shape[0],),))
@@ -201,10 +201,9 @@ class AdafactorStep:
         if self.twin is not None:
             passes = tuple(getattr(p, self.twin) for p in passes)
         first, columns, norms, last = passes
-        first(param, grad, row_var, col_var, variance, param_copy, beta2_weight, beta2_lerp,
-              eps1, eps1_squared, eps2, rho, d, param_decay, grad_factor, *layout)
-        columns(param, grad, row_var, col_var, beta2_weight, beta2_lerp, eps1, grad_factor,
-                *layout)
+        first(param, grad, row_var, col_var, variance, param_copy, beta2_lerp, eps1,
+              eps1_squared, eps2, rho, d, param_decay, grad_factor, *layout)
+        columns(param, grad, row_var, col_var, beta2_lerp, eps1, grad_factor, *layout)
         norms(param, grad, row_var, col_var, variance, eps1_squared, grad_factor, *layout)
         last(param, grad, row_var, col_var, variance, param_copy, eps1_squared, eps2, rho, d,
              param_decay, grad_factor, *layout)
@@ -238,7 +237,7 @@ def _update(p_like, g, v, eps1_squared):
 
 
 @kernel(flags=("zero_grad", "write_copy"), layout=LAYOUT, compound=AdafactorStep)
-def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_weight, beta2_lerp,
+def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_lerp,
               eps1, eps1_squared, eps2, rho, d, param_decay, grad_factor, members,
               work_starts, col_starts, unit_starts, param_squares, update_squares,
               row_means):
@@ -247,16 +246,17 @@ def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_weight,
 
         param_squares[w] = sum over the row of float64(p)**2
         factored row r:    n = dtype(sqrt(sum over the row of float64(g)**2))
-                           row_var[r] = lerp(row_var[r], n*n / C, beta2_weight)
-        unfactored chunk:  variance[i] = lerp(variance[i], g*g, beta2_weight)
+                           row_var[r] = lerp(row_var[r], n*n / C, w)
+        unfactored chunk:  variance[i] = lerp(variance[i], g*g, w)
 
     torch's ``torch.norm(grad, dim=-1, keepdim=True).square_().div_(C)`` and ``lerp_``
-    (``beta2_weight = t**beta2_decay``, ``beta2_lerp`` its lerp coefficient:
-    :func:`~fastopt.rules.base.lerp_weight`); the norm is a float64 sum rounded once.
+    with weight ``w = t**beta2_decay``, passed as its lerp coefficient ``beta2_lerp``
+    (:func:`~fastopt.rules.base.lerp_coefficient`, read by
+    :func:`~fastopt.kernels.halves.lerp`); the norm is a float64 sum rounded once.
     Sums go lane by lane (``ROW_LANES`` lanes per factored row, ``LANES`` per unfactored
     chunk) and fold in a fixed tree.
 
-    Scalars (of the buffers' dtype): ``beta2_weight``, ``beta2_lerp``, ``eps1`` (the
+    Scalars (of the buffers' dtype): ``beta2_lerp``, ``eps1`` (the
     dtype's machine epsilon when torch's ``eps[0]`` is None), ``eps1_squared``, ``eps2``,
     ``rho = min(lr, 1/sqrt(t))``, ``d``, ``param_decay = 1 - lr*weight_decay``,
     ``grad_factor``. Layout (``Kernel.layout``, given by :class:`AdafactorStep`): the
@@ -310,14 +310,14 @@ def adafactor(param, grad, row_var, col_var, variance, param_copy, beta2_weight,
 
 
 @kernel(layout=LAYOUT)
-def adafactor_columns(param, grad, row_var, col_var, beta2_weight, beta2_lerp, eps1,
+def adafactor_columns(param, grad, row_var, col_var, beta2_lerp, eps1,
                       grad_factor, members, work_starts, col_starts, unit_starts,
                       param_squares, update_squares, row_means):
     """Adafactor's second pass, per column task (``prange``): ``CHUNK`` columns ``j`` of
     one lead slice ``l`` of a factored member, over its ``R`` rows in order::
 
         n = dtype(sqrt(sum over rows of float64(g)**2))
-        col_var[l, j] = lerp(col_var[l, j], n*n / R, beta2_weight)
+        col_var[l, j] = lerp(col_var[l, j], n*n / R, w)
 
     and, by the slice's first task, ``row_means[l] = max(dtype(mean(row_var[l])), eps1)``
     (float64 sum in eight interleaved chains added in a fixed tree; torch's

@@ -153,7 +153,7 @@ def lerp(start, end, coefficient):
     """torch's ``start.lerp_(end, w)`` for one element, as its CPU kernel computes it:
     ``start + w*(end - start)`` for ``w < 0.5``, ``end + (w - 1)*(end - start)`` from 0.5 on
     (the two differ in rounding, and for an infinite ``end``). The caller passes
-    ``coefficient`` = ``w`` or ``w - 1`` (:func:`fastopt.rules.base.lerp_weight`), whose
+    ``coefficient`` = ``w`` or ``w - 1`` (:func:`fastopt.rules.base.lerp_coefficient`), whose
     sign picks the formula. ``w`` must be in (0, 1]: ``w = 1`` (Adafactor's first step,
     ``beta1 = 0``) gives ``coefficient = 0`` and ``end``, as torch; ``w = 0`` would be
     read as 1 (no rule passes it: ``beta1 < 1``, ``t**beta2_decay > 0``)."""

@@ -10,7 +10,7 @@ import importlib
 import pkgutil
 
 from .base import REGISTRY as RULES
-from .base import Rule, check_betas, check_flags, lerp_weight
+from .base import Rule, check_betas, check_flags, lerp_coefficient
 
 #: The seed's rules (and AdamW), imported first so the registry lists them first.
 _FIRST = ("sgd", "adagrad", "rmsprop", "adam")
@@ -19,4 +19,4 @@ for _name in (*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__)
                                if m.name not in _FIRST and m.name != "base")):
     importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["RULES", "Rule", "check_betas", "check_flags", "lerp_weight"]
+__all__ = ["RULES", "Rule", "check_betas", "check_flags", "lerp_coefficient"]

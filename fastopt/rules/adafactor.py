@@ -6,7 +6,7 @@ import numpy as np
 
 from ..kernels.adafactor import adafactor, state_shape
 from ..validation import check_lr, check_number, check_real
-from .base import Rule, check_flags
+from .base import Rule, check_flags, lerp_coefficient
 
 
 class Adafactor(Rule):
@@ -61,7 +61,6 @@ class Adafactor(Rule):
                "param_decay": ("weight_decay", "1 - lr * weight_decay"),
                "eps1": ("eps", "eps[0]"), "eps1_squared": ("eps", "eps[0]**2"),
                "eps2": ("eps", "eps[1]"),
-               "beta2_weight": ("beta2_decay", "t**beta2_decay"),
                "beta2_lerp": ("beta2_decay", "t**beta2_decay")}
 
     def check(self, group):
@@ -88,7 +87,7 @@ class Adafactor(Rule):
         machine epsilon, filled by :meth:`dtype_scalars`."""
         lr, eps1 = group["lr"], group["eps"][0]
         weight = float(t) ** group["beta2_decay"]
-        return dict(beta2_weight=weight, beta2_lerp=weight if weight < 0.5 else weight - 1.0,
+        return dict(beta2_lerp=lerp_coefficient(weight),
                     eps1=None if eps1 is None else float(eps1),
                     eps1_squared=None if eps1 is None else float(eps1) * float(eps1),
                     eps2=float(group["eps"][1]), rho=min(lr, 1.0 / math.sqrt(t)),

@@ -2,7 +2,7 @@
 
 from ..kernels.adamax import adamax
 from ..validation import check_lr, check_number
-from .base import Rule, check_betas, check_flags, lerp_weight
+from .base import Rule, check_betas, check_flags, lerp_coefficient
 
 
 class Adamax(Rule):
@@ -36,6 +36,6 @@ class Adamax(Rule):
 
     def scalars(self, group, t, fresh):
         beta1, beta2 = group["betas"]
-        return dict(lerp_weight=lerp_weight(beta1), beta2=beta2, eps=group["eps"],
+        return dict(lerp_weight=lerp_coefficient(1.0 - beta1), beta2=beta2, eps=group["eps"],
                     step_size=group["lr"] / (1.0 - beta1 ** t),
                     weight_decay=group["weight_decay"])

@@ -225,12 +225,12 @@ def check_betas(group, key="betas"):
         check_real(beta, f"beta parameter at index {i}", 0.0, 1.0, high_open=True)
 
 
-def lerp_weight(beta1):
-    """torch's ``lerp(m, g, w)`` with ``w = 1 - beta1`` is ``m + w*(g - m)`` for
-    ``w < 0.5`` and ``g + (w - 1)*(g - m)`` otherwise; the kernels that follow it take
-    this coefficient and read the branch from its sign (positive: base ``m``)."""
-    w = 1.0 - beta1
-    return w if w < 0.5 else w - 1.0
+def lerp_coefficient(weight):
+    """torch's ``lerp(start, end, w)`` is ``start + w*(end - start)`` for ``w < 0.5`` and
+    ``end + (w - 1)*(end - start)`` otherwise; the kernels that follow it take this
+    coefficient, ``w`` or ``w - 1``, and read the branch from its sign
+    (:func:`fastopt.kernels.halves.lerp`). Adam-like rules pass ``w = 1 - beta1``."""
+    return weight if weight < 0.5 else weight - 1.0
 
 
 def check_flags(group, *keys):

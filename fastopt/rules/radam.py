@@ -4,7 +4,7 @@ import math
 
 from ..kernels.radam import radam
 from ..validation import check_lr, check_number
-from .base import Rule, check_betas, check_flags, lerp_weight
+from .base import Rule, check_betas, check_flags, lerp_coefficient
 
 
 class RAdam(Rule):
@@ -55,7 +55,7 @@ class RAdam(Rule):
         rectified = rho_t > 5.0
         rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
                          / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) if rectified else 0.0
-        return dict(lerp_weight=lerp_weight(beta1), beta2=beta2, one_minus_beta2=1.0 - beta2,
+        return dict(lerp_weight=lerp_coefficient(1.0 - beta1), beta2=beta2, one_minus_beta2=1.0 - beta2,
                     eps=group["eps"], weight_decay=0.0 if decoupled else wd,
                     param_decay=1.0 - lr * wd if decoupled and wd != 0 else 1.0,
                     bias_correction1=1.0 - beta1 ** t, lr=lr,

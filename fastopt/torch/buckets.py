@@ -23,28 +23,19 @@ gathered with one ``torch._foreach_copy_`` and stepped as flat runs.
 
 import operator
 
-import numpy as np
 import torch
 
 from ..flat import offsets
 from ..kernels.reductions import block_table
+from ..precision import tensor_view
 
 SUPPORTED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 SUPPORTED_TEXT = "dense (strided) float32/float64/bfloat16/float16 CPU tensors"
 
 #: Half-precision parameter dtypes: trained over a float32 master the bucket keeps, with
-#: the kernels reading the half gradient and writing the half copy in the same pass.
-HALF = {torch.bfloat16: np.dtype(np.uint16), torch.float16: np.dtype(np.int16)}
-
-
-def numpy_view(tensor):
-    """A zero-copy NumPy view of a CPU tensor as the kernels take it: float32/float64 as
-    themselves, bfloat16 as ``uint16`` bits and float16 as ``int16`` bits
-    (:mod:`fastopt.precision`)."""
-    bits = HALF.get(tensor.dtype)
-    if bits is None:
-        return tensor.numpy()
-    return tensor.view(torch.int16).numpy().view(bits)
+#: the kernels reading the half gradient and writing the half copy in the same pass. Their
+#: NumPy views are the kernels' bit views (:func:`fastopt.precision.tensor_view`).
+HALF = (torch.bfloat16, torch.float16)
 
 #: Foreign gradients (allocated by autograd) averaging fewer elements than this are
 #: gathered into the flat gradient buffer in one copy rather than read in place with one
@@ -115,9 +106,9 @@ class Bucket:
         self.half = dtype in HALF
         self.master = self.param.float() if self.half else None
         self.master_views = self._views(self.master) if self.half else None
-        self.np_copy = numpy_view(self.param) if self.half else None
+        self.np_copy = tensor_view(self.param) if self.half else None
         self.np_param = (self.master if self.half else self.param).numpy()
-        self.np_grad = numpy_view(self.grad)
+        self.np_grad = tensor_view(self.grad)
         self.np_shapes = [tuple(p.shape) for p in self.params]
         self._gathered = []   # (index, foreign gradient) the next grads() copies in
         self.steps = torch.zeros(len(self.params), dtype=scalar_dtype())
@@ -360,7 +351,7 @@ class Bucket:
         out = []
         for first, stop, _, _, foreign in runs:
             a, b = self.offsets[first], self.offsets[stop]
-            array = None if foreign is None else numpy_view(foreign)
+            array = None if foreign is None else tensor_view(foreign)
             if array is None:
                 out.append(self.np_grad[a:b])
             elif array.flags.c_contiguous and not self._owns(array):
