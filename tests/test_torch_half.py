@@ -170,3 +170,31 @@ def test_fastopt_checkpoint_of_a_bf16_model(tmp_path):
     for a, b in zip(model.parameters(), resumed_model.parameters()):
         assert torch.equal(a, b)
         assert torch.equal(opt.state[a]["master"], resumed.state[b]["master"])
+
+
+@pytest.mark.parametrize("forged", ["a string", "wrong shape", "complex", "a list"])
+def test_forged_master_is_refused_before_anything_is_loaded(forged):
+    """A state dict whose ``master`` is not a real tensor of the param's shape is refused
+    before torch replaces anything: params, master, state and step counts stay bitwise."""
+    model = half_model(torch.bfloat16)
+    opt = ft.AdamW(model.parameters(), lr=0.01)
+    batch = [t.to(torch.bfloat16) for t in make_batch()]
+    opt.zero_grad()
+    backward(model, batch)
+    opt.step()
+    saved = opt.state_dict()
+    bad = copy.deepcopy(saved)
+    bad["state"][0]["master"] = {
+        "a string": "abc", "wrong shape": torch.zeros(3),
+        "complex": torch.zeros(saved["state"][0]["master"].shape, dtype=torch.complex64),
+        "a list": [1.0, 2.0]}[forged]
+    params = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises((TypeError, ValueError), match="master"):
+        opt.load_state_dict(bad)
+    for p, before in zip(model.parameters(), params):
+        assert torch.equal(p.detach(), before)
+    after = opt.state_dict()
+    for index, entry in saved["state"].items():
+        assert after["state"][index].keys() == entry.keys()
+        for key, value in entry.items():
+            assert torch.equal(after["state"][index][key], value), (index, key)

@@ -16,7 +16,7 @@ from ..incoming import plain_value, state_array, step_count
 from ..optim.loop import loop_scale
 from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
-from .buckets import Bucket, check_tensor
+from .buckets import HALF, Bucket, check_tensor
 
 
 #: The NumPy dtype of each supported torch dtype (for ``validation.cast_scalars``).
@@ -373,7 +373,9 @@ class Optimizer(torch.optim.Optimizer):
             rule, plain = self._hyperparameters(merged)
             names = rule.state_names(plain)
             for index, p in zip(saved["params"], group["params"]):
-                self._check_entry(state.get(index), index, position, p, names, owner,
+                # a half param's float32 master is state too (Bucket.adopt copies it)
+                own = (*names, "master") if p.dtype in HALF else names
+                self._check_entry(state.get(index), index, position, p, own, owner,
                                   rule.scalar_state_names, rule, plain)
                 position += 1
 
