@@ -9,10 +9,10 @@
 
 One class per rule of the registry (:mod:`fastopt.rules`: ``SGD``, ``Adagrad``,
 ``RMSprop``, ``Adam``, ``AdamW``, ``Adadelta``, ``Adafactor``, ``Adamax``, ``ASGD``,
-``NAdam``, ``RAdam``, ``Rprop``, ``Lion``, ``LAMB``, ``Yogi``) subclasses ``torch.optim.Optimizer`` with torch's constructor signature
-(read from torch.optim; RMSprop adds fastopt's ``nesterov`` and ``eps_in_sqrt``, every class
-the loop options; Lion, LAMB and Yogi, which torch lacks, take their hyperparameters in the
-rule's order)
+``NAdam``, ``RAdam``, ``Rprop``, ``Lion``, ``LAMB``, ``Yogi``) subclasses
+``torch.optim.Optimizer`` with torch's constructor signature (read from torch.optim;
+RMSprop adds fastopt's ``nesterov`` and ``eps_in_sqrt``, every class the loop options;
+Lion, LAMB and Yogi, which torch lacks, take their hyperparameters in the rule's order)
 and defaults (:mod:`fastopt.torch.rules`). The update rules are the registry's (one source
 of truth), run on zero-copy NumPy views of CPU tensors. torch is optional
 (``pip install fastopt[torch]``) and only this package imports it.
