@@ -157,7 +157,9 @@ def save(optimizer, path, *, params=False):
                 if isinstance(array, np.ndarray):  # torch's 0-d tensor: keep its dtype
                     tensors[f"state/{key}/step"] = _contiguous(array)
             elif isinstance(array, np.ndarray) and name not in held:
-                tensors[f"state/{key}/{name}"] = _contiguous(array)
+                if array.dtype.name == "bfloat16":   # low-precision state: widened
+                    array = array.astype(np.float32)  # (exact; safetensors' NumPy side
+                tensors[f"state/{key}/{name}"] = _contiguous(array)   # reads no bf16)
             else:   # a number, or the rule's scalar state (NAdam's mu_product): JSON
                 values.setdefault(key, {})[name] = (
                     array.item() if isinstance(array, np.ndarray) else value)

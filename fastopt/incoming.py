@@ -29,8 +29,9 @@ _REAL_KINDS = "fiu"
 def state_array(value, what):
     """``value`` as a NumPy array of a real float or integer dtype (a view where possible).
 
-    Accepts NumPy arrays and scalars and dense (strided) CPU torch tensors of a real
-    dtype (bfloat16 is widened to float32, which NumPy lacks). Raises ``TypeError``
+    Accepts NumPy arrays and scalars (``ml_dtypes.bfloat16`` too: low-precision state)
+    and dense (strided) CPU torch tensors of a real dtype (a bfloat16 tensor is widened
+    to float32, exactly). Raises ``TypeError``
     naming ``what`` for anything else: Python numbers and lists (arrays come from arrays
     or tensors only), object, string, bool or complex arrays, sparse, quantized or
     non-CPU tensors. The caller checks the shape and casts to the parameter's dtype."""
@@ -42,7 +43,7 @@ def state_array(value, what):
         raise TypeError(f"{what} must be an array (numpy.ndarray or torch tensor), got "
                         f"{type(value).__name__} {short_repr(value)}")
     array = np.asarray(value)  # an ndarray subclass (np.matrix, ...) as a plain view
-    if array.dtype.kind not in _REAL_KINDS:
+    if array.dtype.kind not in _REAL_KINDS and array.dtype.name != "bfloat16":
         raise TypeError(f"{what} has dtype {array.dtype}; state must be a real float or "
                         "integer array (not object, str, bool or complex)")
     return array

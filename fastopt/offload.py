@@ -65,7 +65,7 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
     if callable(group["lr"]):
         raise TypeError(f"lr must be a real number (evaluate a schedule first), "
                         f"got {group['lr']!r}")
-    spec.check(group)
+    spec.validate(group)
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of the rule's state buffers by name, got "
                         f"{type(state).__name__}")
@@ -114,7 +114,7 @@ def init_state(rule, master, **hyperparameters):
         raise ValueError(f"rule: {rule!r} is not one of {sorted(RULES)}")
     master_v = _buffer(master, "master", ("float32", "float64"))
     group = {**spec.defaults, **hyperparameters}
-    spec.check(group)
+    spec.validate(group)
     group = as_floats(group)
     return {name: np.full(shape, spec.initial_value(name, master_v.dtype, group),
                           master_v.dtype)

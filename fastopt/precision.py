@@ -81,6 +81,22 @@ def kernel_view(x, name, formats):
     return x.view(KERNEL_DTYPES[fmt]), fmt
 
 
+def bf16_bits(values):
+    """Float32 ``values`` rounded to bfloat16, nearest even, as ``uint16`` bits (NumPy
+    only, no ml_dtypes: the same integer rounding as the kernels' ``narrow_to``; a NaN
+    stays a quiet NaN with its sign)."""
+    bits = np.asarray(values, np.float32).view(np.uint32)
+    high = bits >> np.uint32(16)
+    rounded = (bits + np.uint32(0x7FFF) + (high & np.uint32(1))) >> np.uint32(16)
+    nan = np.isnan(np.asarray(values, np.float32))
+    return np.where(nan, high | np.uint32(0x40), rounded).astype(BF16_BITS)
+
+
+def bf16_values(bits):
+    """The float32 values of bfloat16 ``bits`` (``uint16``), exactly (NumPy only)."""
+    return (np.asarray(bits, BF16_BITS).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
 def encode(values, fmt):
     """Float32 ``values`` rounded to ``fmt`` (nearest even), as the kernels' view: for
     tests, benchmarks, and feeding the kernels directly."""

@@ -386,6 +386,36 @@ def yogi(param, grad, state, *, lr=1e-2, betas=(0.9, 0.999), eps=1e-3,
 
 
 #: Every rule's reference, by the rule's registry name (:mod:`fastopt.rules`).
+def _mix32(x):
+    """``lowbias32``: the integer hash of ``fastopt.kernels.halves``, on uint32 arrays."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+
+def state_noise(noise_key, size):
+    """The 32 random bits per element ``i < size`` that low-precision state rounds with:
+    ``mix32((i * 0x9E3779B9 mod 2**32) ^ mix32(noise_key))``."""
+    i = np.arange(size, dtype=np.uint64)
+    counter = ((i * np.uint64(0x9E3779B9)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return _mix32(counter ^ _mix32(np.array([int(noise_key)], dtype=np.uint32)))
+
+
+def round_stochastic(values, noise):
+    """Float32 ``values`` rounded to bfloat16 bits (uint16) by the low 16 bits of
+    ``noise``: add them to the float32 bits, keep the top 16. A NaN becomes a quiet NaN
+    with its sign."""
+    values = np.asarray(values, np.float32)
+    bits = values.view(np.uint32)
+    with np.errstate(over="ignore"):
+        rounded = (bits + (noise & np.uint32(0xFFFF))) >> np.uint32(16)
+    quiet = (bits >> np.uint32(16)) | np.uint32(0x40)
+    return np.where(np.isnan(values), quiet, rounded).astype(np.uint16)
+
+
 RULES = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam, "adamw": adamw,
          "adamax": adamax, "radam": radam, "adadelta": adadelta, "rprop": rprop,
          "nadam": nadam, "asgd": asgd, "lion": lion, "lamb": lamb, "yogi": yogi,

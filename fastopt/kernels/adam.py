@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, high_half, narrow_to, state_noise, store_state, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -15,7 +15,7 @@ amsgrad = zero_grad = write_copy = False
 @kernel(flags=("amsgrad", "zero_grad", "write_copy"))
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
          step_size, beta1, one_minus_beta1, beta2, one_minus_beta2,
-         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_factor):
+         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_factor, noise_key):
     """Adam / AdamW step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -25,6 +25,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
         m  = beta1 * m + (1 - beta1) * g
         v  = beta2 * v + ((1 - beta2) * g) * g
         vmax = maximum(vmax, v)                    # only if amsgrad; NaN propagates
+        (m, v, vmax stored as they are, or rounded stochastically into bf16 state)
         param[i] = p - (step_size * m) / (sqrt(v or vmax) * inv_sqrt_bias_correction2 + eps)
         param_copy[i] = half(param[i])             # only if write_copy
         grad[i] = 0                                # only if zero_grad
@@ -57,6 +58,11 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
     * ``param_decay``: decoupled decay factor ``1 - lr*weight_decay`` (AdamW), 1 for none.
     * ``grad_factor``: multiplies the gradient first (loss-scale unscaling, clipping,
       and ``-1`` for ``maximize``).
+    * ``exp_avg, exp_avg_sq, max_exp_avg_sq`` may instead hold bfloat16 bits (``uint16``)
+      over a float32 ``param``: low-precision state, loaded exactly and stored with
+      stochastic rounding from ``state_noise(noise_key, i)``
+      (:mod:`fastopt.kernels.halves`); ``noise_key`` (a whole number below 2**24) is
+      unused with float state.
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``adam.variant(amsgrad=..., zero_grad=...).parallel``):
       ``amsgrad, zero_grad, write_copy``.
@@ -66,14 +72,15 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        m = beta1 * exp_avg[i] + one_minus_beta1 * g
-        v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
+        m = beta1 * widen(exp_avg[i]) + one_minus_beta1 * g
+        v = beta2 * widen(exp_avg_sq[i]) + one_minus_beta2 * g * g
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        exp_avg[i] = store_state(exp_avg, m, noise)
+        exp_avg_sq[i] = store_state(exp_avg_sq, v, high_half(noise))
         if amsgrad:   # torch.maximum's: a NaN on either side gives NaN
-            vmax = max_exp_avg_sq[i]
+            vmax = widen(max_exp_avg_sq[i])
             v = v if vmax <= v or v != v else vmax
-            max_exp_avg_sq[i] = v
+            max_exp_avg_sq[i] = store_state(max_exp_avg_sq, v, high_half(noise))
         q = p - (step_size * m) / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)
         param[i] = q
         if write_copy:

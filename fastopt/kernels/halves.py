@@ -1,4 +1,5 @@
-"""Half-precision loads and stores inside the kernels: ``widen`` and ``narrow_to``.
+"""Half-precision loads and stores inside the kernels: ``widen``, ``narrow_to`` and
+``store_state`` (with ``state_noise``).
 
 Numba's CPU target has no 16-bit float type (a ``float16`` array argument raises
 ``NotImplementedError``) and no bfloat16 at all, so half-precision buffers travel as
@@ -23,6 +24,21 @@ payload bits are implementation-defined: torch's own vector and scalar paths dis
   and ``vcvtneps2bf16`` do, so it never rounds into an infinity.
 * float16: LLVM's ``fptrunc float to half`` (``vcvtps2ph``, round to nearest even;
   overflow gives Inf, NaN stays a quiet NaN).
+
+**Low-precision state** (``state_dtype="bfloat16"``): a state buffer of ``uint16`` holds
+bfloat16 bits; the kernel loads it with ``widen``, computes in float32 and stores with
+``store_state(out, x, noise)``, which rounds *stochastically*: 16 random bits are added
+to the low half of ``x``'s float32 bits before they are cut off, so ``x`` rounds up with
+probability equal to its distance from the lower neighbour (unbiased: ``E[stored] = x``).
+Round-to-nearest would stall: an update smaller than half a bf16 ulp of ``v`` would never
+land. The bits come from ``state_noise(noise_key, i)``, a counter-based hash
+(``lowbias32``) of the element index ``i`` and a per-call key the front ends derive from
+the step number and which buffer is stepped (:func:`noise_key`): no state, no order, so the
+result is bitwise the same for any thread count and on every run. A kernel stores its
+first state buffer with the low 16 bits and its second with the high 16
+(:func:`high_half`); a third (amsgrad's running maximum) shares the second's, so a new
+maximum is stored exactly as the second moment it equals. Float32/float64 state buffers
+store ``x`` as it is, and LLVM drops the unused hash.
 
 Every integer step is wrapped in ``np.uint32`` (Numba widens unsigned arithmetic to 64
 bits otherwise, and the 64-bit lanes halve the vector width). The float16 conversions
@@ -134,6 +150,74 @@ def _narrow_to(out, x):
     if out.dtype == types.float32:
         return lambda out, x: x
     return None
+
+
+@register_jitable
+def _mix32(x):
+    """``lowbias32`` (C. Wellons' integer hash): a bijection of ``uint32`` with good
+    avalanche: three shift-xors and two multiplies, all vectorizable."""
+    x = np.uint32(x ^ np.uint32(x >> np.uint32(16)))
+    x = np.uint32(x * np.uint32(0x7FEB352D))
+    x = np.uint32(x ^ np.uint32(x >> np.uint32(15)))
+    x = np.uint32(x * np.uint32(0x846CA68B))
+    return np.uint32(x ^ np.uint32(x >> np.uint32(16)))
+
+
+@register_jitable
+def state_noise(noise_key, i):
+    """32 random bits (``uint32``) for element ``i`` of a call keyed by ``noise_key`` (a
+    whole number below 2**24, passed as the kernel's float scalar):
+    ``mix32((i * 0x9E3779B9) ^ mix32(key))``. Deterministic, stateless."""
+    key = _mix32(np.uint32(noise_key))
+    return _mix32(np.uint32(np.uint32(np.uint32(i) * np.uint32(0x9E3779B9)) ^ key))
+
+
+@register_jitable
+def high_half(noise):
+    """The high 16 of ``noise``'s bits, as the low 16 (for a second state buffer)."""
+    return np.uint32(noise >> np.uint32(16))
+
+
+@register_jitable
+def bf16_bits_stochastic(value, noise):
+    """The bits (``uint16``) of float32 ``value`` rounded to a bfloat16 neighbour by the
+    low 16 bits of ``noise``: ``(bits + (noise & 0xFFFF)) >> 16``. Exact values stay
+    exact, an infinity stays infinite, a NaN becomes a quiet NaN with its sign (never an
+    infinity); a finite value at most one bf16 ulp below the largest may round up to Inf,
+    as it should with that probability."""
+    bits = bits_from_float32(value)
+    rounded = np.uint32(bits + np.uint32(noise & np.uint32(0xFFFF)))
+    quiet_nan = np.uint32(np.uint32(bits >> np.uint32(16)) | np.uint32(0x40))
+    return np.uint16(quiet_nan if value != value else np.uint32(rounded >> np.uint32(16)))
+
+
+def store_state(out, x, noise):
+    """``x`` as an element of state buffer ``out`` (see the module docstring); ``@njit``
+    only."""
+    raise NotImplementedError("store_state is for @njit code")
+
+
+@overload(store_state)
+def _store_state(out, x, noise):
+    if not isinstance(out, types.Array):
+        return None
+    if out.dtype == types.uint16 and x == types.float32:
+        return lambda out, x, noise: bf16_bits_stochastic(x, noise)
+    if out.dtype == x and x in (types.float32, types.float64):
+        return lambda out, x, noise: x
+    return None
+
+
+def noise_key(step, stream, seed=0):
+    """The ``noise_key`` scalar of step ``step`` over buffer number ``stream`` (which
+    segment or run of the optimizer: each gets its own bits) with ``seed``: a whole
+    number below 2**24 (exact in float32), from a SplitMix64 finalizer of the three.
+    Plain Python, for the front ends."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB
+         ) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return float((x ^ (x >> 31)) >> 40)
 
 
 @register_jitable

@@ -14,6 +14,9 @@ import numpy as np
 
 from ..flat import Flat, check_float_array
 from ..incoming import plain_value, state_array, step_count
+from ..kernels.halves import BF16_BITS, noise_key
+from ..precision import _ml_dtypes as ml_dtypes
+from ..precision import bf16_bits
 from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
 from .loop import loop_scale
@@ -93,7 +96,7 @@ class Optimizer:
             return old[2]   # the very same objects as last time, no list edited in place
         self._check_loop_options()
         for group in self.param_groups:
-            self.rule.check(group)
+            self.rule.validate(group)
         lists = [(v, tuple(v)) for group in self.param_groups
                  for k, v in group.items() if k != "params" and isinstance(v, list)]
         self._validated = (snapshot, lists, [as_floats(group) for group in self.param_groups])
@@ -121,7 +124,8 @@ class Optimizer:
             check_param(array, f"params[{first + i}]")
         self._check_overlap(self._params + params)
         group = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
-        self.rule.check(group)
+        self.rule.validate(group)
+        _check_state_dtype(group, params, first)
         group["params"] = params
         self.param_groups.append(group)
         self._params.extend(params)
@@ -135,6 +139,8 @@ class Optimizer:
         # What every step walks, computed once: (group number, segment) pairs, and the
         # segments' flatten() gradient views when every segment has one (else None).
         self._work = [(g, seg) for g, segs in enumerate(self._segments) for seg in segs]
+        for stream, (_, seg) in enumerate(self._work):   # whose random bits are whose
+            seg.stream = stream
         self._own_views = ([seg.own_grad for _, seg in self._work] if all(
             seg.own_grad is not None for _, seg in self._work) else None)
 
@@ -279,7 +285,9 @@ class Optimizer:
                 state, fresh = self.new_state(seg.param, seg.state, group, seg)
                 step = seg.step + 1
                 sign = -scale if group["maximize"] else scale
-                values = rule.values(group, step, fresh, sign, seg.param.dtype)
+                key = noise_key(step, seg.stream) if group.get("state_dtype") else 0.0
+                values = rule.values(group, step, fresh, sign, seg.param.dtype,
+                                     noise_key=key)
                 bound = seg.bound   # the same group, state, gradient and zero_grad: reuse
                 if not (bound is not None and bound[0] is group and bound[1] is state
                         and bound[2] is grad and bound[3] == zero_grad):
@@ -322,21 +330,28 @@ class Optimizer:
         segment whose ``param`` this is; required then)."""
         fresh = _NOTHING
         rule = self.rule
+        dtype = rule.state_dtype(group, param.dtype)
         for name in rule.state_names(group):
             if name not in state:
                 if not fresh:
                     state, fresh = dict(state), set()
-                value = rule.initial_value(name, param.dtype, group)
+                value = rule.initial_fill(name, param.dtype, group)
                 if rule.shaped_state:
                     if segment is None:
                         raise TypeError(f"{type(self).__name__}.new_state needs the "
                                         "segment: the rule's state is not shaped as "
                                         "its params")
                     _, total = segment.state_members(rule, name, group)
-                    state[name] = np.full(total, value, dtype=param.dtype)
+                    state[name] = np.full(total, value, dtype=dtype)
                 else:
-                    state[name] = np.full_like(param, value)
+                    state[name] = np.full(param.shape, value, dtype=dtype)
                 fresh.add(name)
+            elif state[name].dtype != dtype:
+                raise ValueError(
+                    f"state_dtype: the group's state_dtype is {group['state_dtype']!r}, but "
+                    f"its {name!r} state is held as {_held_as(state[name].dtype)}; "
+                    "state_dtype cannot change between steps (load a state dict into an "
+                    "optimizer made with the new state_dtype instead)")
         return state, fresh
 
     @property
@@ -360,6 +375,8 @@ class Optimizer:
                         if where is None:   # the param has no such state (Adafactor's)
                             continue
                         view = seg.member_view(buffer, where)
+                        if view.dtype == BF16_BITS:   # bfloat16 state, as ml_dtypes'
+                            view = view.view(ml_dtypes().bfloat16)
                         entry[name] = view.copy() if copy else view
                     if seg.held:   # the rule's scalar state (NAdam's mu_product)
                         entry.update(seg.held)
@@ -416,7 +433,7 @@ class Optimizer:
             self.rule.check_rule_keys(saved, where)
             known = {k: plain_value(v, k) for k, v in saved.items() if k in self.defaults}
             new = {**group, **known}
-            self.rule.check(new)
+            self.rule.validate(new)
             new_groups.append((new, [int(i) for i in ids]))
         all_ids = [i for _, ids in new_groups for i in ids]
         if len(set(all_ids)) != len(all_ids):
@@ -439,7 +456,8 @@ class Optimizer:
             seg.step, seg.held = step, held
             seg.state = {}
             for name, (total, parts) in buffers.items():
-                seg.state[name] = np.empty(total, dtype=seg.param.dtype)
+                seg.state[name] = np.empty(total, dtype=parts[0][1].dtype if parts
+                                           else seg.param.dtype)
                 for member, array in parts:
                     seg.member_view(seg.state[name], member)[...] = array
 
@@ -489,8 +507,8 @@ class Optimizer:
                     raise ValueError(f"{what} has shape {array.shape}, the {name!r} state "
                                      f"of params[{member[0]}] (shape {tuple(member[3])}) "
                                      f"has {at[3]}")
-                with np.errstate(all="ignore"):  # as torch: out-of-range values become inf
-                    parts.append((at, array.astype(seg.param.dtype)))
+                parts.append((at, held_state(array, seg.param.dtype,
+                                             rule.state_dtype(group, seg.param.dtype))))
             buffers[name] = (total, parts)
         return steps.pop(), buffers
 
@@ -501,6 +519,37 @@ _TORCH_ONLY_KEYS = {"foreach", "fused", "capturable", "differentiable", "initial
 
 
 _NOTHING = frozenset()
+
+
+def _check_state_dtype(group, params, first):
+    """bfloat16 state (``state_dtype="bfloat16"``) is for float32 params, and needs
+    ml_dtypes (the state dicts hold ``ml_dtypes.bfloat16`` arrays)."""
+    if group.get("state_dtype") is None:
+        return
+    for i, array in enumerate(params):
+        if array.dtype != np.float32:
+            raise ValueError(f"state_dtype={group['state_dtype']!r} keeps float32 params' "
+                             f"state in bfloat16; params[{first + i}] is {array.dtype} "
+                             "(use state_dtype=None)")
+    ml_dtypes()
+
+
+def _held_as(dtype):
+    return "bfloat16" if dtype == BF16_BITS else str(dtype)
+
+
+def held_state(array, param_dtype, state_dtype):
+    """A loaded state array (checked, any real dtype) as the optimizer holds it:
+    ``state_dtype`` (from :meth:`Rule.state_dtype <fastopt.rules.base.Rule.state_dtype>`):
+    the params' dtype (a cast; out-of-range values become inf, as torch), or bfloat16 bits
+    (a bfloat16 array's bits as they are, anything else through float32 rounded to
+    nearest even: exact for values a bfloat16 state held)."""
+    with np.errstate(all="ignore"):
+        if state_dtype != BF16_BITS:
+            return array.astype(param_dtype)
+        if array.dtype.name == "bfloat16":
+            return array.view(BF16_BITS).copy()
+        return bf16_bits(array.astype(np.float32))
 
 
 def _check_zeroable(work, views):

@@ -75,6 +75,9 @@ class Segment:
         #: ``(group, state, grad, zero_grad, variant, arrays)`` of the last step: reused
         #: while the very same objects come back (the steady state of a flatten() loop).
         self.bound = None
+        #: Its number among the optimizer's segments: which random bits its
+        #: low-precision state rounds with (:func:`~fastopt.kernels.halves.noise_key`).
+        self.stream = 0
         #: The rule's scalar state after the last step (NAdam's ``mu_product``), or None.
         self.held = None
 

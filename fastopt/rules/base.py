@@ -26,7 +26,13 @@ A :class:`Rule` is stateless. It says, for one update rule:
   param has no such state). The front ends lay each flat state buffer out from these
   shapes (:meth:`state_layout`), once per segment or bucket and name;
 * :meth:`dtype_scalars`: scalars that depend on the buffers' dtype (Adafactor's
-  ``eps1=None``: the dtype's machine epsilon), filled in by :meth:`values`.
+  ``eps1=None``: the dtype's machine epsilon), filled in by :meth:`values`;
+* low-precision state: a rule whose kernel takes the scalar ``noise_key`` (its stores go
+  through :func:`~fastopt.kernels.halves.store_state`) has the hyperparameter
+  ``state_dtype`` (``None``: the params' dtype; ``"bfloat16"``: every state buffer in
+  bfloat16, rounded stochastically on store), added to its ``defaults`` here, checked by
+  :meth:`validate`; :meth:`state_dtype` and :meth:`initial_fill` say what the front ends
+  allocate, and :meth:`values` takes the step's ``noise_key``.
 
 The NumPy optimizers (:mod:`fastopt.optim`), ``fastopt.torch``, the bench, the asv suite,
 the demo and the tests read the registry (:mod:`fastopt.rules`); nothing restates a rule.
@@ -35,11 +41,18 @@ A subclass with a ``name`` registers itself when its module is imported.
 
 import math
 
+import numpy as np
+
 from ..incoming import plain_value
+from ..kernels.halves import BF16_BITS
 from ..validation import cast_scalars, check_bool, check_real, short_repr
 
 #: name -> the :class:`Rule` instance, in the order the rule modules define them.
 REGISTRY = {}
+
+#: The values of ``state_dtype`` (a rule with low-precision state): the params' dtype, or
+#: bfloat16 with stochastic rounding (float32 params or master weights only).
+STATE_DTYPES = (None, "bfloat16")
 
 _NOTHING = frozenset()
 
@@ -78,6 +91,11 @@ class Rule:
         #: overridden); False: every state buffer is laid out as the params.
         self.shaped_state = type(self).state_shape is not Rule.state_shape
         self._dtype_dependent = type(self).dtype_scalars is not Rule.dtype_scalars
+        #: Whether the rule can keep its state in bfloat16 (its kernel takes ``noise_key``).
+        self.low_precision_state = (self.binding is not None
+                                    and "noise_key" in self.binding.scalars)
+        if self.low_precision_state and "state_dtype" not in self.defaults:
+            self.defaults = {**type(self).defaults, "state_dtype": None}
 
     def __repr__(self):
         return f"<fastopt rule {self.name}>"
@@ -148,6 +166,33 @@ class Rule:
 
     # --- derived: the same for every rule ----------------------------------------
 
+    def validate(self, group):
+        """:meth:`check`, then the keys every rule of its kind shares (``state_dtype``)."""
+        self.check(group)
+        if self.low_precision_state:
+            value = group["state_dtype"]
+            if value not in STATE_DTYPES:
+                raise ValueError(f"Invalid state_dtype: {short_repr(value)} (one of "
+                                 f"{list(STATE_DTYPES)}: None keeps the state in the "
+                                 "params' dtype)")
+
+    def state_dtype(self, group, dtype):
+        """The NumPy dtype of the kernel's view of ``group``'s state buffers over params
+        (or master weights) of ``dtype``: ``dtype``, or ``uint16`` (bfloat16 bits) with
+        ``state_dtype="bfloat16"``."""
+        if self.low_precision_state and group["state_dtype"] == "bfloat16":
+            return BF16_BITS
+        return dtype
+
+    def initial_fill(self, name, dtype, group):
+        """:meth:`initial_value` as an element of the state buffer :meth:`state_dtype`
+        gives (bfloat16 bits rounded to nearest even, for low-precision state)."""
+        value = self.initial_value(name, dtype, group)
+        if self.state_dtype(group, dtype) is BF16_BITS:
+            from ..precision import bf16_bits
+            return bf16_bits(np.float32(value))[()]
+        return value
+
     def initial_value(self, name, dtype, group):
         """:meth:`initial_state` as a scalar of ``dtype`` (``ValueError`` if it does not
         fit: ``validation.cast_scalars``)."""
@@ -155,12 +200,16 @@ class Rule:
                               [(f"initial {name}", f"initial {name}")])
         return value
 
-    def values(self, group, t, fresh, grad_factor, dtype, sources=None):
+    def values(self, group, t, fresh, grad_factor, dtype, sources=None, noise_key=0.0):
         """The kernel's scalars for step ``t``, in its order, cast to ``dtype`` with the
         overflow check (``ValueError`` naming the hyperparameter; ``sources``: another
-        :meth:`ordered_sources`, for an entry whose arguments have other names)."""
+        :meth:`ordered_sources`, for an entry whose arguments have other names).
+        ``noise_key``: the stochastic rounding's key for low-precision state
+        (:func:`fastopt.kernels.halves.noise_key`), passed to kernels that take one."""
         named = self.scalars(group, t, fresh)
         named["grad_factor"] = grad_factor
+        if self.low_precision_state:
+            named["noise_key"] = noise_key
         if self._dtype_dependent:
             named = self.dtype_scalars(named, dtype)
         return cast_scalars(dtype, self.binding.ordered_scalars(named),
@@ -169,7 +218,9 @@ class Rule:
     def ordered_sources(self, **overrides):
         """Per kernel scalar, in order, ``(hyperparameter, formula)`` for an overflow
         message: :attr:`sources`, then ``overrides`` (scalar name -> pair)."""
-        known = {"grad_factor": ("grad_scale", "1 / grad_scale"), **self.sources, **overrides}
+        known = {"grad_factor": ("grad_scale", "1 / grad_scale"),
+                 "noise_key": ("state_dtype", "the stochastic rounding's key"),
+                 **self.sources, **overrides}
         return tuple(known.get(name, (name, name)) for name in self.kernel.binding.scalars)
 
     def bind(self, param, grad, state, group, zero_grad=False, copy=None, sizes=None,

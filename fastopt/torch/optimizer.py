@@ -151,7 +151,7 @@ class Optimizer(torch.optim.Optimizer):
             raise TypeError(f"{self._owner}: lr must be a number (or a one-element tensor); "
                             "for a schedule use torch.optim.lr_scheduler")
         rule = self._rule_for(plain)
-        rule.check(plain)
+        rule.validate(plain)
         rule.check_rule_keys(plain, f"{self._owner}: a param group")
         return rule, as_floats(plain)
 
