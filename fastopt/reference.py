@@ -404,6 +404,12 @@ def state_noise(noise_key, size):
     return _mix32(counter ^ _mix32(np.array([int(noise_key)], dtype=np.uint32)))
 
 
+def more_noise(noise):
+    """32 more random bits from ``noise`` (a third state buffer's): ``mix32(noise ^
+    0x632BE5AB)``."""
+    return _mix32(noise ^ np.uint32(0x632BE5AB))
+
+
 def round_stochastic(values, noise):
     """Float32 ``values`` rounded to bfloat16 bits (uint16) by the low 16 bits of
     ``noise``: add them to the float32 bits, keep the top 16. A NaN becomes a quiet NaN

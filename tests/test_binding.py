@@ -15,12 +15,16 @@ from fastopt.rules import RULES
 
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_names_exactly_its_kernels_scalars_buffers_and_options(name):
-    """The rule's scalars (plus grad_factor), state names and options are the kernel's
-    signature, name for name: nothing a rule derives is dropped or left over."""
+    """The rule's scalars (plus grad_factor, and noise_key for a rule with low-precision
+    state), state names and options are the kernel's signature, name for name: nothing a
+    rule derives is dropped or left over."""
     rule = RULES[name]
     binding = rule.kernel.binding
     group = fastopt.validation.as_floats(dict(rule.defaults))
     scalars = set(rule.scalars(group, 3, frozenset())) | {"grad_factor"}
+    if rule.low_precision_state:
+        scalars.add("noise_key")
+        assert "state_dtype" in rule.defaults
     assert scalars == set(binding.scalars)
     assert set(rule.state_names(group)) <= set(binding.buffers)
     assert set(rule.options(group)) == set(binding.options)
@@ -30,14 +34,15 @@ def test_every_rule_names_exactly_its_kernels_scalars_buffers_and_options(name):
 def test_adam_binding_plan():
     binding = kernels.adam.binding
     assert binding.buffers == ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    assert binding.scalars[-1] == "grad_factor" and "step_size" in binding.scalars
+    assert binding.scalars[-2:] == ("grad_factor", "noise_key")
+    assert "step_size" in binding.scalars
     assert binding.options == ("amsgrad",)
 
 
 def test_missing_unknown_or_extra_names_are_type_errors():
     binding = kernels.sgd.binding
     named = dict(lr=0.1, weight_decay=0.0, grad_factor=1.0, momentum=0.0, buffer_decay=0.0,
-                 buffer_gain=1.0)
+                 buffer_gain=1.0, noise_key=0.0)
     assert len(binding.ordered_scalars(named)) == len(binding.scalars)
     with pytest.raises(TypeError, match=r"missing \['lr'\], unknown \['learning_rate'\]"):
         binding.ordered_scalars({**{k: v for k, v in named.items() if k != "lr"},

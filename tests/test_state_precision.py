@@ -90,6 +90,9 @@ def _twin_step(opt, grads, rule):
         group["state_dtype"] = None
     params = [p.copy() for p in opt.param_groups[0]["params"]]
     kw = {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "state_dtype")}
+    if "initial_accumulator_value" in kw:   # bf16 state starts at its bf16 rounding
+        kw["initial_accumulator_value"] = float(bf16_values(bf16_bits(
+            kw["initial_accumulator_value"])))
     twin = getattr(fastopt, rule)(params, **kw)
     if state["state"]:
         twin.load_state_dict(state)
@@ -97,14 +100,31 @@ def _twin_step(opt, grads, rule):
     return params, twin.state
 
 
+#: Which random bits each state buffer rounds with: the low 16 of the element's noise,
+#: the high 16, or 32 more (a third buffer); amsgrad's maximum shares the second's.
+BITS = {"exp_avg": "low", "exp_avg_sq": "high", "max_exp_avg_sq": "high", "sum": "low",
+        "square_avg": "low", "grad_avg": "high"}
+
+
+def _bits(rule, name, noise):
+    which = BITS.get(name) or ("more" if rule == "RMSprop" else "low")  # momentum_buffer
+    return {"low": noise, "high": noise >> np.uint32(16),
+            "more": reference.more_noise(noise)}[which]
+
+
 @pytest.mark.parametrize("rule,options", [
     ("Adam", {}), ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
-    ("AdamW", {"weight_decay": 0.1}), ("Adam", {"maximize": True})])
+    ("AdamW", {"weight_decay": 0.1}), ("Adam", {"maximize": True}),
+    ("SGD", {"momentum": 0.9, "nesterov": True}), ("SGD", {"momentum": 0.5, "dampening": 0.1}),
+    ("Adagrad", {"initial_accumulator_value": 0.1, "lr_decay": 0.01}),
+    ("RMSprop", {}), ("RMSprop", {"centered": True, "momentum": 0.9}),
+    ("Lion", {"weight_decay": 0.1})])
 def test_bf16_state_step_is_the_float32_step_rounded_stochastically(rule, options):
     rng = np.random.default_rng(1)
     shapes = [(7, 5), (33,), (3, 4, 2)]
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     opt = getattr(fastopt, rule)(params, lr=1e-2, state_dtype="bfloat16", **options)
+    names = set()
     for step in range(1, 26):
         grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
         want_params, want_state = _twin_step(opt, grads, rule)
@@ -112,16 +132,16 @@ def test_bf16_state_step_is_the_float32_step_rounded_stochastically(rule, option
         for i, p in enumerate(params):
             np.testing.assert_array_equal(p, want_params[i])
             noise = reference.state_noise(halves.noise_key(step, i), p.size)
-            low, high = noise, noise >> np.uint32(16)
-            for name, bits in (("exp_avg", low), ("exp_avg_sq", high),
-                               ("max_exp_avg_sq", high)):
-                if name not in want_state[i]:
+            for name, value in want_state[i].items():
+                if name == "step":
                     continue
+                names.add(name)
                 got = opt.state[i][name]
                 assert got.dtype == ml_dtypes.bfloat16
-                want = reference.round_stochastic(want_state[i][name].reshape(-1), bits)
+                want = reference.round_stochastic(value.reshape(-1), _bits(rule, name, noise))
                 np.testing.assert_array_equal(got.view(np.uint16).reshape(-1), want,
                                               err_msg=f"{name} at step {step}")
+    assert names == set(opt.rule.state_names(opt.param_groups[0]))
 
 
 def test_bf16_state_is_bitwise_the_same_for_any_thread_count():

@@ -97,6 +97,52 @@ def test_mixed_kernel_vectorized(rule, fmt, twin):
                        NEEDED[KERNELS[rule]] + HALF_NEEDED[fmt], f"{rule} {fmt} ({twin})")
 
 
+#: bfloat16 state: loads widen by a packed shift, the noise hash multiplies packed 32-bit
+#: integers, stores add the noise and shift back.
+#: Options that give a rule all of its state buffers.
+STATEFUL = {"sgd": {"momentum": 0.9}, "rmsprop": {"centered": True, "momentum": 0.9}}
+STATE_NEEDED = [rf"\bvpslld\b{PACKED}", rf"\bvpmulld\b{PACKED}", rf"\bvpsrld\b{PACKED}"]
+
+
+def _front_end_call(cls, params, **hyper):
+    """``(variant, args)`` of the kernel call one step of ``cls(params, **hyper)`` makes."""
+    import numpy as np
+
+    from fastopt.kernels.config import Variant
+
+    calls = []
+    original = Variant.__call__
+
+    def spy(self, *args):
+        calls.append((self, args))
+        return original(self, *args)
+
+    Variant.__call__ = spy
+    try:
+        cls(params, **hyper).step([np.ones_like(p) for p in params])
+    finally:
+        Variant.__call__ = original
+    (call,) = calls
+    return call
+
+
+@pytest.mark.parametrize("twin", ["serial", "parallel"])
+@pytest.mark.parametrize("rule", [r for r in KERNELS
+                                  if fastopt.rules.RULES[r].low_precision_state])
+def test_bf16_state_kernel_vectorized(rule, twin):
+    """With ``state_dtype="bfloat16"`` the kernel vectorizes like the float32 one: packed
+    arithmetic, packed loads, hash and stochastic-rounding stores, no float64."""
+    import numpy as np
+
+    cls = getattr(fastopt, fastopt.rules.RULES[rule].class_name)
+    variant, args = _front_end_call(cls, [np.ones(64, np.float32)], state_dtype="bfloat16",
+                                    **STATEFUL.get(rule, {}))
+    held = [a for a in args if getattr(a, "dtype", None) == np.uint16 and a.size == 64]
+    assert len(held) == {"sgd": 1, "adagrad": 1, "rmsprop": 3, "adam": 2}[rule]
+    _assert_vectorized(_assembly(variant, twin, args), NEEDED[KERNELS[rule]] + STATE_NEEDED,
+                       f"{rule} bf16 state ({twin})")
+
+
 #: The norm pass squares in float64 (a float32 square can overflow): its lane loop must
 #: widen with packed ``vcvtps2pd`` (after the packed half loads) and add in packed float64.
 #: The 32- and 16-bit formats sum in float64 lanes (packed conversions and arithmetic);
@@ -163,3 +209,16 @@ def test_no_kernel_call_passes_aliasing_arrays(case, monkeypatch):
         for (start, size, i), (nxt, _, j) in zip(spans, spans[1:]):
             assert nxt != start and nxt >= start + size, (
                 f"{rule} {options}: kernel array arguments {i} and {j} alias")
+
+
+@pytest.mark.parametrize("rule", [r for r in KERNELS
+                                  if fastopt.rules.RULES[r].low_precision_state])
+def test_float32_state_kernel_drops_the_unused_noise_hash(rule):
+    """With float32 state the stochastic rounding's hash is dead code: no packed 32-bit
+    integer multiply survives, so float32 state pays nothing for bf16 state's support."""
+    import numpy as np
+
+    cls = getattr(fastopt, fastopt.rules.RULES[rule].class_name)
+    variant, args = _front_end_call(cls, [np.ones(64, np.float32)], **STATEFUL.get(rule, {}))
+    asm = _assembly(variant, "serial", args)
+    assert not re.search(r"\bvpmulld\b", asm)

@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, narrow_to, state_noise, store_state, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -13,7 +13,7 @@ zero_grad = write_copy = False
 
 
 @kernel(flags=("zero_grad", "write_copy"))
-def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
+def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor, noise_key):
     """Adagrad step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -35,6 +35,11 @@ def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
     bits over a float32 ``param``; with ``write_copy`` the updated ``param`` is also
     written, rounded, into ``param_copy`` (else ``kernels.unused(np.uint16)``).
 
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24) is unused with float state.
+
     The order of operations is torch's, so float32 overflows where torch's does and
     nowhere else: ``(clr * g) / (sqrt(s) + eps)`` (torch's CPU ``addcdiv`` computes
     ``self + (value * t1) / t2``, bitwise, measured on torch 2.13), and no
@@ -46,8 +51,8 @@ def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor):
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        s = sum[i] + g * g
-        sum[i] = s
+        s = widen(sum[i]) + g * g
+        sum[i] = store_state(sum, s, state_noise(noise_key, i))
         q = p - (clr * g) / (np.sqrt(s) + eps)
         param[i] = q
         if write_copy:

@@ -36,8 +36,9 @@ land. The bits come from ``state_noise(noise_key, i)``, a counter-based hash
 the step number and which buffer is stepped (:func:`noise_key`): no state, no order, so the
 result is bitwise the same for any thread count and on every run. A kernel stores its
 first state buffer with the low 16 bits and its second with the high 16
-(:func:`high_half`); a third (amsgrad's running maximum) shares the second's, so a new
-maximum is stored exactly as the second moment it equals. Float32/float64 state buffers
+(:func:`high_half`); a third takes :func:`more_noise`, except amsgrad's running maximum,
+which shares the second's, so a new maximum is stored exactly as the second moment it
+equals. Float32/float64 state buffers
 store ``x`` as it is, and LLVM drops the unused hash.
 
 Every integer step is wrapped in ``np.uint32`` (Numba widens unsigned arithmetic to 64
@@ -176,6 +177,13 @@ def state_noise(noise_key, i):
 def high_half(noise):
     """The high 16 of ``noise``'s bits, as the low 16 (for a second state buffer)."""
     return np.uint32(noise >> np.uint32(16))
+
+
+@register_jitable
+def more_noise(noise):
+    """32 more random bits from ``noise`` (one more ``mix32`` round): for a third state
+    buffer that must not share the first two's bits."""
+    return _mix32(np.uint32(noise ^ np.uint32(0x632BE5AB)))
 
 
 @register_jitable

@@ -5,7 +5,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import narrow_to, state_noise, store_state, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -15,7 +15,7 @@ zero_grad = write_copy = False
 
 @kernel(flags=("zero_grad", "write_copy"))
 def lion(param, grad, exp_avg, param_copy, param_decay, lr, beta1, one_minus_beta1,
-         beta2, one_minus_beta2, grad_factor):
+         beta2, one_minus_beta2, grad_factor, noise_key):
     """Lion step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -52,6 +52,10 @@ def lion(param, grad, exp_avg, param_copy, param_decay, lr, beta1, one_minus_bet
       ``beta2, one_minus_beta2 = 1 - beta2``: the momentum's decay.
     * ``grad_factor``: multiplies the gradient first (loss-scale unscaling, clipping, and
       ``-1`` for ``maximize``).
+    * ``exp_avg`` may instead hold bfloat16 bits (``uint16``) over a float32 ``param``:
+      low-precision state, loaded exactly and stored with stochastic rounding from
+      ``state_noise(noise_key, i)`` (:mod:`fastopt.kernels.halves`); ``noise_key`` (a
+      whole number below 2**24) is unused with float state.
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``lion.variant(zero_grad=...).parallel``): ``zero_grad,
       write_copy``.
@@ -61,10 +65,11 @@ def lion(param, grad, exp_avg, param_copy, param_decay, lr, beta1, one_minus_bet
         g = widen(grad[i]) * grad_factor
         if zero_grad:
             grad[i] = 0
-        m = exp_avg[i]
+        m = widen(exp_avg[i])
         c = beta1 * m + one_minus_beta1 * g
         q = p - lr * np.sign(c)
-        exp_avg[i] = beta2 * m + one_minus_beta2 * g
+        exp_avg[i] = store_state(exp_avg, beta2 * m + one_minus_beta2 * g,
+                                 state_noise(noise_key, i))
         param[i] = q
         if write_copy:
             param_copy[i] = narrow_to(param_copy, q)

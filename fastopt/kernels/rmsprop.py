@@ -4,7 +4,8 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import (gradient, high_half, more_noise, narrow_to, state_noise,
+                     store_state, widen)
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -15,7 +16,7 @@ centered = use_momentum = nesterov = eps_in_sqrt = zero_grad = write_copy = Fals
 @kernel(flags=("centered", "use_momentum", "nesterov", "eps_in_sqrt", "zero_grad",
                "write_copy"))
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
-            lr, alpha, one_minus_alpha, eps, weight_decay, grad_factor, momentum):
+            lr, alpha, one_minus_alpha, eps, weight_decay, grad_factor, momentum, noise_key):
     """RMSprop step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -48,6 +49,11 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     bits over a float32 ``param``; with ``write_copy`` the updated ``param`` is also
     written, rounded, into ``param_copy`` (else ``kernels.unused(np.uint16)``).
 
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24) is unused with float state.
+
     The order of operations is torch's, so float32 overflows where torch's does and
     nowhere else: ``((1 - alpha) * g) * g`` (``addcmul``), ``(lr * g) / d`` without
     momentum (torch's CPU ``addcdiv`` computes ``self + (value * t1) / t2``, bitwise,
@@ -61,11 +67,13 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        r = alpha * square_avg[i] + one_minus_alpha * g * g
-        square_avg[i] = r
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        r = alpha * widen(square_avg[i]) + one_minus_alpha * g * g
+        square_avg[i] = store_state(square_avg, r, noise)
         if centered:
-            c = grad_avg[i] + one_minus_alpha * (g - grad_avg[i])
-            grad_avg[i] = c
+            c0 = widen(grad_avg[i])
+            c = c0 + one_minus_alpha * (g - c0)
+            grad_avg[i] = store_state(grad_avg, c, high_half(noise))
             if r - r == r - r:   # r finite (else keep r: Inf stays Inf, as torch's)
                 r = r - c * c
         if eps_in_sqrt:
@@ -74,8 +82,8 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
             d = np.sqrt(r) + eps
         if use_momentum:
             u = g / d
-            b = momentum * momentum_buffer[i] + u
-            momentum_buffer[i] = b
+            b = momentum * widen(momentum_buffer[i]) + u
+            momentum_buffer[i] = store_state(momentum_buffer, b, more_noise(noise))
             if nesterov:
                 u = u + momentum * b
             else:

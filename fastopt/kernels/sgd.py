@@ -3,7 +3,7 @@
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, narrow_to, state_noise, store_state, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -13,7 +13,7 @@ use_momentum = nesterov = zero_grad = write_copy = False
 
 @kernel(flags=("use_momentum", "nesterov", "zero_grad", "write_copy"))
 def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_factor,
-        momentum, buffer_decay, buffer_gain):
+        momentum, buffer_decay, buffer_gain, noise_key):
     """SGD step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -44,6 +44,11 @@ def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_factor,
     bits over a float32 ``param``; with ``write_copy`` the updated ``param`` is also
     written, rounded, into ``param_copy`` (else ``kernels.unused(np.uint16)``).
 
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24) is unused with float state.
+
     The order of operations is torch's; in particular there is no ``weight_decay * p``
     term when ``weight_decay`` is 0 (an infinite ``p`` would make ``g`` NaN).
     """
@@ -53,8 +58,8 @@ def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_factor,
         if zero_grad:
             grad[i] = 0
         if use_momentum:
-            b = buffer_decay * momentum_buffer[i] + buffer_gain * g
-            momentum_buffer[i] = b
+            b = buffer_decay * widen(momentum_buffer[i]) + buffer_gain * g
+            momentum_buffer[i] = store_state(momentum_buffer, b, state_noise(noise_key, i))
             if nesterov:
                 g = g + momentum * b
             else:
