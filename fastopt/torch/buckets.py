@@ -26,6 +26,7 @@ import operator
 import torch
 
 from ..flat import offsets
+from ..kernels.halves import noise_key
 from ..kernels.reductions import block_table
 from ..precision import tensor_view
 
@@ -85,8 +86,14 @@ class Bucket:
     """Flat storage for ``params`` (one dtype, already checked); ``indices`` are their
     positions among all the optimizer's params (for error messages)."""
 
-    def __init__(self, params, indices):
+    def __init__(self, params, indices, stream=0):
         self.params, self.indices = list(params), list(indices)
+        #: The bucket's number in its optimizer: which random bits its low-precision
+        #: state rounds with (:func:`~fastopt.kernels.halves.noise_key`).
+        self.stream = stream
+        #: ``torch.bfloat16`` when the group keeps its state in bfloat16 (the rule's
+        #: ``state_dtype``, set by :meth:`use_rule`), else ``None`` (the params' dtype).
+        self.state_dtype = None
         self.sizes = tuple(p.numel() for p in self.params)
         self.offsets = offsets(self.sizes)
         dtype, total = self.params[0].dtype, self.offsets[-1]
@@ -133,6 +140,8 @@ class Bucket:
         <fastopt.rules.base.Rule.state_shape>` for ``group`` (set once, before any state
         exists), and keep its scalar state names."""
         self.scalar_names = rule.scalar_state_names
+        if group.get("state_dtype") == "bfloat16":
+            self.state_dtype = torch.bfloat16
         if rule.shaped_state:
             self.rule, self.group = rule, group
 
@@ -186,14 +195,15 @@ class Bucket:
         half-precision params: the state lives with the master)."""
         if name not in self.state:
             like = self.master if self.half else self.param
+            dtype = self.state_dtype or like.dtype
             if self.rule is None:
-                flat = torch.zeros_like(like)
+                flat = torch.zeros(like.shape, dtype=dtype)
                 views = self._views(flat)
             else:
                 shapes, offsets = self.state_layout(name)
-                flat = torch.zeros(offsets[-1], dtype=like.dtype)
+                flat = torch.zeros(offsets[-1], dtype=dtype)
                 views = slices(flat, shapes, offsets)
-            self.state[name], self.np_state[name] = flat, flat.numpy()
+            self.state[name], self.np_state[name] = flat, tensor_view(flat)
             self.state_views[name] = views
         return self.state[name]
 
@@ -269,16 +279,24 @@ class Bucket:
 
     # --- one step ------------------------------------------------------------------
 
-    def plan(self, names, state, has_step, owner):
+    def plan(self, names, state, has_step, owner, group_state_dtype=None):
         """Check the gradients; return the runs ``[first, stop, step, fresh, grad]``: the
         params ``first..stop-1`` that have a gradient, the same step count and the same
         missing state names. ``grad`` is ``None`` when their gradients are the views of
         the flat gradient buffer (one kernel call over the run), or else, for a run of one
         param, its gradient (detached) as autograd put it, read there by :meth:`grads` (no
-        gather copy; a non-contiguous one is copied into the flat buffer at step time). Many small foreign gradients (on average under ``GATHER_BELOW`` elements)
+        gather copy; a non-contiguous one is copied into the flat buffer at step time).
+        Many small foreign gradients (on average under ``GATHER_BELOW`` elements)
         are instead gathered into the flat gradient buffer by :meth:`grads` with one
         ``torch._foreach_copy_`` and stepped as flat runs: one copy costs less than a
         kernel call per tensor there. ``p.grad`` is never rebound. Writes nothing."""
+        if self.state_dtype != (torch.bfloat16 if group_state_dtype == "bfloat16" else None):
+            raise ValueError(f"{owner}: state_dtype: a param group's state_dtype is "
+                             f"{group_state_dtype!r}, but its state is kept in "
+                             f"{'bfloat16' if self.state_dtype else 'the params dtype'}; "
+                             "state_dtype cannot change after construction")
+        # bf16 state counts steps for its random bits even where torch keeps no step (SGD)
+        counts = has_step or self.state_dtype is not None
         taken = []   # (index, step, fresh, foreign tensor or None), params with a gradient
         wanted = frozenset(names)
         for i, p in enumerate(self.params):
@@ -302,7 +320,7 @@ class Bucket:
             else:
                 self.adopt(i, entry, has_step, owner)
                 complete = False
-            step = int(self.np_steps[i]) if has_step else 0
+            step = int(self.np_steps[i]) if counts else 0
             fresh = () if complete else tuple(n for n in own if not entry or n not in entry)
             taken.append((i, step, fresh, foreign))
         foreign_sizes = [f.numel() for *_, f in taken if f is not None]
@@ -397,10 +415,13 @@ class Bucket:
             found = scalars.get((step, fresh))
             if found is None:   # the rule's scalars for this step number, computed once
                 found = scalars[step, fresh] = (
-                    {name: rule.initial_value(name, dtype, group) for name in fresh},
+                    {name: rule.initial_fill(name, dtype, group) for name in fresh},
                     rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype),
                     rule.scalar_state(group, step + 1))
             initial, values, held = found
+            if self.state_dtype is not None:   # bf16 state: each run its own random bits
+                values = rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype,
+                                     noise_key=noise_key(step + 1, (self.stream << 32) + first))
             if self.rule is None:
                 state = {name: self.np_state[name][a:b] for name in names}
             else:   # the state's own layout (Adafactor's factors)
@@ -426,7 +447,7 @@ class Bucket:
                 offsets = self.state_offsets(name)
                 self.np_state[name][offsets[first]:offsets[stop]] = initial[name]
             variant(*args)
-            if has_step:
+            if has_step or self.state_dtype is not None:
                 self.np_steps[first:stop] += 1
             if fresh or (has_step and step == 0):
                 for i in range(first, stop):

@@ -184,6 +184,13 @@ class Optimizer(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 check_tensor(p, f"params[{first + i}]", self._owner)
             rule, plain = self._hyperparameters(group)
+            if plain.get("state_dtype") is not None:
+                for i, p in enumerate(group["params"]):
+                    if p.dtype == torch.float64:
+                        raise ValueError(
+                            f"{self._owner}: state_dtype={plain['state_dtype']!r} keeps the "
+                            "state of float32 params (or of half params' float32 master) "
+                            f"in bfloat16; params[{first + i}] is float64")
             names = rule.state_names(plain) if self.eager_state else []
             # Checked casts, now, whether the state is made now (the constructor's params)
             # or at the group's first step (added groups, as torch.optim.Adagrad does).
@@ -198,7 +205,8 @@ class Optimizer(torch.optim.Optimizer):
             by_dtype.setdefault(p.dtype, []).append(i)
         for dtype, members in by_dtype.items():
             bucket = Bucket([group["params"][i] for i in members],
-                            [first + i for i in members])
+                            [first + i for i in members],
+                            stream=sum(map(len, self._buckets)) + len(buckets))
             bucket.use_rule(rule, plain)
             buckets.append(bucket)
             if self.eager_state and self._constructing:
@@ -267,7 +275,8 @@ class Optimizer(torch.optim.Optimizer):
         for (rule, plain), buckets in zip(rules, self._buckets):
             names = rule.state_names(plain)
             for bucket in buckets:
-                runs = bucket.plan(names, self.state, self.has_step, self._owner)
+                runs = bucket.plan(names, self.state, self.has_step, self._owner,
+                                   plain.get("state_dtype"))
                 plans.append((bucket, runs, rule, plain, names))
         if found_inf:
             self.last_step_skipped, self.last_grad_norm = True, None
@@ -371,6 +380,11 @@ class Optimizer(torch.optim.Optimizer):
             merged = {**self.defaults, **{k: v for k, v in saved.items()
                                           if k not in ("params", "param_names")}}
             rule, plain = self._hyperparameters(merged)
+            if plain.get("state_dtype") != group.get("state_dtype"):
+                raise ValueError(f"{owner}: a param group has state_dtype="
+                                 f"{plain.get('state_dtype')!r}, this optimizer's has "
+                                 f"{group.get('state_dtype')!r}; its state is converted as it "
+                                 "loads, but the state_dtype is the constructor's")
             names = rule.state_names(plain)
             for index, p in zip(saved["params"], group["params"]):
                 # a half param's float32 master is state too (Bucket.adopt copies it)

@@ -1,0 +1,151 @@
+"""``fastopt.torch`` with ``state_dtype="bfloat16"``: the state tensors are bfloat16, each
+step is the float32 step rounded stochastically (the reference's bits), state dicts
+interchange with ``torch.optim`` (which widens the state as it loads), and refusals
+change nothing."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastopt.torch as ft  # noqa: E402
+from fastopt import reference  # noqa: E402
+from fastopt.kernels.halves import noise_key  # noqa: E402
+
+CASES = [("Adam", {}), ("AdamW", {"amsgrad": True}), ("SGD", {"momentum": 0.9}),
+         ("RMSprop", {"centered": True, "momentum": 0.5}), ("Adagrad", {}),
+         ("Lion", {"weight_decay": 0.1})]
+
+
+def _model(seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(),
+                               torch.nn.Linear(5, 3)).to(dtype)
+
+
+def _backward(model, step):
+    torch.manual_seed(100 + step)
+    model(torch.randn(8, 6, dtype=next(model.parameters()).dtype)).pow(2).mean().backward()
+
+
+def _bits(rule, name, noise):
+    high = noise >> np.uint32(16)
+    if name in ("exp_avg_sq", "max_exp_avg_sq", "grad_avg"):
+        return high
+    if name == "momentum_buffer" and rule == "RMSprop":
+        return reference.more_noise(noise)
+    return noise
+
+
+@pytest.mark.parametrize("path", ["per-param", "gathered", "flat"])
+@pytest.mark.parametrize("rule,options", CASES, ids=[c[0] for c in CASES])
+def test_each_step_is_the_float32_step_rounded_stochastically(rule, options, path,
+                                                               monkeypatch):
+    """A float32-state twin loaded with the widened state, stepped, then rounded with the
+    reference's bits for the run's key, equals the bf16-state step bit for bit. Each run
+    of params stepped by one call has its own key: one per param when autograd's
+    gradients are read in place (``per-param``), one per bucket when they are gathered
+    (small ones, after ``zero_grad()``) or bound to the flat buffer."""
+    set_to_none = path != "flat"
+    if path == "per-param":
+        monkeypatch.setattr(ft.buckets, "GATHER_BELOW", 0)
+    model = _model()
+    opt = getattr(ft, rule)(model.parameters(), lr=1e-2, state_dtype="bfloat16", **options)
+    params = list(model.parameters())
+    for step in range(1, 8):
+        opt.zero_grad(set_to_none=set_to_none)
+        _backward(model, step)
+        twin_model = _model()
+        twin_model.load_state_dict(model.state_dict())
+        twin = getattr(ft, rule)(twin_model.parameters(), lr=1e-2, **options)
+        if step > 1:
+            saved = opt.state_dict()
+            for group in saved["param_groups"]:
+                group["state_dtype"] = None
+            twin.load_state_dict(saved)
+        for p, q in zip(params, twin_model.parameters()):
+            q.grad = p.grad.clone()
+        opt.step()
+        twin.step()
+        offsets = np.cumsum([0] + [p.numel() for p in params])
+        for i, (p, q) in enumerate(zip(params, twin_model.parameters())):
+            assert torch.equal(p, q)
+            first, at = (i, 0) if path == "per-param" else (0, offsets[i])
+            noise = reference.state_noise(noise_key(step, first), offsets[-1])
+            for name, value in twin.state[q].items():
+                if name == "step":
+                    continue
+                got = opt.state[p][name]
+                assert got.dtype == torch.bfloat16
+                bits = _bits(rule, name, noise)[at:at + p.numel()]
+                want = reference.round_stochastic(value.reshape(-1).numpy(), bits)
+                np.testing.assert_array_equal(
+                    got.view(torch.int16).reshape(-1).numpy().view(np.uint16), want,
+                    err_msg=f"{name} of params[{i}] at step {step}")
+
+
+def test_bf16_params_train_over_a_float32_master_with_bf16_state():
+    model = _model(dtype=torch.bfloat16)
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    for step in range(5):
+        opt.zero_grad()
+        _backward(model, step)
+        opt.step()
+    for p in model.parameters():
+        entry = opt.state[p]
+        assert entry["master"].dtype == torch.float32
+        assert entry["exp_avg"].dtype == entry["exp_avg_sq"].dtype == torch.bfloat16
+        assert torch.equal(p, entry["master"].to(torch.bfloat16))
+
+
+def test_state_dicts_interchange_with_torch_optim():
+    """torch.optim.Adam widens bf16 state as it loads (exact) and continues; a
+    torch.optim state dict loads into bf16 state rounded to nearest."""
+    model = _model()
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    for step in range(3):
+        opt.zero_grad()
+        _backward(model, step)
+        opt.step()
+    saved = opt.state_dict()
+    other = _model()
+    other.load_state_dict(model.state_dict())
+    theirs = torch.optim.Adam(other.parameters(), lr=1e-2)
+    theirs.load_state_dict(saved)
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert theirs.state[q]["exp_avg"].dtype == torch.float32
+        assert torch.equal(theirs.state[q]["exp_avg"], opt.state[p]["exp_avg"].float())
+    _backward(other, 9)
+    theirs.step()
+    back = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    back.load_state_dict(theirs.state_dict())
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert back.state[p]["exp_avg_sq"].dtype == torch.bfloat16
+        assert torch.equal(back.state[p]["exp_avg_sq"],
+                           theirs.state[q]["exp_avg_sq"].to(torch.bfloat16))
+
+
+def test_refusals_change_nothing():
+    with pytest.raises(ValueError, match="float64"):
+        ft.Adam(_model(dtype=torch.float64).parameters(), state_dtype="bfloat16")
+    with pytest.raises(ValueError, match="Invalid state_dtype"):
+        ft.Adam(_model().parameters(), state_dtype="float16")
+    with pytest.raises(TypeError):
+        ft.Adamax(_model().parameters(), state_dtype="bfloat16")
+    model = _model()
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    _backward(model, 0)
+    opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    states = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    _backward(model, 1)
+    with pytest.raises(ValueError, match="state_dtype"):
+        opt.load_state_dict({**opt.state_dict(), "param_groups": [
+            {**opt.state_dict()["param_groups"][0], "state_dtype": None}]})
+    opt.param_groups[0]["state_dtype"] = None
+    with pytest.raises(ValueError, match="cannot change after construction"):
+        opt.step()
+    for p, b, s in zip(model.parameters(), before, states):
+        assert torch.equal(p, b)
+        assert torch.equal(opt.state[p]["exp_avg"], s)
+        assert opt.state[p]["step"] == 1
