@@ -18,7 +18,9 @@ bfloat16 as ``ml_dtypes.bfloat16`` arrays or ``torch.bfloat16`` tensors, float16
 import numpy as np
 
 from .incoming import step_count
+from .kernels.halves import noise_key
 from .precision import HALF_FORMATS, kernel_view
+from .precision import _ml_dtypes as ml_dtypes
 from .rules import RULES
 from .validation import as_floats, check_bool, check_real
 
@@ -27,7 +29,7 @@ _FACTOR_SOURCE = ("loss_scale", "clip_factor / loss_scale")
 
 
 def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_factor=1.0,
-         **hyperparameters):
+         stream=0, **hyperparameters):
     r"""One step of any rule of the registry over flat buffers, in place, in one pass.
 
     ``rule``: a registry name (``"adam"``, ``"adamw"``, ``"sgd"``, ``"lion"``, ...;
@@ -42,6 +44,13 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
     ``None``, or a bfloat16/float16 buffer of the master's shape receiving the updated
     master rounded to nearest even (torch's ``.to()``), in the same pass. The rule's
     hyperparameters by keyword, with its defaults (``lr``, ``betas``, ...).
+
+    Low-precision state: with ``state_dtype="bfloat16"`` (rules whose ``defaults`` have
+    it: SGD, Adagrad, RMSprop, Adam, AdamW, Lion) every state buffer is bfloat16 (over a
+    float32 master), computed in float32 and rounded stochastically on store, with
+    random bits from (``step``, ``stream``, the element index): ``stream`` (an int >= 0)
+    tells apart the engine's buffers, so that each gets its own bits; the same call
+    gives the same bits, bitwise, for any thread count.
 
     The scalars are the optimizers' (the rule's ``scalars``, derived in float64 and cast
     to the master's dtype), so ``master`` and ``state`` are bitwise what ``fastopt``'s
@@ -75,6 +84,10 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
         raise ValueError(f"state must hold exactly {list(names)} for {spec.class_name} "
                          f"with these hyperparameters; got {sorted(state, key=str)}")
     fmt = "float32" if master_v.dtype == np.float32 else "float64"
+    if spec.state_dtype(group, master_v.dtype) != master_v.dtype:
+        if fmt != "float32":
+            raise TypeError(f"state_dtype={group['state_dtype']!r} needs a float32 master")
+        fmt = group["state_dtype"]
     buffers = {name: _buffer(state[name], name, (fmt,), shape=shapes[name], writes=True)
                for name in names}
     named = [("master", master_v), ("grad", grad_v), *buffers.items()]
@@ -84,6 +97,7 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
         named.append(("out", _buffer(out, "out", HALF_FORMATS, shape=shape, writes=True)))
     _check_disjoint(named)
     t = step_count(step, "step", 1)
+    stream = step_count(stream, "stream", 0)
     loss_scale = check_real(loss_scale, "loss_scale", 0.0, low_open=True, finite=True)
     clip_factor = check_real(clip_factor, "clip_factor", 0.0, finite=True)
     group = as_floats(group)
@@ -93,7 +107,8 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
         factor = -factor
     fresh = frozenset(names) if t == 1 else frozenset()   # the state starts at step 1
     values = spec.values(group, t, fresh, factor, master_v.dtype,
-                         spec.ordered_sources(grad_factor=_FACTOR_SOURCE))
+                         spec.ordered_sources(grad_factor=_FACTOR_SOURCE),
+                         noise_key=noise_key(t, stream) if fmt == "bfloat16" else 0.0)
     copy = named[-1][1].reshape(n) if out is not None else None
     variant, args = spec.call(master_v.reshape(n), grad_v.reshape(n),
                               {name: b.reshape(-1) for name, b in buffers.items()}, values,
@@ -108,7 +123,8 @@ _any_step = step   # adam_step's keyword ``step`` hides the function inside it
 def init_state(rule, master, **hyperparameters):
     """The state buffers :func:`step` needs for ``rule`` with these hyperparameters: NumPy
     arrays of the master's dtype and shape, each filled with the rule's initial value
-    (zeros; Adagrad's ``initial_accumulator_value``, Rprop's ``step_size = lr``)."""
+    (zeros; Adagrad's ``initial_accumulator_value``, Rprop's ``step_size = lr``);
+    ``ml_dtypes.bfloat16`` arrays with ``state_dtype="bfloat16"`` (rounded to nearest)."""
     spec = RULES.get(rule) if isinstance(rule, str) else None
     if spec is None:
         raise ValueError(f"rule: {rule!r} is not one of {sorted(RULES)}")
@@ -116,9 +132,15 @@ def init_state(rule, master, **hyperparameters):
     group = {**spec.defaults, **hyperparameters}
     spec.validate(group)
     group = as_floats(group)
-    return {name: np.full(shape, spec.initial_value(name, master_v.dtype, group),
-                          master_v.dtype)
-            for name, shape in _state_shapes(spec, group, master_v.shape).items()}
+    dtype = spec.state_dtype(group, master_v.dtype)
+    if dtype != master_v.dtype and master_v.dtype != np.float32:
+        raise TypeError(f"state_dtype={group['state_dtype']!r} needs a float32 master")
+    out = {name: np.full(shape, spec.initial_fill(name, master_v.dtype, group), dtype)
+           for name, shape in _state_shapes(spec, group, master_v.shape).items()}
+    if dtype != master_v.dtype:
+        bfloat16 = ml_dtypes().bfloat16
+        out = {name: array.view(bfloat16) for name, array in out.items()}
+    return out
 
 
 def _state_shapes(spec, group, shape):
@@ -132,7 +154,7 @@ def _state_shapes(spec, group, shape):
 
 def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999),
               eps=1e-8, weight_decay=0.0, adamw=False, loss_scale=1.0, clip_factor=1.0,
-              out=None):
+              out=None, stream=0):
     r"""One Adam (or AdamW) step over flat buffers, in place, in one pass.
 
     For each element, with ``t = step`` (counted from 1) and ``s = clip_factor / loss_scale``::
@@ -162,7 +184,8 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
             (:mod:`fastopt.kernels.reductions`, :mod:`fastopt.precision`) reads the
             half bits directly, in one pass.
         exp_avg, exp_avg_sq: float32 state, the master's shape, written (zeros before
-            the first step).
+            the first step); or both bfloat16 (low-precision state, rounded
+            stochastically on store: :func:`step`'s ``state_dtype="bfloat16"``).
         step: the step number, an int >= 1 (the caller counts).
         lr, betas, eps, weight_decay: as ``torch.optim.Adam`` / ``AdamW``.
         adamw: decoupled weight decay (AdamW) instead of Adam's L2 term.
@@ -170,6 +193,8 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
         clip_factor: then multiplied by it (finite, >= 0), e.g. ``min(1, max_norm / norm)``.
         out: ``None``, or a bfloat16/float16 buffer of the master's shape receiving the
             updated master, rounded to nearest even.
+        stream: with bfloat16 state, which of the engine's buffers this is (an int >=
+            0): each stream rounds with its own random bits.
 
     Every argument is checked before anything is written: ``TypeError`` for a wrong type
     or dtype, ``ValueError`` for a wrong shape, a non-contiguous or read-only buffer,
@@ -194,9 +219,11 @@ def adam_step(master, grad, exp_avg, exp_avg_sq, *, step, lr, betas=(0.9, 0.999)
     """
     master_v = _buffer(master, "master", ("float32",), writes=True)
     rule = "adamw" if check_bool(adamw, "adamw") else "adam"
+    _, fmt = kernel_view(exp_avg, "exp_avg", ("float32", "bfloat16"))
     _any_step(rule, master_v, grad, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq},
               step=step, out=out, loss_scale=loss_scale, clip_factor=clip_factor, lr=lr,
-              betas=betas, eps=eps, weight_decay=weight_decay)
+              betas=betas, eps=eps, weight_decay=weight_decay, stream=stream,
+              state_dtype="bfloat16" if fmt == "bfloat16" else None)
 
 
 def _buffer(x, name, formats, shape=None, writes=False):

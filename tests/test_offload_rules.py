@@ -132,3 +132,45 @@ def test_adafactor_master_of_a_matrix_keeps_factored_state():
     saved = opt.state_dict()["state"][0]
     for key, buffer in state.items():
         np.testing.assert_array_equal(buffer, saved[key], err_msg=key)
+
+
+LOW_PRECISION = [case for case in CASES if RULES[case[0]].low_precision_state]
+
+
+@pytest.mark.parametrize("case", LOW_PRECISION, ids=[c[0] for c in LOW_PRECISION])
+def test_bf16_state_matches_its_optimizer_bitwise(case):
+    """With ``state_dtype="bfloat16"`` (bf16 state made by ``init_state``) the offload
+    step rounds with the same bits as the NumPy optimizer's one segment (stream 0)."""
+    name, options = case
+    options = dict(options, state_dtype="bfloat16")
+    master, grads = problem(3001, np.float32, ml_dtypes.bfloat16)
+    param = master.copy()
+    opt = fastopt.optim.CLASSES[RULES[name].class_name]([param], grad_scale=LOSS_SCALE,
+                                                       **options)
+    state = offload.init_state(name, master, **options)
+    assert all(b.dtype == ml_dtypes.bfloat16 for b in state.values())
+    for t, grad in enumerate(grads, start=1):
+        offload.step(name, master, grad, state, step=t, loss_scale=LOSS_SCALE, **options)
+        opt.step([grad.astype(np.float32)])
+        np.testing.assert_array_equal(master, param, err_msg=f"step {t}")
+    saved = opt.state_dict()["state"][0]
+    for key, buffer in state.items():
+        np.testing.assert_array_equal(buffer.view(np.uint16), saved[key].view(np.uint16))
+
+
+def test_adam_step_takes_bf16_state_and_streams_differ():
+    master, grads = problem(5000, np.float32, ml_dtypes.bfloat16)
+    runs = []
+    for stream in (0, 0, 1):
+        m = master.copy()
+        exp_avg = np.zeros(m.size, ml_dtypes.bfloat16)
+        exp_avg_sq = np.zeros(m.size, ml_dtypes.bfloat16)
+        for t, grad in enumerate(grads[:3], start=1):
+            offload.adam_step(m, grad, exp_avg, exp_avg_sq, step=t, lr=1e-3,
+                              loss_scale=LOSS_SCALE, stream=stream)
+        runs.append(exp_avg_sq.view(np.uint16).copy())
+    np.testing.assert_array_equal(runs[0], runs[1])          # deterministic
+    assert np.count_nonzero(runs[0] != runs[2]) > 100        # another stream, other bits
+    with pytest.raises(TypeError, match="exp_avg_sq"):       # mixed state formats
+        offload.adam_step(master.copy(), grads[0], np.zeros(5000, ml_dtypes.bfloat16),
+                          np.zeros(5000, np.float32), step=1, lr=1e-3)

@@ -147,6 +147,8 @@ def kernel_args(kernel, buffers, scalars, dtype):
     cast = np.float32 if dtype == np.float32 else float
     values = {"param_copy": kernels.unused(np.uint16), **buffers}
     values.update({name: cast(value) for name, value in scalars.items()})
+    if "noise_key" in names and "noise_key" not in values:   # unused with float state
+        values["noise_key"] = cast(0.0)
     assert set(values) == set(names), (sorted(set(values) - set(names)),
                                        sorted(set(names) - set(values)))
     return [values[name] for name in names]

@@ -304,6 +304,8 @@ def kernel_args(kernel, dtype, arrays, scalars, grad_factor, options, with_optio
     values = {"param_copy": kernels.unused(np.uint16), **arrays,
               **{name: cast(value) for name, value in scalars.items()},
               "grad_factor": cast(grad_factor)}
+    if "noise_key" in names:   # low-precision state's key: unused with float state
+        values["noise_key"] = cast(0.0)
     assert set(values) == set(names), (set(values) ^ set(names))
     args = [values[name] for name in names]
     if with_options:

@@ -145,10 +145,25 @@ class Case:
     def writes(self):
         return ("param",) + self.state
 
+    @property
+    def baseline_options(self):
+        """``options`` as the baselines (the NumPy reference, ``torch.optim``) take them:
+        without fastopt's own ``state_dtype`` (they keep float32 state: what a user of
+        bf16 state would otherwise run)."""
+        return {k: v for k, v in self.options.items() if k != "state_dtype"}
+
+    def supports(self, dtype):
+        """Whether the case runs on ``dtype`` params (bf16 state: float32 only)."""
+        return not self.options.get("state_dtype") or np.dtype(dtype) == np.float32
+
     def bytes_per_element(self, dtype):
         """Bytes the kernel must move per element: each buffer read once, each buffer
-        written once (fp32 Adam: reads p, g, m, v and writes p, m, v: 28 B)."""
-        return (len(self.reads) + len(self.writes)) * np.dtype(dtype).itemsize
+        written once (fp32 Adam: reads p, g, m, v and writes p, m, v: 28 B; with bf16
+        state, 2 bytes per state element: 20 B)."""
+        size = np.dtype(dtype).itemsize
+        state = 2 if self.options.get("state_dtype") == "bfloat16" else size
+        return sum(state if name in self.state else size
+                   for name in self.reads + self.writes)
 
     def label(self):
         options = ", ".join(f"{k}={v}" for k, v in self.options.items())
@@ -169,6 +184,8 @@ VARIANTS = {
     "rmsprop-momentum": ("rmsprop", {"momentum": 0.9}),
     "rmsprop-nesterov": ("rmsprop", {"momentum": 0.9, "nesterov": True}),
     "adam-amsgrad": ("adam", {"amsgrad": True}),
+    # low-precision state (issue 13): against fp32-state "adam" in the same run
+    "adam-bf16state": ("adam", {"state_dtype": "bfloat16"}),
 }
 CASES.update({name: Case(rule, options, name) for name, (rule, options) in VARIANTS.items()})
 
@@ -188,6 +205,7 @@ def kernel_args(case, size, dtype, seed=0):
     fresh buffers of ``size`` elements, at step :data:`STEP` with every state buffer
     allocated (the steady-state update), as the optimizer itself builds it (the rule's
     ``prepare``: one source of the scalars)."""
+    _check_supported(case, dtype)
     (param,), (grad,) = make_arrays([(size,)], dtype, seed)
     flat = fastopt.flatten([param])
     flat.grads[0][...] = grad
@@ -235,11 +253,17 @@ def kernel_call(case, size, dtype, twin=None, seed=0):
 
 def step_call(case, shapes, dtype, seed=0):
     """``opt.step()`` of ``case.optimizer`` over ``fastopt.flatten`` of ``shapes``."""
+    _check_supported(case, dtype)
     params, grads = make_arrays(shapes, dtype, seed)
     flat = fastopt.flatten(params)
     for view, grad in zip(flat.grads, grads):
         view[...] = grad
     return settled(case.optimizer(flat, **case.options).step)
+
+
+def _check_supported(case, dtype):
+    if not case.supports(dtype):
+        raise Unavailable(f"{case.name} runs on float32 params only, not {dtype}")
 
 
 def settled(call):
@@ -258,7 +282,7 @@ def reference_call(case, size, dtype, seed=0):
 
     def call():
         carry["param"], carry["state"] = case.reference(
-            carry["param"], grad, carry["state"], **case.options)
+            carry["param"], grad, carry["state"], **case.baseline_options)
     return call
 
 
@@ -284,7 +308,7 @@ def torch_call(case, shapes, dtype, impl, seed=0):
         tensor.grad = torch.from_numpy(grad)
         tensors.append(tensor)
     optimizer = getattr(torch.optim, case.torch_class)(
-        tensors, **case.options, **TORCH_IMPLS[impl])
+        tensors, **case.baseline_options, **TORCH_IMPLS[impl])
     return optimizer.step
 
 
@@ -327,7 +351,7 @@ def backward_loop_call(case, shapes, dtype, impl, seed=0):
     elif impl not in case.torch_impls:
         raise Unavailable(f"torch.optim.{case.torch_class} has no {impl} implementation")
     else:
-        make = partial(getattr(torch.optim, case.torch_class), **case.options,
+        make = partial(getattr(torch.optim, case.torch_class), **case.baseline_options,
                        **TORCH_IMPLS[impl])
     params, _ = make_arrays(shapes, dtype, seed)
     tensors = [torch.from_numpy(p).requires_grad_(True) for p in params]

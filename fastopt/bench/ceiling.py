@@ -73,6 +73,9 @@ def buffers(case, size, dtype, seed=0):
 def layout(case):
     """``(kernel, names)``: the ceiling kernel for ``case`` and the buffer names it takes,
     in order: ``Case.writes`` (the parameter first), then the buffers only read."""
+    if case.options.get("state_dtype"):
+        raise cases.Unavailable(f"{case.name}: no ceiling kernel for buffers of two widths "
+                                "(float32 params, bfloat16 state): values cannot rotate")
     read_only = tuple(name for name in case.reads if name not in case.writes)
     missing = set(case.writes) - set(case.reads)
     if missing:   # a kernel that writes a buffer it never reads: not a rotation

@@ -47,7 +47,7 @@ def kernel_table(rows):
              fmt_time(r["torch_fused"]), fmt_time(r["torch_foreach"]),
              fmt_time(r["torch_single"]), fmt_ratio(r["speedup_numpy"]),
              fmt_ratio(r["speedup_torch_fused"]), fmt_ratio(r["speedup_torch_best"]),
-             f"{r['gbps']:.1f}", f"{r['triad_gbps']:.1f}", f"{r['ceiling_fraction']:.2f}"]
+             f"{r['gbps']:.1f}", f"{r['triad_gbps']:.1f}", _fraction(r["ceiling_fraction"])]
             for r in rows]
     return table(KERNEL_HEADERS, body, ["<", "<", ">"] + [">"] * (len(KERNEL_HEADERS) - 3))
 
@@ -84,7 +84,7 @@ SCALING_HEADERS = ["rule", "dtype", "size", "thr", "kernel", "x fewest thr", "tr
 def scaling_table(rows):
     body = [[r["rule"], r["dtype"], fmt_size(r["size"]), r["threads"], fmt_time(r["kernel"]),
              fmt_ratio(r["speedup"]), fmt_ratio(r["triad_speedup"]),
-             f"{r['ceiling_fraction']:.2f}"] for r in rows]
+             _fraction(r["ceiling_fraction"])] for r in rows]
     return table(SCALING_HEADERS, body, ["<", "<", ">", ">", ">", ">", ">", ">"])
 
 
@@ -144,3 +144,8 @@ def crossover_table(crossovers):
              f"{fmt_size(c['crossover'])} ({c['crossover']})"] for c in crossovers]
     return table(["rule", "dtype", "thr", "parallel faster from"], body,
                  ["<", "<", ">", ">"])
+
+
+def _fraction(value):
+    """A fraction for a table: two decimals, or "-" where there is none."""
+    return "-" if value is None else f"{value:.2f}"

@@ -87,6 +87,8 @@ def kernel_rows(rules, dtypes, sizes, thread_counts, timing, torch=True, progres
                         progress.step(f"triad {dtype} {size}")
                     for rule in rules:
                         case = cases.CASES[rule]
+                        if not case.supports(dtype):
+                            continue
                         rows.append(_kernel_row(case, dtype, size, threads, timing, torch,
                                                 triad_time, triad_gbps, progress))
     return rows
@@ -127,9 +129,13 @@ def kernel_and_ceiling(case, size, dtype, timing):
     and of its no-arithmetic ceiling (same buffers, size, threads and twin rule), timed
     interleaved (:func:`measure.interleaved`), and ceiling time over kernel time: the
     fraction of the achievable speed the kernel reaches (1.0: at the ceiling)."""
-    times = measure.interleaved({"kernel": cases.kernel_call(case, size, dtype),
-                                 "ceiling": ceiling.ceiling_call(case, size, dtype)},
-                                **timing)
+    kernel = cases.kernel_call(case, size, dtype)
+    try:
+        limit = ceiling.ceiling_call(case, size, dtype)
+    except cases.Unavailable:   # bf16 state: "-" in the table
+        return {"kernel": measure.time_call(kernel, **timing), "ceiling": None,
+                "ceiling_fraction": None}
+    times = measure.interleaved({"kernel": kernel, "ceiling": limit}, **timing)
     return {**times, "ceiling_fraction": times["ceiling"] / times["kernel"]}
 
 
@@ -164,7 +170,8 @@ def _each_case(rules, dtypes, thread_counts):
         with measure.threads(threads):
             for dtype in dtypes:
                 for rule in rules:
-                    yield threads, dtype, cases.CASES[rule]
+                    if cases.CASES[rule].supports(dtype):
+                        yield threads, dtype, cases.CASES[rule]
 
 
 def _whole_step_rows(rules, dtypes, thread_counts, timing, workloads, makers_for, progress):
