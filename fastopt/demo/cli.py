@@ -45,6 +45,10 @@ def configure(parser):
 
 def run(args):
     rules = parse_rules(args.rules)
+    low = [rule.name for rule in rules if rule.options.get("state_dtype")]
+    if low and args.dtype != "float32":
+        raise UsageError(f"--rules {low[0]} keeps float32 params' state in bfloat16; it "
+                         f"needs --dtype float32, not {args.dtype}")
     check_option(check_int, args.epochs, "--epochs", 1)
     check_option(check_int, args.batch_size, "--batch-size", 1)
     check_option(check_int, args.seed, "--seed", 0)

@@ -33,7 +33,9 @@ ranked by the final training loss, then read against the loss curve:
 With these rates every rule but ``gd`` (30 steps in 30 epochs) reaches ~97% test accuracy
 in the default run; the race is about how fast the training loss falls.
 
-The registry's other rules (``adamw``, ``adadelta``, ``adamax``, ``asgd``, ``lion``,
+``adam-bf16state`` (``Adam(lr, state_dtype="bfloat16")``: the moments in bfloat16 with
+stochastic rounding) races when ``--rules`` names it, against ``adam``. The registry's
+other rules (``adamw``, ``adadelta``, ``adamax``, ``asgd``, ``lion``,
 ``nadam``, ``radam``, ``rprop``) race when ``--rules`` names them, on minibatches at their
 torch default learning rate (untuned).
 """
@@ -78,6 +80,10 @@ RULES = {rule.name: rule for rule in [
 
 #: The default race: the seed's nine.
 SEED_RACE = tuple(RULES)
+
+#: Adam with its state in bfloat16 (``state_dtype``, stochastic rounding), on request.
+RULES["adam-bf16state"] = Rule("adam-bf16state", fastopt.Adam, "mini", 0.01,
+                               {"state_dtype": "bfloat16"})
 
 #: Every other rule of the registry (AdamW, Adadelta, ..., Lion), raced on minibatches at
 #: its own default learning rate when ``--rules`` names it; no rate was tuned for these.
