@@ -13,7 +13,7 @@ zero_grad = write_copy = False
 
 
 @kernel(flags=("zero_grad", "write_copy"))
-def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor, noise_key):
+def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor, noise_key=0.0):
     """Adagrad step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -38,7 +38,8 @@ def adagrad(param, grad, sum, param_copy, clr, eps, weight_decay, grad_factor, n
     Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
     hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
     with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
-    number below 2**24) is unused with float state.
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
 
     The order of operations is torch's, so float32 overflows where torch's does and
     nowhere else: ``(clr * g) / (sqrt(s) + eps)`` (torch's CPU ``addcdiv`` computes

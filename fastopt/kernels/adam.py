@@ -15,7 +15,7 @@ amsgrad = zero_grad = write_copy = False
 @kernel(flags=("amsgrad", "zero_grad", "write_copy"))
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
          step_size, beta1, one_minus_beta1, beta2, one_minus_beta2,
-         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_factor, noise_key):
+         inv_sqrt_bias_correction2, eps, weight_decay, param_decay, grad_factor, noise_key=0.0):
     """Adam / AdamW step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -61,8 +61,8 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
     * ``exp_avg, exp_avg_sq, max_exp_avg_sq`` may instead hold bfloat16 bits (``uint16``)
       over a float32 ``param``: low-precision state, loaded exactly and stored with
       stochastic rounding from ``state_noise(noise_key, i)``
-      (:mod:`fastopt.kernels.halves`); ``noise_key`` (a whole number below 2**24) is
-      unused with float state.
+      (:mod:`fastopt.kernels.halves`); ``noise_key`` (a whole number below 2**24;
+      default 0, so callers of the float kernels may omit it) is unused with float state.
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``adam.variant(amsgrad=..., zero_grad=...).parallel``):
       ``amsgrad, zero_grad, write_copy``.

@@ -15,7 +15,7 @@ zero_grad = write_copy = False
 
 @kernel(flags=("zero_grad", "write_copy"))
 def lion(param, grad, exp_avg, param_copy, param_decay, lr, beta1, one_minus_beta1,
-         beta2, one_minus_beta2, grad_factor, noise_key):
+         beta2, one_minus_beta2, grad_factor, noise_key=0.0):
     """Lion step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -55,7 +55,8 @@ def lion(param, grad, exp_avg, param_copy, param_decay, lr, beta1, one_minus_bet
     * ``exp_avg`` may instead hold bfloat16 bits (``uint16``) over a float32 ``param``:
       low-precision state, loaded exactly and stored with stochastic rounding from
       ``state_noise(noise_key, i)`` (:mod:`fastopt.kernels.halves`); ``noise_key`` (a
-      whole number below 2**24) is unused with float state.
+      whole number below 2**24; default 0, so callers of the float kernels may omit it)
+      is unused with float state.
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``lion.variant(zero_grad=...).parallel``): ``zero_grad,
       write_copy``.

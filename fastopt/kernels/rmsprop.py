@@ -16,7 +16,7 @@ centered = use_momentum = nesterov = eps_in_sqrt = zero_grad = write_copy = Fals
 @kernel(flags=("centered", "use_momentum", "nesterov", "eps_in_sqrt", "zero_grad",
                "write_copy"))
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
-            lr, alpha, one_minus_alpha, eps, weight_decay, grad_factor, momentum, noise_key):
+            lr, alpha, one_minus_alpha, eps, weight_decay, grad_factor, momentum, noise_key=0.0):
     """RMSprop step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -52,7 +52,8 @@ def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, param_copy,
     Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
     hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
     with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
-    number below 2**24) is unused with float state.
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
 
     The order of operations is torch's, so float32 overflows where torch's does and
     nowhere else: ``((1 - alpha) * g) * g`` (``addcmul``), ``(lr * g) / d`` without

@@ -13,7 +13,7 @@ use_momentum = nesterov = zero_grad = write_copy = False
 
 @kernel(flags=("use_momentum", "nesterov", "zero_grad", "write_copy"))
 def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_factor,
-        momentum, buffer_decay, buffer_gain, noise_key):
+        momentum, buffer_decay, buffer_gain, noise_key=0.0):
     """SGD step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -47,7 +47,8 @@ def sgd(param, grad, momentum_buffer, param_copy, lr, weight_decay, grad_factor,
     Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
     hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
     with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
-    number below 2**24) is unused with float state.
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
 
     The order of operations is torch's; in particular there is no ``weight_decay * p``
     term when ``weight_decay`` is 0 (an infinite ``p`` would make ``g`` NaN).
