@@ -1,8 +1,9 @@
 """The mixed-precision kernels: fp32 master and state, a half gradient, a half copy
 written in the same pass; the one-call offload step against torch's three-pass sequence
-and the no-arithmetic ceiling of the same loads and stores (:mod:`fastopt.bench.mixed`)."""
+and the no-arithmetic ceiling of the same loads and stores (:mod:`fastopt.bench.mixed`);
+the offload training loop around it (:mod:`fastopt.bench.offload_loop`)."""
 
-from fastopt.bench import cases, measure, mixed
+from fastopt.bench import cases, measure, mixed, offload_loop
 
 from .bench_kernels import TRACK_TIMING
 
@@ -65,3 +66,29 @@ class OffloadStep:
         return times["t"] / times["f"]
 
     track_torch_over_fastopt.unit = "ratio"
+
+
+class OffloadLoop:
+    """The offload training loop end to end (:mod:`fastopt.bench.offload_loop`: bf16 MLP,
+    gradients copied in, one ``fastopt.offload.adam_step`` call, the bf16 copy copied
+    back) against the same loop with torch's three-pass step, blocks alternating in one
+    process: fastopt's iteration time over torch's, and its step's share (iteration less
+    the loop without a step) over torch's (lower is better; 1 is a tie). Skipped without
+    torch; DeepSpeed is not an asv dependency."""
+
+    timeout = 300
+
+    def setup(self):
+        cases.import_torch()          # NotImplementedError (asv: skipped) without torch
+        self.row = offload_loop.loop_row(None, rounds=6)
+
+    def track_time_over_torch(self):
+        return 1.0 / self.row["speedups"]["torch 3-pass"]
+
+    track_time_over_torch.unit = "ratio"
+
+    def track_step_over_torch_step(self):
+        steps = self.row["step_seconds"]
+        return steps["fastopt"] / steps["torch 3-pass"]
+
+    track_step_over_torch_step.unit = "ratio"

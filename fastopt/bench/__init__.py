@@ -8,5 +8,9 @@
   The ``fastopt bench`` command and the asv suite (``asv_bench/``) both read them.
 * :mod:`.suites`: the measurements (kernel table, whole-step/model rows, serial vs
   parallel threshold), as plain dicts.
+* :mod:`.loops`: whole training-loop iterations, timed in alternating blocks.
+* :mod:`.mixed`: the one-pass mixed-precision offload step against the unscale / fp32 step
+  / cast sequences of torch and DeepSpeed; :mod:`.offload_loop`: the offload training
+  loop around it, end to end (``fastopt bench --mixed [--baselines deepspeed]``).
 * :mod:`.report`: text tables. :mod:`.cli`: the ``fastopt bench`` command.
 """

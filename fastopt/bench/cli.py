@@ -8,6 +8,10 @@ and "of ceiling": the time of a kernel with the same loads and stores and no ari
 (:mod:`fastopt.bench.ceiling`), timed interleaved with the kernel, over the kernel's. Then whole steps on one 1,000-element tensor and on a 200-tensor
 model against torch. ``--threshold`` instead times the serial and parallel twin of each
 kernel over sizes 2^10..2^20 and reports where the parallel one starts to win.
+``--mixed`` instead times the mixed-precision offload step (bf16 gradient in, fp32 master
+and state, bf16 copy out: :mod:`fastopt.bench.mixed`) and the offload training loop around
+it (:mod:`fastopt.bench.offload_loop`) against torch's three-pass sequence, and, with
+``--baselines deepspeed``, DeepSpeed's.
 """
 
 import json
@@ -17,7 +21,7 @@ import sys
 
 from ..cli import UsageError, check_option
 from ..validation import check_int, check_real
-from . import cases, loops, measure, report, suites
+from . import cases, loops, measure, mixed, offload_loop, report, suites
 
 
 def configure(parser):
@@ -58,6 +62,18 @@ def configure(parser):
                              "NumPy MLP 512-1024-1024-10: fastopt, fastopt at one thread, "
                              "torch fused), at each --threads count (default 1 and the "
                              "current count)")
+    parser.add_argument("--mixed", action="store_true",
+                        help="time the mixed-precision offload step instead (Adam, bf16 "
+                             "gradient in, fp32 master and state, bf16 copy out; default "
+                             "sizes 1e6,1e7) against torch's unscale/step/cast sequence and "
+                             "the no-arithmetic ceiling, then the offload training loop "
+                             "around it (a bf16 MLP of 5.3M parameters) at each --threads")
+    parser.add_argument("--baselines", default="", metavar="NAMES",
+                        help=f"optional baselines, comma-separated: "
+                             f"{','.join(mixed.BASELINES)} (DeepSpeedCPUAdam's sequence, "
+                             f"where DeepSpeed is installed; it JIT-builds its op with g++ "
+                             f"the first time, about a minute); implies --mixed, the section "
+                             f"they belong to")
     parser.add_argument("--threshold", action="store_true",
                         help="time serial vs parallel twin of each kernel over sizes and "
                              "report the crossover (for PARALLEL_THRESHOLD)")
@@ -91,6 +107,15 @@ def parse_options(args):
     if unknown or not rules:
         raise UsageError(f"--rules: unknown {unknown or rules!r}; choose from "
                          f"{','.join(cases.CASES)}")
+    baselines = _split(args.baselines)
+    unknown = [b for b in baselines if b not in mixed.BASELINES]
+    if unknown:
+        raise UsageError(f"--baselines: unknown {unknown!r}; choose from "
+                         f"{','.join(mixed.BASELINES)}")
+    use_mixed = args.mixed or bool(baselines)
+    if use_mixed and (args.loops or args.threshold):
+        raise UsageError(f"{'--mixed' if args.mixed else '--baselines'} excludes "
+                         f"{'--loops' if args.loops else '--threshold'}")
     default_dtypes = "float32" if args.threshold else ",".join(cases.DTYPES)
     dtypes = _split(args.dtypes or default_dtypes)
     if not dtypes or any(d not in cases.DTYPES for d in dtypes):
@@ -98,7 +123,8 @@ def parse_options(args):
     if args.sizes:
         sizes = [_parse_size(s) for s in _split(args.sizes)]
     else:
-        sizes = list(suites.THRESHOLD_SIZES if args.threshold else cases.SIZES)
+        sizes = list(suites.THRESHOLD_SIZES if args.threshold else
+                     mixed.SIZES if use_mixed else cases.SIZES)
     top = measure.max_threads()
     if args.threads:
         try:
@@ -117,7 +143,8 @@ def parse_options(args):
     if args.no_model and args.model_only:
         raise UsageError("--no-model and --model-only exclude each other")
     return dict(rules=rules, dtypes=dtypes, sizes=sizes, threads=threads,
-                timing=dict(repeat=args.repeat, min_time=args.min_time))
+                timing=dict(repeat=args.repeat, min_time=args.min_time),
+                mixed=use_mixed, baselines=baselines)
 
 
 def _torch_version(wanted):
@@ -173,6 +200,43 @@ def _run_loops(args, options, result, use_torch):
     return _finish(args, result)
 
 
+def _run_mixed(options, result, use_torch):
+    """``--mixed`` (or ``--baselines``): the offload step table (fastopt.bench.mixed) and
+    the offload loop table (fastopt.bench.offload_loop)."""
+    notes = []
+    deepspeed = "deepspeed" in options["baselines"]
+    if deepspeed and use_torch:
+        print("checking DeepSpeed (its CPU Adam op builds with g++ the first time, about a "
+              "minute)", file=sys.stderr, flush=True)
+        if mixed.deepspeed_note() is not None:
+            notes.append(mixed.deepspeed_note())
+        result["meta"]["deepspeed"] = mixed.deepspeed_version()
+    if not use_torch:
+        notes.append("torch is not installed or --no-torch: the torch and DeepSpeed "
+                     "sequences and the offload loop (a torch model) are skipped")
+    sizes, threads = options["sizes"], options["threads"]
+    total = mixed.step_count(sizes, threads)
+    total += offload_loop.loop_count(threads) if use_torch else 0
+    progress = suites.Progress(total)
+    section = result["mixed"] = {"steps": [], "offload_loop": [], "notes": notes}
+    try:
+        section["steps"] = mixed.step_rows(sizes, threads, torch=use_torch,
+                                           deepspeed=deepspeed, progress=progress,
+                                           **options["timing"])
+        if use_torch:
+            section["offload_loop"] = offload_loop.loop_rows(threads, deepspeed, progress)
+    finally:
+        progress.close()
+    print(mixed.step_table(section["steps"]))
+    print(f"\n{mixed.STEP_LEGEND}")
+    if section["offload_loop"]:
+        print()
+        print(offload_loop.loop_table(section["offload_loop"]))
+        print(f"\n{offload_loop.LOOP_LEGEND}")
+    for note in notes:
+        print(f"\n{note}")
+
+
 def run(args):
     options = parse_options(args)
     rules, dtypes, sizes, threads, timing = (options[k] for k in
@@ -182,6 +246,9 @@ def run(args):
     result = {"meta": _meta(options, torch_version)}
     if args.loops:
         return _run_loops(args, options, result, use_torch)
+    if options["mixed"]:
+        _run_mixed(options, result, use_torch)
+        return _finish(args, result)
     if args.threshold:
         progress = suites.Progress(suites.threshold_count(rules, dtypes, sizes, threads))
         try:

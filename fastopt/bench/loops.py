@@ -106,24 +106,40 @@ def _block(iteration, steps, one_thread):
     return times
 
 
-def loop_row(loop, threads, rounds=ROUNDS, block=BLOCK, warmup=WARMUP, progress=None):
+def alternating_medians(iterations, rounds=None, block=None, warmup=None, one_thread=(),
+                        progress=None, label=""):
+    """Median seconds per call of each of ``iterations`` (name -> function running one
+    loop iteration), all in this process: each is warmed up (``warmup`` calls), then
+    blocks of ``block`` timed calls (after one untimed) alternate between them, A/B/C then
+    C/B/A, for ``rounds`` rounds. Names in ``one_thread`` run under ``num_threads(1)``.
+    ``None``: the module's :data:`ROUNDS`, :data:`BLOCK`, :data:`WARMUP`."""
+    rounds = ROUNDS if rounds is None else rounds
+    block = BLOCK if block is None else block
+    warmup = WARMUP if warmup is None else warmup
+    for name, iteration in iterations.items():
+        _block(iteration, warmup, name in one_thread)
+    times = {name: [] for name in iterations}
+    order = list(iterations.items())
+    for round_ in range(rounds):   # A B C, C B A, ...: no configuration always first
+        for name, iteration in (order if round_ % 2 == 0 else order[::-1]):
+            times[name] += _block(iteration, block, name in one_thread)
+        if progress is not None:
+            progress.step(label)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+def loop_row(loop, threads, rounds=None, block=None, warmup=None, progress=None):
     """Median seconds per iteration of each configuration of ``loop`` at ``threads``
-    threads (Numba and torch), measured in alternating blocks; fastopt's speed-up over
-    each baseline (baseline time / fastopt time: above 1 is faster) and the twin its
-    steps settled on."""
+    threads (Numba and torch), measured in alternating blocks
+    (:func:`alternating_medians`); fastopt's speed-up over each baseline (baseline time /
+    fastopt time: above 1 is faster) and the twin its steps settled on."""
     builder, configs = _LOOPS[loop]
     with measure.threads(threads):
         built = builder(configs)
-        for name, (iteration, _) in built.items():
-            _block(iteration, warmup, name.endswith("1 thread"))
-        times = {name: [] for name in built}
-        order = list(built.items())
-        for round_ in range(rounds):   # A B C, C B A, ...: no configuration always first
-            for name, (iteration, _) in (order if round_ % 2 == 0 else order[::-1]):
-                times[name] += _block(iteration, block, name.endswith("1 thread"))
-            if progress is not None:
-                progress.step(f"loop {loop} {threads} thr")
-    medians = {name: float(np.median(values)) for name, values in times.items()}
+        medians = alternating_medians(
+            {name: iteration for name, (iteration, _) in built.items()}, rounds, block,
+            warmup, one_thread={name for name in built if name.endswith("1 thread")},
+            progress=progress, label=f"loop {loop} {threads} thr")
     own = medians["fastopt"]
     twins = built["fastopt"][1]._twins
     return {"loop": loop, "threads": threads, "seconds": medians,
@@ -137,8 +153,8 @@ def loop_rows(loops, thread_counts, progress=None, **options):
             for loop in loops for threads in thread_counts]
 
 
-def loop_count(loops, thread_counts, rounds=ROUNDS):
-    return len(loops) * len(thread_counts) * rounds
+def loop_count(loops, thread_counts, rounds=None):
+    return len(loops) * len(thread_counts) * (ROUNDS if rounds is None else rounds)
 
 
 LOOP_HEADERS = ["loop", "thr", "fastopt", "1 thread", "torch fused", "x 1 thread",
