@@ -22,6 +22,7 @@ from .kernels.halves import noise_key
 from .precision import HALF_FORMATS, kernel_view
 from .precision import _ml_dtypes as ml_dtypes
 from .rules import RULES
+from .threads import StepTwins
 from .validation import as_floats, check_bool, check_real
 
 #: The gradient factor's name in this entry's arguments, for an overflow message.
@@ -51,6 +52,12 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
     random bits from (``step``, ``stream``, the element index): ``stream`` (an int >= 0)
     tells apart the engine's buffers, so that each gets its own bits; the same call
     gives the same bits, bitwise, for any thread count.
+
+    Threads: the calls of one ``stream`` choose between the kernel's serial and parallel
+    twin by timing the loop around them (:class:`fastopt.threads.StepTwins`, as the
+    optimizers do; ``FASTOPT_PARALLEL``); the results are bitwise the same either way.
+    Two threads calling with the same ``stream`` at once get a ``RuntimeError`` before
+    anything is written (give each buffer its own ``stream``).
 
     The scalars are the optimizers' (the rule's ``scalars``, derived in float64 and cast
     to the master's dtype), so ``master`` and ``state`` are bitwise what ``fastopt``'s
@@ -114,7 +121,21 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
                               {name: b.reshape(-1) for name, b in buffers.items()}, values,
                               group, copy=copy, sizes=(n,) if spec.per_tensor else None,
                               shapes=(tuple(shape),) if spec.member_shapes else None)
-    variant(*args)
+    twins = _TWINS.get(stream)
+    if twins is None:
+        twins = _TWINS.setdefault(stream, StepTwins(f"fastopt.offload (stream={stream})"))
+    twins.enter(n)   # refuses a concurrent call on the same stream; picks the twin
+    try:
+        variant(*args)
+    finally:
+        twins.leave()
+
+
+#: stream -> its :class:`~fastopt.threads.StepTwins`: whether the calls on one of the
+#: engine's buffers run the serial or the parallel twin, chosen by timing the loop
+#: (call to call), as the optimizers choose; inside a training loop the host's threads
+#: are hot, and the parallel twin often buys nothing there (``fastopt bench --mixed``).
+_TWINS = {}
 
 
 _any_step = step   # adam_step's keyword ``step`` hides the function inside it

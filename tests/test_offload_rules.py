@@ -174,3 +174,24 @@ def test_adam_step_takes_bf16_state_and_streams_differ():
     with pytest.raises(TypeError, match="exp_avg_sq"):       # mixed state formats
         offload.adam_step(master.copy(), grads[0], np.zeros(5000, ml_dtypes.bfloat16),
                           np.zeros(5000, np.float32), step=1, lr=1e-3)
+
+
+def test_a_stream_steps_from_one_thread_at_a_time_and_times_its_loop():
+    """Each stream has its optimizer-like twin choice (fastopt.threads.StepTwins): a call
+    while another is inside the same stream is refused with nothing written; another
+    stream is free; a buffer large enough for the parallel twin counts its steps."""
+    master, (grad, *_) = problem(1 << 17, np.float32, ml_dtypes.bfloat16)
+    state = offload.init_state("adam", master)
+    offload.step("adam", master, grad, state, step=1, stream=41)
+    twins = offload._TWINS[41]
+    assert twins.steps == 1
+    before = master.copy()
+    twins._busy.acquire()            # another thread is inside a call on stream 41
+    try:
+        with pytest.raises(RuntimeError, match="two threads"):
+            offload.step("adam", master, grad, state, step=2, stream=41)
+        np.testing.assert_array_equal(master, before)
+        offload.step("adam", master, grad, state, step=2, stream=42)   # another stream
+    finally:
+        twins._busy.release()
+    assert not np.array_equal(master, before)
