@@ -48,7 +48,7 @@ import stat
 import numpy as np
 
 from . import schedules
-from .flat import as_numpy
+from .flat import as_numpy, is_half
 from .incoming import plain_value, step_count
 from .optim.loop import check_loop_options
 
@@ -628,11 +628,13 @@ def _to_torch(array):
 
 
 def _param_array(param):
-    """A param as NumPy: a view, except that a bfloat16/float16 torch param is widened to
-    float32 (exactly). Its master and state are float32 too (``fastopt.torch``), and
+    """A param as NumPy: a view, except that a bfloat16/float16 param (torch tensor or
+    NumPy array) is widened to float32 (exactly). Its master and state are float32 too (``fastopt.torch``), and
     safetensors' NumPy side reads no bfloat16; ``_write_param`` rounds it back."""
     if hasattr(param, "detach") and param.is_floating_point() and param.element_size() == 2:
         return param.detach().float().numpy()
+    if isinstance(param, np.ndarray) and is_half(param.dtype):   # ml_dtypes bf16, fp16
+        return param.astype(np.float32)
     return as_numpy(param)
 
 

@@ -16,14 +16,22 @@ def as_numpy(value):
     return value.detach().cpu().numpy() if hasattr(value, "detach") else value
 
 
-def check_float_array(array, name):
-    """Raise ``TypeError`` unless ``array`` is a NumPy float32/float64 array."""
+def is_half(dtype):
+    """Whether ``dtype`` is a half-precision float: ``np.float16`` or ``ml_dtypes.bfloat16``
+    (recognised by name, without importing ml_dtypes)."""
+    return dtype == np.float16 or dtype.name == "bfloat16"
+
+
+def check_float_array(array, name, half=True):
+    """Raise ``TypeError`` unless ``array`` is a NumPy float32/float64 array, or (with
+    ``half``) a bfloat16 (``ml_dtypes``) or float16 one."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(array).__name__}")
     if isinstance(array, np.ma.MaskedArray):   # its mask cannot be honoured by a kernel
         raise TypeError(f"{name} is a masked array; pass its .filled(0) or .data")
-    if array.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {array.dtype}")
+    if array.dtype not in SUPPORTED_DTYPES and not (half and is_half(array.dtype)):
+        kinds = "float32, float64, bfloat16 or float16" if half else "float32 or float64"
+        raise TypeError(f"{name} must have dtype {kinds}, got {array.dtype}")
 
 
 def offsets(sizes):
@@ -103,8 +111,10 @@ class Flat:
 
 
 def flatten(arrays):
-    """Copy ``arrays`` (float32/float64 NumPy arrays) into one contiguous parameter buffer
-    and one gradient buffer per dtype; return a :class:`Flat` with shaped views.
+    """Copy ``arrays`` (float32/float64 NumPy arrays, or half precision:
+    ``ml_dtypes.bfloat16``, ``np.float16``) into one contiguous parameter buffer and one
+    gradient buffer per dtype; return a :class:`Flat` with shaped views. The optimizers
+    train half-precision params over a float32 master of their own.
 
     The arrays you passed are not changed or used afterwards: use ``flat.params``.
     """

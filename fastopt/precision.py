@@ -59,6 +59,13 @@ def tensor_view(x, fmt=None):
     return x.numpy()
 
 
+def kernel_array(array):
+    """A NumPy float array as the kernels take it, sharing its memory: half precision
+    (``ml_dtypes.bfloat16``, ``np.float16``) as its bits, float32/float64 as itself."""
+    fmt = _numpy_format(array.dtype)
+    return array.view(KERNEL_DTYPES[fmt]) if fmt in HALF_FORMATS else array
+
+
 def kernel_view(x, name, formats):
     """``(view, format)``: ``x`` (a NumPy array or a CPU torch tensor, 1-D) as the array the
     kernels take, sharing its memory, and its format name. Raises ``TypeError`` naming

@@ -16,7 +16,7 @@ from ..flat import Flat, check_float_array
 from ..incoming import plain_value, state_array, step_count
 from ..kernels.halves import BF16_BITS, noise_key
 from ..precision import _ml_dtypes as ml_dtypes
-from ..precision import bf16_bits
+from ..precision import bf16_bits, kernel_array
 from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
 from .loop import loop_scale
@@ -132,7 +132,7 @@ class Optimizer:
         segments = build_segments(params, first)
         if isinstance(flat, Flat):
             for seg in segments:
-                seg.own_grad = flat.grad_view_of(seg.param)
+                seg.own_grad = kernel_array(flat.grad_view_of(seg.param))
         self._segments.append(segments)
         self._largest = max([self._largest] + [seg.param.size for seg in segments])
         self._validated = None
@@ -282,17 +282,17 @@ class Optimizer:
         if scale is not None:
             rule = self.rule
             for (_, seg), group, grad in zip(work, resolved, views):
-                state, fresh = self.new_state(seg.param, seg.state, group, seg)
+                target = seg.target   # the param, or a half param's float32 master
+                state, fresh = self.new_state(target, seg.state, group, seg)
                 step = seg.step + 1
                 sign = -scale if group["maximize"] else scale
                 key = noise_key(step, seg.stream) if group.get("state_dtype") else 0.0
-                values = rule.values(group, step, fresh, sign, seg.param.dtype,
-                                     noise_key=key)
+                values = rule.values(group, step, fresh, sign, target.dtype, noise_key=key)
                 bound = seg.bound   # the same group, state, gradient and zero_grad: reuse
                 if not (bound is not None and bound[0] is group and bound[1] is state
                         and bound[2] is grad and bound[3] == zero_grad):
                     bound = (group, state, grad, zero_grad,
-                             *rule.bind(seg.param, grad, state, group, zero_grad,
+                             *rule.bind(target, grad, state, group, zero_grad, seg.copy,
                                         sizes=seg.sizes, shapes=seg.shapes))
                 held = rule.scalar_state(group, step) if rule.scalar_state_names else None
                 calls.append((seg, state, step, grad, bound, values, held))
@@ -302,7 +302,8 @@ class Optimizer:
         for seg, state, step, grad, bound, values, held in calls:
             seg.state, seg.step, seg.bound, seg.held = state, step, bound, held
             bound[4](*bound[5], *values)
-            if zero_grad and grad is seg._gather:
+            if zero_grad and seg._gather is not None and (grad is seg._gather
+                                                          or grad.base is seg._gather):
                 for index in seg.indices:
                     grads[index].fill(0)
 
@@ -321,7 +322,8 @@ class Optimizer:
 
     def new_state(self, param, state, group, segment=None):
         """``(state, fresh)``: ``state`` (a dict of buffers by name, not changed) plus a
-        buffer like ``param`` for every name the group needs that it lacks, filled with
+        buffer like ``param`` (the segment's ``target``: a half param's float32 master)
+        for every name the group needs that it lacks, filled with
         :meth:`Rule.initial_value <fastopt.rules.base.Rule.initial_value>`; ``fresh`` names
         those (an empty frozenset when none). For a rule whose state has shapes of its own
         (:meth:`Rule.state_shape <fastopt.rules.base.Rule.state_shape>`), each buffer has
@@ -380,6 +382,9 @@ class Optimizer:
                         entry[name] = view.copy() if copy else view
                     if seg.held:   # the rule's scalar state (NAdam's mu_product)
                         entry.update(seg.held)
+                    if seg.master is not None:   # a half param's float32 master
+                        view = seg.member_view(seg.master, member)
+                        entry["master"] = view.copy() if copy else view
                     yield member[0], entry
 
     def state_dict(self):
@@ -449,17 +454,19 @@ class Optimizer:
                 # the rule's scalar state (NAdam's mu_product): recomputed from the step
                 held = rule.scalar_state(resolve_lr(as_floats(group), step - 1), step) \
                     if step and rule.scalar_state_names else None
-                plan.append((seg, step, buffers, held))
+                plan.append((seg, step, buffers, held, _plan_master(seg, entries)))
         for (group, _), old in zip(new_groups, self.param_groups):
             old.update({k: v for k, v in group.items() if k != "params"})
-        for seg, step, buffers, held in plan:
+        for seg, step, buffers, held, master in plan:
             seg.step, seg.held = step, held
             seg.state = {}
             for name, (total, parts) in buffers.items():
                 seg.state[name] = np.empty(total, dtype=parts[0][1].dtype if parts
-                                           else seg.param.dtype)
+                                           else seg.target.dtype)
                 for member, array in parts:
                     seg.member_view(seg.state[name], member)[...] = array
+            if master is not None:
+                seg.master[...] = master
 
     def _plan_segment(self, seg, entries, names, group=None):
         """``(step, {name: (length, [(state member, array)])})`` for one segment, every
@@ -507,8 +514,8 @@ class Optimizer:
                     raise ValueError(f"{what} has shape {array.shape}, the {name!r} state "
                                      f"of params[{member[0]}] (shape {tuple(member[3])}) "
                                      f"has {at[3]}")
-                parts.append((at, held_state(array, seg.param.dtype,
-                                             rule.state_dtype(group, seg.param.dtype))))
+                parts.append((at, held_state(array, seg.target.dtype,
+                                             rule.state_dtype(group, seg.target.dtype))))
             buffers[name] = (total, parts)
         return steps.pop(), buffers
 
@@ -527,11 +534,33 @@ def _check_state_dtype(group, params, first):
     if group.get("state_dtype") is None:
         return
     for i, array in enumerate(params):
-        if array.dtype != np.float32:
-            raise ValueError(f"state_dtype={group['state_dtype']!r} keeps float32 params' "
-                             f"state in bfloat16; params[{first + i}] is {array.dtype} "
-                             "(use state_dtype=None)")
+        if array.dtype == np.float64:
+            raise ValueError(f"state_dtype={group['state_dtype']!r} keeps the state of "
+                             "float32 params (or of half params' float32 master) in "
+                             f"bfloat16; params[{first + i}] is float64 (use "
+                             "state_dtype=None)")
     ml_dtypes()
+
+
+def _plan_master(seg, entries):
+    """A half segment's float32 master after a load, or ``None`` (float params): each
+    member's saved ``"master"`` (checked: a real array of the param's shape), or, where
+    an entry has none (a ``torch.optim`` state dict of half params), the param widened."""
+    if seg.master is None:
+        return None
+    master = seg.param.astype(np.float32)
+    for member, entry in zip(seg.members, entries):
+        saved = entry.get("master") if isinstance(entry, dict) else None
+        if saved is None:
+            continue
+        what = f"state_dict state[{member[0]}]['master']"
+        array = state_array(saved, what)
+        if array.shape != tuple(member[3]):
+            raise ValueError(f"{what} has shape {array.shape}, params[{member[0]}] has "
+                             f"{tuple(member[3])}")
+        with np.errstate(all="ignore"):
+            seg.member_view(master, member)[...] = array.astype(np.float32)
+    return master
 
 
 def _held_as(dtype):

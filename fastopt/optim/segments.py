@@ -8,7 +8,8 @@ is copied: a segment's ``param`` is a 1-D view of the user's memory.
 
 import numpy as np
 
-from ..flat import check_float_array
+from .. import precision
+from ..flat import check_float_array, is_half
 from ..kernels.reductions import block_table
 
 
@@ -63,6 +64,18 @@ class Segment:
 
     def __init__(self, param, members):
         self.param = param
+        #: Half-precision params (bfloat16, float16): the float32 ``master`` the kernel
+        #: updates (1-D, the optimizer's own), the params' ``copy`` as the kernel writes it
+        #: (their bits, a view of the user's memory) and ``bits``, the dtype of the
+        #: kernels' view of half gradients. ``None`` for float32/float64 params.
+        self.master = self.copy = self.bits = None
+        if is_half(param.dtype):
+            self.bits = precision.KERNEL_DTYPES[
+                "float16" if param.dtype == np.float16 else "bfloat16"]
+            self.copy = param.view(self.bits)
+            self.master = param.astype(np.float32)
+        #: The buffer the kernel updates: the master for half params, else ``param``.
+        self.target = param if self.master is None else self.master
         self.members = members
         self.sizes = tuple(m[2] for m in members)
         self.shapes = tuple(tuple(int(n) for n in m[3]) for m in members)
@@ -96,16 +109,17 @@ class Segment:
         """The segment's gradient as one 1-D buffer: a view when ``grads`` of its members
         tile one buffer in order (no copy), else gathered once into scratch memory."""
         if len(self.members) == 1:
-            return plain(grads[self.members[0][0]]).reshape(-1)
+            view = plain(grads[self.members[0][0]]).reshape(-1)
+            return view if self.bits is None else view.view(self.bits)
         members = [grads[i] for i in self.indices]
         view = _flat_view(members)
-        if view is not None:
-            return view
-        if self._gather is None:
-            self._gather = np.empty_like(self.param)
-        for (_, offset, size, _), grad in zip(self.members, members):
-            self._gather[offset:offset + size] = plain(grad).reshape(-1)
-        return self._gather
+        if view is None:
+            if self._gather is None:
+                self._gather = np.empty_like(self.param)
+            for (_, offset, size, _), grad in zip(self.members, members):
+                self._gather[offset:offset + size] = plain(grad).reshape(-1)
+            view = self._gather
+        return view if self.bits is None else view.view(self.bits)
 
     def state_members(self, rule, name, group):
         """``(members, total)`` of the flat state buffer ``name``: per member ``(param
