@@ -70,8 +70,9 @@ def readonly(array):
 
 
 BAD_PARAMS = [
-    ([np.ones(3, dtype=np.int64)], TypeError, r"params\[0\].*float32 or float64"),
-    ([np.ones(3, dtype=np.float16)], TypeError, r"params\[0\].*float16"),
+    ([np.ones(3, dtype=np.int64)], TypeError,
+     r"params\[0\].*float32, float64, bfloat16 or float16, got int64"),
+    ([np.ones(3, dtype=np.longdouble)], TypeError, r"params\[0\].*got float128"),
     ([np.ones(3, dtype=bool)], TypeError, r"params\[0\]"),
     ([np.ones(3, dtype=np.complex128)], TypeError, r"params\[0\]"),
     ([np.ones(3), [1.0, 2.0]], TypeError, r"params\[1\].*ndarray"),
@@ -83,7 +84,7 @@ BAD_PARAMS = [
 
 
 @pytest.mark.parametrize("params, error, message", BAD_PARAMS,
-                         ids=["int", "float16", "bool", "complex", "list", "strided",
+                         ids=["int", "longdouble", "bool", "complex", "list", "strided",
                               "readonly", "empty", "bare-array"])
 @pytest.mark.parametrize("rule", list(RULES))
 def test_bad_params(rule, params, error, message):
@@ -106,7 +107,8 @@ def bad_grads(params):
         ([np.ones(3)], False, ValueError, "grads has 1 arrays, params has 2"),
         ([np.ones(3), np.ones(4)], False, ValueError, r"grads\[1\] has shape \(4,\)"),
         ([np.ones(3), np.ones((2, 2), np.float32)], False, TypeError, r"grads\[1\].*float32"),
-        ([np.ones(3, np.int32), ok[1]], False, TypeError, r"grads\[0\].*float32 or float64"),
+        ([np.ones(3, np.int32), ok[1]], False, TypeError,
+         r"grads\[0\].*float32, float64, bfloat16 or float16"),
         ([np.ones(3), np.ones((2, 4))[:, ::2]], False, ValueError, r"grads\[1\].*C-contiguous"),
         ([params[0], ok[1]], False, ValueError, r"grads\[0\] shares memory with the param"),
         ([np.ones(3), readonly(np.ones((2, 2)))], True, ValueError, r"grads\[1\] is read-only"),
@@ -158,7 +160,8 @@ def test_flatten_refuses_non_float_arrays():
 
 def test_object_arrays_are_refused_everywhere():
     objects = np.array([1.0, 2.0], dtype=object)
-    with pytest.raises(TypeError, match=r"params\[0\].*float32 or float64.*object"):
+    with pytest.raises(TypeError,
+                       match=r"params\[0\].*float32, float64, bfloat16 or float16.*object"):
         fastopt.Adam([objects])
     with pytest.raises(TypeError, match=r"arrays\[0\].*object"):
         fastopt.flatten([objects])
