@@ -148,11 +148,10 @@ def test_bf16_state_is_bitwise_the_same_for_any_thread_count():
     """The serial and parallel twins of the kernel, over a buffer large enough to split."""
     rng = np.random.default_rng(2)
     size = 300_001
+    start = rng.standard_normal(size).astype(np.float32)
     results = []
     for twin in ("serial", "parallel"):
-        p = rng.standard_normal(size).astype(np.float32) if not results else start.copy()
-        if not results:
-            start = p.copy()
+        p = start.copy()
         m = np.zeros(size, np.uint16)
         v = np.zeros(size, np.uint16)
         variant = fastopt.kernels.adam.variant(amsgrad=False, zero_grad=False,
