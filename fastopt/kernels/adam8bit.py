@@ -58,8 +58,8 @@ block decodes to NaN from then on (the scale carries it; the codes of such a blo
 unspecified).
 
 Not wired into the optimizers (no ``Rule``): the kernel, its NumPy transcription and its
-benchmark are :mod:`fastopt.bench.eight_bit`; measured there against the float32 and bf16
-state kernels (see the commit that added them for numbers).
+benchmark are :mod:`fastopt.bench.eight_bit`, whose docstring has the measurements
+against the float32 and bf16 state kernels and what limits this one.
 """
 
 import numpy as np
