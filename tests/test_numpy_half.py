@@ -144,3 +144,30 @@ def test_refusals_change_nothing():
     for i, m in enumerate(before[1]):
         np.testing.assert_array_equal(opt.state[i]["master"], m)
         assert opt.state[i]["step"] == 1
+
+
+def test_a_gradient_in_the_masters_memory_is_refused():
+    """``opt.state[i]["master"]`` is a view of the optimizer's own float32 master: passed
+    (viewed as the param's dtype) as a gradient it would be read while written."""
+    params, grads = _arrays(np.float16, seed=6)
+    opt = fastopt.SGD(params, lr=0.1)
+    opt.step(grads[0])
+    before = [p.copy() for p in params]
+    master = opt.state[0]["master"]
+    forged = [master.reshape(-1).view(np.float16)[:params[0].size].reshape(params[0].shape),
+              *grads[1][1:]]
+    with pytest.raises(ValueError, match="master"):
+        opt.step(forged)
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.view(np.uint16), b.view(np.uint16))
+
+
+def test_a_bf16_state_dict_is_refused_by_a_float64_optimizer():
+    p32 = np.ones(4, np.float32)
+    opt = fastopt.Adam([p32], state_dtype="bfloat16")
+    opt.step([np.ones(4, np.float32)])
+    p64 = np.ones(4)
+    other = fastopt.Adam([p64])
+    with pytest.raises(ValueError, match="float64"):
+        other.load_state_dict(opt.state_dict())
+    assert other.param_groups[0]["state_dtype"] is None and not other.state

@@ -209,6 +209,9 @@ class Optimizer:
         spans += [(_span(buffer), f"optimizer state ({name!r} of params{seg.indices})", False)
                   for segments in self._segments for seg in segments
                   for name, buffer in seg.state.items()]
+        spans += [(_span(seg.master), f"optimizer state ('master' of params{seg.indices})",
+                   False) for segments in self._segments for seg in segments
+                  if seg.master is not None]
         spans += [(_span(g), f"grads[{i}]", True) for i, g in enumerate(grads) if g is not None]
         furthest = {False: (0, None), True: (0, None)}  # kind -> (largest end so far, name)
         for (start, end), name, is_grad in sorted(s for s in spans if s[0][1] > s[0][0]):
@@ -439,6 +442,7 @@ class Optimizer:
             known = {k: plain_value(v, k) for k, v in saved.items() if k in self.defaults}
             new = {**group, **known}
             self.rule.validate(new)
+            _check_state_dtype(new, group["params"], 0)   # bf16 state: float32 params
             new_groups.append((new, [int(i) for i in ids]))
         all_ids = [i for _, ids in new_groups for i in ids]
         if len(set(all_ids)) != len(all_ids):
