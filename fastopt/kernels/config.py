@@ -167,15 +167,26 @@ class Variant:
         """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``), or the
         serial one inside a step that chose it (:mod:`fastopt.threads`)."""
         if param.shape[0] >= PARALLEL_THRESHOLD and not getattr(_serial, "on", False):
-            _fork_gate.enter()
-            try:
-                self.parallel(param, *args)
-            finally:
-                _fork_gate.leave()
-            if not layer._checked:
-                layer.check_once()
+            run_parallel(self.parallel, param, *args)
         else:
             self.serial(param, *args)
+
+
+def serial_chosen():
+    """Whether the calling thread is inside a step that chose the serial twin."""
+    return getattr(_serial, "on", False)
+
+
+def run_parallel(function, *args):
+    """Call a parallel compiled ``function`` from Python: inside the fork gate, then the
+    threading layer's one-time check."""
+    _fork_gate.enter()
+    try:
+        function(*args)
+    finally:
+        _fork_gate.leave()
+    if not layer._checked:
+        layer.check_once()
 
 
 class Kernel:

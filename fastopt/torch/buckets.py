@@ -22,10 +22,13 @@ gathered with one ``torch._foreach_copy_`` and stepped as flat runs.
 """
 
 import operator
+from functools import partial
 
+import numpy as np
 import torch
 
 from ..flat import offsets
+from ..kernels import config, gathered
 from ..kernels.halves import noise_key
 from ..kernels.reductions import block_table
 from ..precision import tensor_view
@@ -94,6 +97,10 @@ class Bucket:
         #: ``torch.bfloat16`` when the group keeps its state in bfloat16 (the rule's
         #: ``state_dtype``, set by :meth:`use_rule`), else ``None`` (the params' dtype).
         self.state_dtype = None
+        #: Whether the rule updates each element on its own (:meth:`use_rule`): then runs
+        #: of params step in one call (:meth:`_combined`); block tables by run boundaries.
+        self.elementwise = False
+        self._tables = {}
         self.sizes = tuple(p.numel() for p in self.params)
         self.offsets = offsets(self.sizes)
         dtype, total = self.params[0].dtype, self.offsets[-1]
@@ -140,6 +147,7 @@ class Bucket:
         <fastopt.rules.base.Rule.state_shape>` for ``group`` (set once, before any state
         exists), and keep its scalar state names."""
         self.scalar_names = rule.scalar_state_names
+        self.elementwise = not (rule.per_tensor or rule.shaped_state)
         if group.get("state_dtype") == "bfloat16":
             self.state_dtype = torch.bfloat16
         if rule.shaped_state:
@@ -325,7 +333,9 @@ class Bucket:
             taken.append((i, step, fresh, foreign))
         foreign_sizes = [f.numel() for *_, f in taken if f is not None]
         gather = (len(foreign_sizes) > 1
-                  and sum(foreign_sizes) < GATHER_BELOW * len(foreign_sizes))
+                  and sum(foreign_sizes) < GATHER_BELOW * len(foreign_sizes)
+                  and not (self.elementwise and self.state_dtype is None   # one call
+                           and sum(foreign_sizes) >= config.PARALLEL_THRESHOLD))  # reads them
         self._gathered = []
         runs, previous = [], None
         for i, step, fresh, foreign in taken:
@@ -367,28 +377,29 @@ class Bucket:
             torch._foreach_copy_([self.grad_views[i] for i, _ in self._gathered],
                                  [tensor for _, tensor in self._gathered])
         out = []
+        spans = None
         for first, stop, _, _, foreign in runs:
             a, b = self.offsets[first], self.offsets[stop]
             array = None if foreign is None else tensor_view(foreign)
             if array is None:
                 out.append(self.np_grad[a:b])
-            elif array.flags.c_contiguous and not self._owns(array):
+                continue
+            if spans is None:
+                spans = self._spans()
+            start = array.__array_interface__["data"][0]
+            end = start + array.nbytes
+            if array.flags.c_contiguous and not any(start < e and s < end for s, e in spans):
                 out.append(array.reshape(-1))
             else:
                 self.np_grad[a:b].reshape(array.shape)[...] = array
                 out.append(self.np_grad[a:b])
         return out
 
-    def _owns(self, array):
-        """Whether ``array``'s memory overlaps this bucket's flat param or state memory."""
-        start = array.__array_interface__["data"][0]
-        end = start + array.nbytes
+    def _spans(self):
+        """``(first byte, one past the last)`` of the bucket's flat param, state and master
+        memory: a gradient overlapping them is copied before the kernels run."""
         flats = (self.param, *self.state.values(), *((self.master,) if self.half else ()))
-        for flat in flats:
-            first = flat.data_ptr()
-            if start < first + flat.nbytes and first < end:
-                return True
-        return False
+        return [(flat.data_ptr(), flat.data_ptr() + flat.nbytes) for flat in flats]
 
     def grad_pieces(self, runs, grads):
         """The gradients of ``runs`` (from :meth:`grads`) as ``norm_and_finite`` takes
@@ -398,62 +409,108 @@ class Bucket:
 
     def prepare(self, runs, grads, rule, group, names, grad_factor):
         """The kernel calls of one step over ``runs`` (gradients ``grads``, from
-        :meth:`grads`): per run, ``(run, initial values of its fresh state buffers,
-        (variant, arguments), the rule's scalar state after the step)``, from the rule (:class:`~fastopt.rules.base.Rule`) over
+        :meth:`grads`): ``(calls, launches)``. ``calls``: per run, ``(run, initial values
+        of its fresh state buffers, (variant, arguments) or ``None``, the rule's scalar
+        state after the step)``, from the rule (:class:`~fastopt.rules.base.Rule`) over
         1-D NumPy views of the flat buffers; the scalars are computed and cast once per
-        step number. Raises before anything is written (a scalar that overflows the
-        dtype, say); writes nothing but zero-filled flat state buffers no entry points
-        at yet."""
+        step number. ``launches``: ``(call, param indices)`` per set of runs stepped by
+        one kernel call (:meth:`_launch`; their entries in ``calls`` have no kernel call
+        of their own). Raises before anything is written (a scalar that overflows the
+        dtype, say); writes nothing but zero-filled flat state buffers no entry points at
+        yet."""
         for name in names:
             self.state_buffer(name)
-        calls, scalars = [], {}
+        together = {}   # (step, fresh) -> [(run, grad)]: runs that may share one call
+        for run, grad in zip(runs, grads):
+            together.setdefault((run[2], run[3]), []).append((run, grad))
+        calls, launches = [], []
         dtype = self.np_param.dtype
         per_tensor = rule.per_tensor
-        for run, grad in zip(runs, grads):
-            first, stop, step, fresh, _ = run
-            a, b = self.offsets[first], self.offsets[stop]
-            found = scalars.get((step, fresh))
-            if found is None:   # the rule's scalars for this step number, computed once
-                found = scalars[step, fresh] = (
-                    {name: rule.initial_fill(name, dtype, group) for name in fresh},
-                    rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype),
-                    rule.scalar_state(group, step + 1))
-            initial, values, held = found
-            if self.state_dtype is not None:   # bf16 state: each run its own random bits
-                values = rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype,
-                                     noise_key=noise_key(step + 1, (self.stream << 32) + first))
-            if self.rule is None:
-                state = {name: self.np_state[name][a:b] for name in names}
-            else:   # the state's own layout (Adafactor's factors)
-                state = {}
-                for name in names:
-                    offsets = self.state_offsets(name)
-                    state[name] = self.np_state[name][offsets[first]:offsets[stop]]
-            copy = self.np_copy[a:b] if self.half else None
-            sizes = shapes = None
-            if per_tensor:   # LAMB's norms, Adafactor's factors
-                sizes = self.sizes[first:stop]
-                shapes = tuple(self.np_shapes[first:stop])
-            calls.append((run, initial, rule.call(self.np_param[a:b], grad, state, values,
-                                                  group, copy=copy, sizes=sizes,
-                                                  shapes=shapes), held))
-        return calls
+        for (step, fresh), members in together.items():
+            initial = {name: rule.initial_fill(name, dtype, group) for name in fresh}
+            values = rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype)
+            held = rule.scalar_state(group, step + 1)
+            launch = self._launch(members, rule, group, names, values)
+            if launch is not None:
+                launches.append(launch)
+                calls += [(run, initial, None, held) for run, _ in members]
+                continue
+            for run, grad in members:
+                first, stop = run[0], run[1]
+                a, b = self.offsets[first], self.offsets[stop]
+                if self.state_dtype is not None:   # bf16 state: each run its own bits
+                    values = rule.values(group, step + 1, frozenset(fresh), grad_factor,
+                                         dtype, noise_key=noise_key(
+                                             step + 1, (self.stream << 32) + first))
+                if self.rule is None:
+                    state = {name: self.np_state[name][a:b] for name in names}
+                else:   # the state's own layout (Adafactor's factors)
+                    state = {}
+                    for name in names:
+                        offsets = self.state_offsets(name)
+                        state[name] = self.np_state[name][offsets[first]:offsets[stop]]
+                copy = self.np_copy[a:b] if self.half else None
+                sizes = shapes = None
+                if per_tensor:   # LAMB's norms, Adafactor's factors
+                    sizes = self.sizes[first:stop]
+                    shapes = tuple(self.np_shapes[first:stop])
+                calls.append((run, initial, rule.call(
+                    self.np_param[a:b], grad, state, values, group, copy=copy, sizes=sizes,
+                    shapes=shapes), held))
+        return calls, launches
 
-    def run(self, calls, state, has_step):
+    def _launch(self, members, rule, group, names, values):
+        """One kernel call for the runs of ``members`` (``(run, grad)`` pairs at one step
+        number with the same fresh state), :mod:`fastopt.kernels.gathered` (the flat
+        buffers walked in blocks, each run's gradient read where it lies), as
+        ``(call, the params' indices)``; or ``None`` where that does not apply: one run,
+        fewer elements than the parallel threshold, a per-tensor rule or state of its own
+        layout (a kernel over whole tensors), or bf16 state (its random bits follow the
+        element's index within a call)."""
+        if len(members) < 2 or not self.elementwise or self.state_dtype is not None:
+            return None
+        offsets = self.offsets
+        key = tuple((run[0], run[1]) for run, _ in members)
+        table = self._tables.get(key)
+        if table is None:
+            starts = [offsets[first] for first, _ in key]
+            stops = [offsets[stop] for _, stop in key]
+            if sum(stops) - sum(starts) < config.PARALLEL_THRESHOLD:
+                return None
+            if len(self._tables) > 64:   # params that get gradients change: keep it small
+                self._tables.clear()
+            table = self._tables[key] = (gathered.block_table(starts, stops), np.concatenate(
+                [np.arange(first, stop) for first, stop in key]))
+        grads = [grad for _, grad in members]
+        state = {name: self.np_state[name] for name in names}
+        copy = self.np_copy if self.half else None
+        variant, args = rule.call(self.np_param, grads[0], state, values, group, copy=copy)
+        return partial(gathered.run, variant, self.np_param, grads, table[0], args[2:]), \
+            table[1]
+
+    def run(self, prepared, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
         set the scalar state, register the state entries."""
-        for (first, stop, step, fresh, _), initial, (variant, args), held in calls:
+        calls, launches = prepared
+        counts = has_step or self.state_dtype is not None
+        if counts:
+            for _, indices in launches:   # the params' step counts, all at once
+                self.np_steps[indices] += 1
+        for (first, stop, step, fresh, _), initial, kernel, held in calls:
             for name in fresh:
                 offsets = self.state_offsets(name)
                 self.np_state[name][offsets[first]:offsets[stop]] = initial[name]
-            variant(*args)
-            if has_step or self.state_dtype is not None:
-                self.np_steps[first:stop] += 1
+            if kernel is not None:
+                kernel[0](*kernel[1])
+                if counts:
+                    self.np_steps[first:stop] += 1
             if fresh or (has_step and step == 0):
                 for i in range(first, stop):
                     self.register(i, state[self.params[i]], fresh, has_step)
             for name, value in held.items():
                 self.np_scalars[name][first:stop] = value
+        for launch, _ in launches:   # many runs at once, their fresh state filled above
+            launch()
 
     def zero_grad(self, set_to_none):
         if set_to_none:
