@@ -98,6 +98,7 @@ def test_adapter_cases_step_on_gradients_of_their_own(adam_kernel_sizes, monkeyp
     pytest.importorskip("torch")
     from fastopt.torch import buckets
     monkeypatch.setattr(buckets, "GATHER_BELOW", 1)
+    monkeypatch.setattr(buckets, "GATHER_BELOW_ONE_CALL", 1)
     sizes = adam_kernel_sizes
     shapes = cases.mlp_shapes(4, layers=2)
     step = cases.adapter_call(cases.CASES["adam"], shapes, np.float32)

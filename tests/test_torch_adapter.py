@@ -167,6 +167,7 @@ def test_default_zero_grad_sets_none_and_step_reads_autograds_gradients(
     gradient buffer; small ones (this model's, by default) are gathered into it with one
     copy and stepped with one kernel call."""
     monkeypatch.setattr(buckets, "GATHER_BELOW", gather_below)
+    monkeypatch.setattr(buckets, "GATHER_BELOW_ONE_CALL", gather_below)
     model, reference = make_model(), make_model()
     opt = ft.Adam(model.parameters(), lr=0.01)
     ref_opt = torch.optim.Adam(reference.parameters(), lr=0.01)
@@ -663,6 +664,7 @@ def test_zero_grad_set_to_none_false_matches_torchs_and_binds_the_flat_buffer():
 @pytest.mark.parametrize("how", ["optimizer", "module"])
 def test_gradients_set_to_none_are_read_where_autograd_put_them(how, monkeypatch):
     monkeypatch.setattr(buckets, "GATHER_BELOW", 1)   # these tiny grads would be gathered
+    monkeypatch.setattr(buckets, "GATHER_BELOW_ONE_CALL", 1)
     def zero_grad(model, opt, step):
         if how == "module":
             model.zero_grad()  # set_to_none=True: autograd allocates new grads

@@ -42,6 +42,7 @@ def _train(name, options, dtype, combined, monkeypatch, steps=6):
         patch.setattr(gathered, "run", spy)
         if combined:   # the models are small: let them take the one-call path
             patch.setattr(config, "PARALLEL_THRESHOLD", 64)
+            patch.setattr(ft.buckets, "GATHER_BELOW_ONE_CALL", 1)
         else:          # or never
             patch.setattr(ft.buckets.Bucket, "_launch", lambda self, *a: None)
         params = _model(dtype)
@@ -92,6 +93,8 @@ def test_bf16_state_and_per_tensor_rules_keep_one_call_per_run(monkeypatch):
     calls = []
     monkeypatch.setattr(gathered, "run", lambda *a: calls.append(a))
     monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 64)
+    monkeypatch.setattr(ft.buckets, "GATHER_BELOW_ONE_CALL", 1)
+    monkeypatch.setattr(ft.buckets, "GATHER_BELOW", 1)
     for cls, options in ((ft.Adam, {"state_dtype": "bfloat16"}), (ft.LAMB, {})):
         params = _model(torch.float32)
         opt = cls(params, **options)
