@@ -12,8 +12,14 @@ SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def as_numpy(value):
-    """A NumPy view of a NumPy array or a CPU torch tensor (without importing torch)."""
-    return value.detach().cpu().numpy() if hasattr(value, "detach") else value
+    """A NumPy view of a NumPy array or a CPU torch tensor (without importing torch); a
+    bfloat16 tensor, which NumPy cannot hold, widened to float32 (exact, a copy)."""
+    if not hasattr(value, "detach"):
+        return value
+    value = value.detach().cpu()
+    if str(value.dtype) == "torch.bfloat16":
+        value = value.float()
+    return value.numpy()
 
 
 def is_half(dtype):

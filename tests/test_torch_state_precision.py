@@ -149,3 +149,29 @@ def test_refusals_change_nothing():
         assert torch.equal(p, b)
         assert torch.equal(opt.state[p]["exp_avg"], s)
         assert opt.state[p]["step"] == 1
+
+
+def test_checkpoint_round_trips_bf16_state(tmp_path):
+    pytest.importorskip("safetensors")
+    import fastopt
+    model = _model()
+    opt = ft.AdamW(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    for step in range(3):
+        opt.zero_grad()
+        _backward(model, step)
+        opt.step()
+    fastopt.save(opt, tmp_path / "opt.safetensors", params=True)
+    other = _model(seed=5)
+    again = ft.AdamW(other.parameters(), lr=1e-2, state_dtype="bfloat16")
+    fastopt.load(again, tmp_path / "opt.safetensors")
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert torch.equal(p, q)
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert again.state[q][name].dtype == torch.bfloat16
+            assert torch.equal(again.state[q][name], opt.state[p][name])
+    for mod, o in ((model, opt), (other, again)):
+        o.zero_grad()
+        _backward(mod, 9)
+        o.step()
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert torch.equal(p, q)
