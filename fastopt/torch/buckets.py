@@ -303,10 +303,11 @@ class Bucket:
         the flat gradient buffer (one kernel call over the run), or else, for a run of one
         param, its gradient (detached) as autograd put it, read there by :meth:`grads` (no
         gather copy; a non-contiguous one is copied into the flat buffer at step time).
-        Many small foreign gradients (on average under ``GATHER_BELOW_ONE_CALL``
-        or ``GATHER_BELOW`` elements, see the module docstring) are instead gathered into the flat gradient buffer by :meth:`grads` with one
-        ``torch._foreach_copy_`` and stepped as flat runs: one copy costs less than a
-        kernel call per tensor there. ``p.grad`` is never rebound. Writes nothing."""
+        Many small foreign gradients (on average under ``GATHER_BELOW_ONE_CALL`` or
+        ``GATHER_BELOW`` elements, see the module docstring) are instead gathered into the
+        flat gradient buffer by :meth:`grads` with one ``torch._foreach_copy_`` and stepped
+        as flat runs: one copy costs less than reading each in place there. ``p.grad`` is
+        never rebound. Writes nothing."""
         if self.state_dtype != (torch.bfloat16 if group_state_dtype == "bfloat16" else None):
             raise ValueError(f"{owner}: state_dtype: a param group's state_dtype is "
                              f"{group_state_dtype!r}, but its state is kept in "
@@ -366,13 +367,13 @@ class Bucket:
         if (grad.layout is not torch.strided or not grad.is_cpu
                 or grad.dtype is not self.param.dtype):
             check_tensor(grad, f"the gradient of params[{self.indices[i]}]", owner)
-        if grad.dtype is not self.param.dtype or grad.shape != self.params[i].shape:
+        if grad.dtype is not self.param.dtype or grad.shape != self.np_shapes[i]:
             raise TypeError(f"{owner}: the gradient of params[{self.indices[i]}] is "
                             f"{grad.dtype} {tuple(grad.shape)}, the param is "
                             f"{self.params[i].dtype} {self.np_shapes[i]}")
         if grad.data_ptr() == self.grad_addresses[i] and grad.is_contiguous():
             return None
-        return grad.detach()
+        return grad.detach() if grad.requires_grad else grad
 
     def grads(self, runs):
         """The 1-D NumPy gradient of each run, in order: a view of the flat gradient
@@ -394,7 +395,7 @@ class Bucket:
                 continue
             if spans is None:
                 spans = self._spans()
-            start = array.__array_interface__["data"][0]
+            start = foreign.data_ptr()
             end = start + array.nbytes
             if array.flags.c_contiguous and not any(start < e and s < end for s, e in spans):
                 out.append(array.reshape(-1))
