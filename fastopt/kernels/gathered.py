@@ -86,13 +86,14 @@ def _driver(variant, arrays, scalars, grad_dtype, parallel):
                 error_model=config.ERROR_MODEL)(namespace["driver"])
 
 
-def run(variant, param, grads, table, rest):
+def run(variant, param, grads, table, rest, addresses=None):
     """Run ``variant`` over ``param`` with its gradient read from ``grads`` (1-D
     C-contiguous arrays, one per row index of ``table``: :func:`block_table`) and the
     other arguments ``rest`` (the kernel's arguments after the gradient, without the
-    options: buffers as long as ``param``, then scalars). The serial or the parallel
-    driver, as :meth:`Variant.__call__ <fastopt.kernels.config.Variant.__call__>`
-    chooses a twin."""
+    options: buffers as long as ``param``, then scalars). ``addresses``: the gradients'
+    data addresses, when the caller has them (else read from ``grads``). The serial or
+    the parallel driver, as :meth:`Variant.__call__
+    <fastopt.kernels.config.Variant.__call__>` chooses a twin."""
     grad_dtype = grads[0].dtype
     arrays = sum(isinstance(a, np.ndarray) for a in rest)
     key = (arrays, len(rest) - arrays, grad_dtype)
@@ -101,7 +102,9 @@ def run(variant, param, grads, table, rest):
     if found is None:
         found = drivers[key] = (_driver(variant, arrays, key[1], grad_dtype, True),
                                 _driver(variant, arrays, key[1], grad_dtype, False))
-    addresses = np.array([g.__array_interface__["data"][0] for g in grads], dtype=np.int64)
+    if addresses is None:
+        addresses = [g.__array_interface__["data"][0] for g in grads]
+    addresses = np.array(addresses, dtype=np.int64)
     if param.shape[0] >= config.PARALLEL_THRESHOLD and not config.serial_chosen():
         config.run_parallel(found[0], param, addresses, table, *rest)
     else:

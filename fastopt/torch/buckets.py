@@ -134,6 +134,7 @@ class Bucket:
         self.np_grad = tensor_view(self.grad)
         self.np_shapes = [tuple(p.shape) for p in self.params]
         self._gathered = []   # (index, foreign gradient) the next grads() copies in
+        self._addresses = []  # the data address of each run's gradient (grads())
         self.steps = torch.zeros(len(self.params), dtype=scalar_dtype())
         self.np_steps = self.steps.numpy()
         self.step_views = [self.steps[i] for i in range(len(self.params))]  # 0-d views
@@ -387,21 +388,24 @@ class Bucket:
                                  [tensor for _, tensor in self._gathered])
         out = []
         spans = None
+        base, itemsize = self.grad.data_ptr(), self.grad.element_size()
+        addresses = self._addresses = []   # of each run's gradient, for the one-call path
         for first, stop, _, _, foreign in runs:
             a, b = self.offsets[first], self.offsets[stop]
             array = None if foreign is None else tensor_view(foreign)
-            if array is None:
-                out.append(self.np_grad[a:b])
-                continue
-            if spans is None:
-                spans = self._spans()
-            start = foreign.data_ptr()
-            end = start + array.nbytes
-            if array.flags.c_contiguous and not any(start < e and s < end for s, e in spans):
-                out.append(array.reshape(-1))
-            else:
+            if array is not None:
+                if spans is None:
+                    spans = self._spans()
+                start = foreign.data_ptr()
+                end = start + array.nbytes
+                if array.flags.c_contiguous and not any(start < e and s < end
+                                                        for s, e in spans):
+                    out.append(array.reshape(-1))
+                    addresses.append(start)
+                    continue
                 self.np_grad[a:b].reshape(array.shape)[...] = array
-                out.append(self.np_grad[a:b])
+            out.append(self.np_grad[a:b])
+            addresses.append(base + a * itemsize)
         return out
 
     def _spans(self):
@@ -429,9 +433,9 @@ class Bucket:
         yet."""
         for name in names:
             self.state_buffer(name)
-        together = {}   # (step, fresh) -> [(run, grad)]: runs that may share one call
-        for run, grad in zip(runs, grads):
-            together.setdefault((run[2], run[3]), []).append((run, grad))
+        together = {}   # (step, fresh) -> [(run, grad, address)]: may share one call
+        for run, grad, address in zip(runs, grads, self._addresses):
+            together.setdefault((run[2], run[3]), []).append((run, grad, address))
         calls, launches = [], []
         dtype = self.np_param.dtype
         per_tensor = rule.per_tensor
@@ -442,9 +446,9 @@ class Bucket:
             launch = self._launch(members, rule, group, names, values)
             if launch is not None:
                 launches.append(launch)
-                calls += [(run, initial, None, held) for run, _ in members]
+                calls += [(run, initial, None, held) for run, _, _ in members]
                 continue
-            for run, grad in members:
+            for run, grad, _ in members:
                 first, stop = run[0], run[1]
                 a, b = self.offsets[first], self.offsets[stop]
                 if self.state_dtype is not None:   # bf16 state: each run its own bits
@@ -469,8 +473,8 @@ class Bucket:
         return calls, launches
 
     def _launch(self, members, rule, group, names, values):
-        """One kernel call for the runs of ``members`` (``(run, grad)`` pairs at one step
-        number with the same fresh state), :mod:`fastopt.kernels.gathered` (the flat
+        """One kernel call for the runs of ``members`` (``(run, grad, its address)`` at
+        one step number with the same fresh state), :mod:`fastopt.kernels.gathered` (the flat
         buffers walked in blocks, each run's gradient read where it lies), as
         ``(call, the params' indices)``; or ``None`` where that does not apply: one run,
         fewer elements than the parallel threshold, a per-tensor rule or state of its own
@@ -479,7 +483,7 @@ class Bucket:
         if len(members) < 2 or not self.elementwise or self.state_dtype is not None:
             return None
         offsets = self.offsets
-        key = tuple((run[0], run[1]) for run, _ in members)
+        key = tuple((run[0], run[1]) for run, _, _ in members)
         table = self._tables.get(key)
         if table is None:
             starts = [offsets[first] for first, _ in key]
@@ -490,12 +494,13 @@ class Bucket:
                 self._tables.clear()
             table = self._tables[key] = (gathered.block_table(starts, stops), np.concatenate(
                 [np.arange(first, stop) for first, stop in key]))
-        grads = [grad for _, grad in members]
+        grads = [grad for _, grad, _ in members]
+        addresses = [address for _, _, address in members]
         state = {name: self.np_state[name] for name in names}
         copy = self.np_copy if self.half else None
         variant, args = rule.call(self.np_param, grads[0], state, values, group, copy=copy)
-        return partial(gathered.run, variant, self.np_param, grads, table[0], args[2:]), \
-            table[1]
+        return partial(gathered.run, variant, self.np_param, grads, table[0], args[2:],
+                       addresses), table[1]
 
     def run(self, prepared, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
