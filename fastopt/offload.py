@@ -22,6 +22,7 @@ from .kernels.halves import noise_key
 from .precision import HALF_FORMATS, kernel_view
 from .precision import _ml_dtypes as ml_dtypes
 from .rules import RULES
+from .rules.base import state_dtype_name
 from .threads import StepTwins
 from .validation import as_floats, check_bool, check_real
 
@@ -78,6 +79,8 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
         "float64",)
     grad_v = _buffer(grad, "grad", grad_formats, shape=shape)
     group = {**spec.defaults, **hyperparameters}
+    if "state_dtype" in group:   # torch.bfloat16 / ml_dtypes.bfloat16 as its name
+        group["state_dtype"] = state_dtype_name(group["state_dtype"])
     if callable(group["lr"]):
         raise TypeError(f"lr must be a real number (evaluate a schedule first), "
                         f"got {group['lr']!r}")
@@ -151,6 +154,8 @@ def init_state(rule, master, **hyperparameters):
         raise ValueError(f"rule: {rule!r} is not one of {sorted(RULES)}")
     master_v = _buffer(master, "master", ("float32", "float64"))
     group = {**spec.defaults, **hyperparameters}
+    if "state_dtype" in group:   # torch.bfloat16 / ml_dtypes.bfloat16 as its name
+        group["state_dtype"] = state_dtype_name(group["state_dtype"])
     spec.validate(group)
     group = as_floats(group)
     dtype = spec.state_dtype(group, master_v.dtype)

@@ -265,3 +265,11 @@ def test_refusals_change_nothing():
     np.testing.assert_array_equal(p, before[0])
     assert opt.state[0]["step"] == 1
     np.testing.assert_array_equal(opt.state[0]["exp_avg"], before[1])
+
+
+def test_the_dtype_itself_names_bf16_state():
+    for given in (ml_dtypes.bfloat16, np.dtype(ml_dtypes.bfloat16)):
+        opt = fastopt.Adam([np.zeros(3, np.float32)], state_dtype=given)
+        assert opt.param_groups[0]["state_dtype"] == "bfloat16"
+        opt.step([np.ones(3, np.float32)])
+        assert opt.state[0]["exp_avg"].dtype == ml_dtypes.bfloat16

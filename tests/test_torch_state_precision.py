@@ -175,3 +175,12 @@ def test_checkpoint_round_trips_bf16_state(tmp_path):
         o.step()
     for p, q in zip(model.parameters(), other.parameters()):
         assert torch.equal(p, q)
+
+
+def test_the_dtype_itself_names_bf16_state():
+    model = _model()
+    opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype=torch.bfloat16)
+    assert opt.defaults["state_dtype"] == opt.param_groups[0]["state_dtype"] == "bfloat16"
+    _backward(model, 0)
+    opt.step()
+    assert opt.state[next(model.parameters())]["exp_avg"].dtype == torch.bfloat16

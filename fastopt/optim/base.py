@@ -17,6 +17,7 @@ from ..incoming import plain_value, state_array, step_count
 from ..kernels.halves import BF16_BITS, noise_key
 from ..precision import _ml_dtypes as ml_dtypes
 from ..precision import bf16_bits, kernel_array
+from ..rules.base import state_dtype_name
 from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
 from .loop import loop_scale
@@ -53,6 +54,8 @@ class Optimizer:
             raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) "
                             f"{unknown}; it takes {sorted(type(self).defaults)}")
         self.defaults = {**type(self).defaults, **hyperparameters}
+        if "state_dtype" in self.defaults:   # ml_dtypes.bfloat16 as its name
+            self.defaults["state_dtype"] = state_dtype_name(self.defaults["state_dtype"])
         self.param_groups, self._segments, self._flats = [], [], []
         self._params, self._last_grads, self._validated = [], None, None
         self._twins, self._largest = StepTwins(type(self).__name__), 0
@@ -124,6 +127,8 @@ class Optimizer:
             check_param(array, f"params[{first + i}]")
         self._check_overlap(self._params + params)
         group = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+        if "state_dtype" in group:   # the dtype itself (ml_dtypes.bfloat16) as its name
+            group["state_dtype"] = state_dtype_name(group["state_dtype"])
         self.rule.validate(group)
         _check_state_dtype(group, params, first)
         group["params"] = params

@@ -267,6 +267,18 @@ class Rule:
                                      "dict of another rule?)")
 
 
+def state_dtype_name(value):
+    """``state_dtype`` as the groups hold it: ``"bfloat16"`` for the name or the dtype
+    itself (``torch.bfloat16``, ``ml_dtypes.bfloat16``, its NumPy dtype), anything else
+    as it is (:meth:`Rule.validate` refuses what is not in :data:`STATE_DTYPES`)."""
+    if value is None or isinstance(value, str):
+        return value
+    if str(value) == "torch.bfloat16" or getattr(value, "__name__", None) == "bfloat16" \
+            or getattr(value, "name", None) == "bfloat16":
+        return "bfloat16"
+    return value
+
+
 def check_betas(group, key="betas"):
     """``group[key]`` is a pair of numbers, each in [0, 1) (torch's wording)."""
     betas = group[key]

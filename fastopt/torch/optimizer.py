@@ -14,6 +14,7 @@ import torch
 
 from ..incoming import plain_value, state_array, step_count
 from ..optim.loop import loop_scale
+from ..rules.base import state_dtype_name
 from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
 from .buckets import HALF, Bucket, check_tensor
@@ -78,6 +79,8 @@ class Optimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults, *, clip_grad_norm=None, grad_scale=1.0,
                  skip_if_nonfinite=False):
         check_loop_options(clip_grad_norm, grad_scale, skip_if_nonfinite)
+        if "state_dtype" in defaults:   # torch.bfloat16 as its name
+            defaults = {**defaults, "state_dtype": state_dtype_name(defaults["state_dtype"])}
         self._buckets = []  # one list of Buckets per param group
         self._twins, self._largest = StepTwins(self._owner), 0
         self._hyper_cache = {}   # id(group) -> (group, its values, _hyperparameters result)
@@ -180,6 +183,8 @@ class Optimizer(torch.optim.Optimizer):
         first = sum(len(g["params"]) for g in self.param_groups)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if "state_dtype" in group:   # torch.bfloat16 as its name (state dicts, checkpoints)
+            group["state_dtype"] = state_dtype_name(group["state_dtype"])
         try:
             for i, p in enumerate(group["params"]):
                 check_tensor(p, f"params[{first + i}]", self._owner)
