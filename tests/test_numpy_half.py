@@ -162,12 +162,22 @@ def test_a_gradient_in_the_masters_memory_is_refused():
         np.testing.assert_array_equal(p.view(np.uint16), b.view(np.uint16))
 
 
-def test_a_bf16_state_dict_is_refused_by_a_float64_optimizer():
+def test_a_bf16_state_dict_loads_into_float64_state_widened():
+    """``state_dtype`` is the optimizer's own: a float64 optimizer keeps float64 state and
+    takes bf16 state widened (exact); an invalid saved value is still refused."""
     p32 = np.ones(4, np.float32)
     opt = fastopt.Adam([p32], state_dtype="bfloat16")
-    opt.step([np.ones(4, np.float32)])
-    p64 = np.ones(4)
-    other = fastopt.Adam([p64])
-    with pytest.raises(ValueError, match="float64"):
-        other.load_state_dict(opt.state_dict())
-    assert other.param_groups[0]["state_dtype"] is None and not other.state
+    opt.step([np.full(4, 0.3, np.float32)])
+    saved = opt.state_dict()
+    other = fastopt.Adam([np.ones(4)])
+    other.load_state_dict(saved)
+    assert other.param_groups[0]["state_dtype"] is None
+    assert other.state[0]["exp_avg"].dtype == np.float64
+    np.testing.assert_array_equal(other.state[0]["exp_avg"],
+                                  saved["state"][0]["exp_avg"].astype(np.float64))
+    forged = {**saved, "param_groups": [{**saved["param_groups"][0],
+                                         "state_dtype": "float16"}]}
+    fresh = fastopt.Adam([np.ones(4)])
+    with pytest.raises(ValueError, match="state_dtype"):
+        fresh.load_state_dict(forged)
+    assert not fresh.state

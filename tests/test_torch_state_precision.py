@@ -139,9 +139,9 @@ def test_refusals_change_nothing():
     before = [p.detach().clone() for p in model.parameters()]
     states = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
     _backward(model, 1)
-    with pytest.raises(ValueError, match="state_dtype"):
+    with pytest.raises(ValueError, match="state_dtype"):   # a forged value
         opt.load_state_dict({**opt.state_dict(), "param_groups": [
-            {**opt.state_dict()["param_groups"][0], "state_dtype": None}]})
+            {**opt.state_dict()["param_groups"][0], "state_dtype": "float16"}]})
     opt.param_groups[0]["state_dtype"] = None
     with pytest.raises(ValueError, match="cannot change after construction"):
         opt.step()
@@ -184,3 +184,24 @@ def test_the_dtype_itself_names_bf16_state():
     _backward(model, 0)
     opt.step()
     assert opt.state[next(model.parameters())]["exp_avg"].dtype == torch.bfloat16
+
+
+def test_a_load_keeps_the_optimizers_state_dtype_and_converts_the_state():
+    """A float32-state checkpoint (this class's, saying state_dtype None) loads into a
+    bf16-state optimizer as bf16 state rounded to nearest, and the reverse widens."""
+    model = _model()
+    full = ft.Adam(model.parameters(), lr=1e-2)
+    _backward(model, 0)
+    full.step()
+    low = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    low.load_state_dict(full.state_dict())
+    assert low.param_groups[0]["state_dtype"] == "bfloat16"
+    for p in model.parameters():
+        assert torch.equal(low.state[p]["exp_avg_sq"],
+                           full.state[p]["exp_avg_sq"].to(torch.bfloat16))
+    back = ft.Adam(model.parameters(), lr=1e-2)
+    back.load_state_dict(low.state_dict())
+    assert back.param_groups[0]["state_dtype"] is None
+    for p in model.parameters():
+        assert back.state[p]["exp_avg"].dtype == torch.float32
+        assert torch.equal(back.state[p]["exp_avg"], low.state[p]["exp_avg"].float())

@@ -415,7 +415,9 @@ class Optimizer:
         (``decoupled_weight_decay`` must match), the step counts (whole, in [1, 2**53])
         and every state buffer (:func:`fastopt.incoming.state_array`: a real float or
         integer array or tensor, of its state's shape: the param's, or the rule's
-        ``state_shape``, Adafactor's factors; cast to the param's dtype). A
+        ``state_shape``, Adafactor's factors; cast to the param's dtype). ``state_dtype``
+        stays the optimizer's own: state saved in another dtype is converted (bfloat16
+        state from float32 is rounded to nearest; widening is exact). A
         refused load raises ``ValueError`` (``TypeError`` for a value of the wrong type)
         saying what differs, and changes nothing."""
         if not isinstance(state_dict, dict) or {"state", "param_groups"} - set(state_dict):
@@ -445,9 +447,12 @@ class Optimizer:
                                  "(another rule?)")
             self.rule.check_rule_keys(saved, where)
             known = {k: plain_value(v, k) for k, v in saved.items() if k in self.defaults}
+            if "state_dtype" in known:
+                known["state_dtype"] = state_dtype_name(known["state_dtype"])
             new = {**group, **known}
-            self.rule.validate(new)
-            _check_state_dtype(new, group["params"], 0)   # bf16 state: float32 params
+            self.rule.validate(new)   # a saved state_dtype must be valid, then it yields:
+            if "state_dtype" in new:  # the optimizer keeps its own, the state converts
+                new["state_dtype"] = group["state_dtype"]
             new_groups.append((new, [int(i) for i in ids]))
         all_ids = [i for _, ids in new_groups for i in ids]
         if len(set(all_ids)) != len(all_ids):

@@ -352,7 +352,11 @@ class Optimizer(torch.optim.Optimizer):
                 if isinstance(entry, dict):
                     originals[p] = {k: v for k, v in entry.items()
                                     if k != "step" and torch.is_tensor(v)}
+        own = [group.get("state_dtype") for group in self.param_groups]
         super().load_state_dict(state_dict)
+        if "state_dtype" in self.defaults:   # the optimizer keeps its own; the state converts
+            for group, value in zip(self.param_groups, own):
+                group["state_dtype"] = value
         for buckets in self._buckets:
             for bucket in buckets:
                 for i, p in enumerate(bucket.params):
@@ -385,11 +389,6 @@ class Optimizer(torch.optim.Optimizer):
             merged = {**self.defaults, **{k: v for k, v in saved.items()
                                           if k not in ("params", "param_names")}}
             rule, plain = self._hyperparameters(merged)
-            if plain.get("state_dtype") != group.get("state_dtype"):
-                raise ValueError(f"{owner}: a param group has state_dtype="
-                                 f"{plain.get('state_dtype')!r}, this optimizer's has "
-                                 f"{group.get('state_dtype')!r}; its state is converted as it "
-                                 "loads, but the state_dtype is the constructor's")
             names = rule.state_names(plain)
             for index, p in zip(saved["params"], group["params"]):
                 # a half param's float32 master is state too (Bucket.adopt copies it)
