@@ -48,7 +48,7 @@ def step(rule, master, grad, state, *, step, out=None, loss_scale=1.0, clip_fact
     hyperparameters by keyword, with its defaults (``lr``, ``betas``, ...).
 
     Low-precision state: with ``state_dtype="bfloat16"`` (rules whose ``defaults`` have
-    it: SGD, Adagrad, RMSprop, Adam, AdamW, Lion) every state buffer is bfloat16 (over a
+    it: every elementwise rule, not LAMB or Adafactor) every state buffer is bfloat16 (over a
     float32 master), computed in float32 and rounded stochastically on store, with
     random bits from (``step``, ``stream``, the element index): ``stream`` (an int >= 0)
     tells apart the engine's buffers, so that each gets its own bits; the same call

@@ -84,15 +84,14 @@ def _twin_step(opt, grads, rule):
     state = opt.state_dict()
     for entry in state["state"].values():
         for key, value in list(entry.items()):
-            if key != "step":
+            if isinstance(value, np.ndarray):   # not step, not scalar state (ASGD's eta)
                 entry[key] = value.astype(np.float32)
     for group in state["param_groups"]:
         group["state_dtype"] = None
     params = [p.copy() for p in opt.param_groups[0]["params"]]
     kw = {k: v for k, v in opt.param_groups[0].items() if k not in ("params", "state_dtype")}
-    if "initial_accumulator_value" in kw:   # bf16 state starts at its bf16 rounding
-        kw["initial_accumulator_value"] = float(bf16_values(bf16_bits(
-            kw["initial_accumulator_value"])))
+    if rule in INITIAL:   # bf16 state starts at its bf16 rounding
+        kw[INITIAL[rule]] = float(bf16_values(bf16_bits(kw[INITIAL[rule]])))
     twin = getattr(fastopt, rule)(params, **kw)
     if state["state"]:
         twin.load_state_dict(state)
@@ -103,7 +102,12 @@ def _twin_step(opt, grads, rule):
 #: Which random bits each state buffer rounds with: the low 16 of the element's noise,
 #: the high 16, or 32 more (a third buffer); amsgrad's maximum shares the second's.
 BITS = {"exp_avg": "low", "exp_avg_sq": "high", "max_exp_avg_sq": "high", "sum": "low",
-        "square_avg": "low", "grad_avg": "high"}
+        "square_avg": "low", "grad_avg": "high", "acc_delta": "high", "exp_inf": "high",
+        "ax": "low", "step_size": "low", "prev": "high"}
+#: Hyperparameters that set a rule's initial state: bf16 state starts at their bf16
+#: rounding, so the float32 twin is given that rounding.
+INITIAL = {"Adagrad": "initial_accumulator_value", "Yogi": "initial_accumulator_value",
+           "Rprop": "lr"}
 
 
 def _bits(rule, name, noise):
@@ -118,7 +122,10 @@ def _bits(rule, name, noise):
     ("SGD", {"momentum": 0.9, "nesterov": True}), ("SGD", {"momentum": 0.5, "dampening": 0.1}),
     ("Adagrad", {"initial_accumulator_value": 0.1, "lr_decay": 0.01}),
     ("RMSprop", {}), ("RMSprop", {"centered": True, "momentum": 0.9}),
-    ("Lion", {"weight_decay": 0.1})])
+    ("Lion", {"weight_decay": 0.1}), ("Adadelta", {"weight_decay": 0.1}),
+    ("Adamax", {"weight_decay": 0.1}), ("ASGD", {"t0": 3.0}), ("NAdam", {}),
+    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.1}), ("RAdam", {}),
+    ("Rprop", {}), ("Yogi", {"weight_decay": 0.1})])
 def test_bf16_state_step_is_the_float32_step_rounded_stochastically(rule, options):
     rng = np.random.default_rng(1)
     shapes = [(7, 5), (33,), (3, 4, 2)]
@@ -133,7 +140,9 @@ def test_bf16_state_step_is_the_float32_step_rounded_stochastically(rule, option
             np.testing.assert_array_equal(p, want_params[i])
             noise = reference.state_noise(halves.noise_key(step, i), p.size)
             for name, value in want_state[i].items():
-                if name == "step":
+                if name == "step" or name in opt.rule.scalar_state_names:
+                    if name != "step":   # NAdam's mu_product, ASGD's eta, mu: the same
+                        assert opt.state[i][name] == value, name
                     continue
                 names.add(name)
                 got = opt.state[i][name]
@@ -254,7 +263,7 @@ def test_refusals_change_nothing():
     with pytest.raises(ValueError, match="Invalid state_dtype"):
         fastopt.Adam([np.zeros(4, np.float32)], state_dtype="float16")
     with pytest.raises(TypeError, match="state_dtype"):
-        fastopt.Adamax([np.zeros(4, np.float32)], state_dtype="bfloat16")
+        fastopt.LAMB([np.zeros(4, np.float32)], state_dtype="bfloat16")
     p = np.ones(4, np.float32)
     opt = fastopt.Adam([p], state_dtype="bfloat16")
     opt.step([np.ones(4, np.float32)])

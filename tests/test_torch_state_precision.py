@@ -14,7 +14,11 @@ from fastopt.kernels.halves import noise_key  # noqa: E402
 
 CASES = [("Adam", {}), ("AdamW", {"amsgrad": True}), ("SGD", {"momentum": 0.9}),
          ("RMSprop", {"centered": True, "momentum": 0.5}), ("Adagrad", {}),
-         ("Lion", {"weight_decay": 0.1})]
+         ("Lion", {"weight_decay": 0.1}), ("Adadelta", {}), ("Adamax", {}), ("ASGD", {}),
+         ("NAdam", {}), ("RAdam", {}), ("Rprop", {}), ("Yogi", {})]
+#: Hyperparameters that set a rule's initial state: the float32 twin gets their bf16
+#: rounding, where bf16 state starts.
+INITIAL = {"Rprop": "lr", "Yogi": "initial_accumulator_value"}
 
 
 def _model(seed=0, dtype=torch.float32):
@@ -30,7 +34,7 @@ def _backward(model, step):
 
 def _bits(rule, name, noise):
     high = noise >> np.uint32(16)
-    if name in ("exp_avg_sq", "max_exp_avg_sq", "grad_avg"):
+    if name in ("exp_avg_sq", "max_exp_avg_sq", "grad_avg", "acc_delta", "exp_inf", "prev"):
         return high
     if name == "momentum_buffer" and rule == "RMSprop":
         return reference.more_noise(noise)
@@ -57,7 +61,12 @@ def test_each_step_is_the_float32_step_rounded_stochastically(rule, options, pat
         _backward(model, step)
         twin_model = _model()
         twin_model.load_state_dict(model.state_dict())
-        twin = getattr(ft, rule)(twin_model.parameters(), lr=1e-2, **options)
+        hyper = dict(options, lr=1e-2)
+        if rule in INITIAL:   # bf16 state starts at the bf16 rounding of its initial value
+            hyper[INITIAL[rule]] = float(torch.tensor(
+                hyper.get(INITIAL[rule], getattr(ft, rule)([torch.zeros(1)]).defaults[
+                    INITIAL[rule]])).to(torch.bfloat16).float())
+        twin = getattr(ft, rule)(twin_model.parameters(), **hyper)
         if step > 1:
             saved = opt.state_dict()
             for group in saved["param_groups"]:
@@ -73,7 +82,7 @@ def test_each_step_is_the_float32_step_rounded_stochastically(rule, options, pat
             first, at = (i, 0) if path == "per-param" else (0, offsets[i])
             noise = reference.state_noise(noise_key(step, first), offsets[-1])
             for name, value in twin.state[q].items():
-                if name == "step":
+                if name == "step" or name in opt.rule.scalar_state_names:
                     continue
                 got = opt.state[p][name]
                 assert got.dtype == torch.bfloat16
@@ -131,7 +140,7 @@ def test_refusals_change_nothing():
     with pytest.raises(ValueError, match="Invalid state_dtype"):
         ft.Adam(_model().parameters(), state_dtype="float16")
     with pytest.raises(TypeError):
-        ft.Adamax(_model().parameters(), state_dtype="bfloat16")
+        ft.LAMB(_model().parameters(), state_dtype="bfloat16")
     model = _model()
     opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
     _backward(model, 0)

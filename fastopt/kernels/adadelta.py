@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, high_half, narrow_to, state_noise, store_state, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -14,7 +14,7 @@ zero_grad = write_copy = False
 
 @kernel(flags=("zero_grad", "write_copy"))
 def adadelta(param, grad, square_avg, acc_delta, param_copy,
-             lr, rho, one_minus_rho, eps, weight_decay, grad_factor):
+             lr, rho, one_minus_rho, eps, weight_decay, grad_factor, noise_key=0.0):
     """Adadelta step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -52,17 +52,25 @@ def adadelta(param, grad, square_avg, acc_delta, param_copy,
       and -1 for ``maximize``, folded by the host).
     * Options (booleans, compile-time, passed last from Python in this order):
       ``zero_grad, write_copy``.
+
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
     """
     for i in prange(param.shape[0]):
         p = param[i]
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        r = rho * square_avg[i] + one_minus_rho * g * g
-        square_avg[i] = r
-        a = acc_delta[i]
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        r = rho * widen(square_avg[i]) + one_minus_rho * g * g
+        square_avg[i] = store_state(square_avg, r, noise)
+        a = widen(acc_delta[i])
         d = np.sqrt(a + eps) / np.sqrt(r + eps) * g
-        acc_delta[i] = rho * a + one_minus_rho * d * d
+        acc_delta[i] = store_state(acc_delta, rho * a + one_minus_rho * d * d,
+                                   high_half(noise))
         q = p - lr * d
         param[i] = q
         if write_copy:

@@ -3,7 +3,8 @@
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, lerp, narrow_to
+from .halves import (gradient, high_half, lerp, narrow_to, state_noise, store_state,
+                     widen)
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -13,7 +14,7 @@ zero_grad = write_copy = False
 
 @kernel(flags=("zero_grad", "write_copy"))
 def adamax(param, grad, exp_avg, exp_inf, param_copy,
-           lerp_weight, beta2, eps, step_size, weight_decay, grad_factor):
+           lerp_weight, beta2, eps, step_size, weight_decay, grad_factor, noise_key=0.0):
     """Adamax step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -61,19 +62,26 @@ def adamax(param, grad, exp_avg, exp_inf, param_copy,
       and -1 for ``maximize``, folded by the host).
     * Options (booleans, compile-time, passed last from Python in this order):
       ``zero_grad, write_copy``.
+
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
     """
     for i in prange(param.shape[0]):
         p = param[i]
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        m = exp_avg[i]
+        m = widen(exp_avg[i])
         m = lerp(m, g, lerp_weight)
-        a = beta2 * exp_inf[i]
+        a = beta2 * widen(exp_inf[i])
         b = abs(g) + eps
         u = a if a >= b or a != a else b    # torch.maximum: NaN on either side gives NaN
-        exp_avg[i] = m
-        exp_inf[i] = u
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        exp_avg[i] = store_state(exp_avg, m, noise)
+        exp_inf[i] = store_state(exp_inf, u, high_half(noise))
         q = p - step_size * m / u
         param[i] = q
         if write_copy:

@@ -3,7 +3,7 @@
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, narrow_to, state_noise, store_state, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -12,7 +12,7 @@ zero_grad = write_copy = False
 
 
 @kernel(flags=("zero_grad", "write_copy"))
-def asgd(param, grad, ax, param_copy, weight_decay, param_decay, eta, mu, grad_factor):
+def asgd(param, grad, ax, param_copy, weight_decay, param_decay, eta, mu, grad_factor, noise_key=0.0):
     """ASGD step over flat buffers, in place, in one pass (torch.optim.ASGD, foreach=False).
 
     For each element ``i``::
@@ -61,6 +61,12 @@ def asgd(param, grad, ax, param_copy, weight_decay, param_decay, eta, mu, grad_f
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``asgd.variant(zero_grad=...).parallel``): ``zero_grad,
       write_copy``.
+
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
     """
     copy_to_average = mu == 1
     for i in prange(param.shape[0]):
@@ -70,7 +76,8 @@ def asgd(param, grad, ax, param_copy, weight_decay, param_decay, eta, mu, grad_f
             grad[i] = 0
         q = p * param_decay - eta * g
         param[i] = q
-        a = ax[i]
-        ax[i] = q if copy_to_average else a + (q - a) * mu
+        a = widen(ax[i])
+        ax[i] = store_state(ax, q if copy_to_average else a + (q - a) * mu,
+                            state_noise(noise_key, i))
         if write_copy:
             param_copy[i] = narrow_to(param_copy, q)

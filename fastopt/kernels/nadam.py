@@ -5,7 +5,8 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, lerp, narrow_to
+from .halves import (gradient, high_half, lerp, narrow_to, state_noise, store_state,
+                     widen)
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -16,7 +17,7 @@ zero_grad = write_copy = False
 @kernel(flags=("zero_grad", "write_copy"))
 def nadam(param, grad, exp_avg, exp_avg_sq, param_copy,
           param_decay, weight_decay, beta1, one_minus_beta1, beta2, one_minus_beta2,
-          bias_correction2, eps, grad_coefficient, exp_avg_coefficient, grad_factor):
+          bias_correction2, eps, grad_coefficient, exp_avg_coefficient, grad_factor, noise_key=0.0):
     """NAdam step over flat buffers, in place, in one pass (torch.optim.NAdam, foreach=False).
 
     For each element ``i``::
@@ -68,6 +69,12 @@ def nadam(param, grad, exp_avg, exp_avg_sq, param_copy,
     * Options (booleans, compile-time: from Python, pass them last in this order; from
       ``@njit`` code, call ``nadam.variant(zero_grad=...).parallel``): ``zero_grad,
       write_copy``.
+
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
     """
     # torch's lerp weight 1 - beta1 and its formula (halves.lerp): w, or w - 1 = -beta1
     weight = one_minus_beta1 if abs(one_minus_beta1) < 0.5 else -beta1
@@ -76,11 +83,12 @@ def nadam(param, grad, exp_avg, exp_avg_sq, param_copy,
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        m = exp_avg[i]
+        m = widen(exp_avg[i])
         m = lerp(m, g, weight)
-        v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
+        v = beta2 * widen(exp_avg_sq[i]) + one_minus_beta2 * g * g
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        exp_avg[i] = store_state(exp_avg, m, noise)
+        exp_avg_sq[i] = store_state(exp_avg_sq, v, high_half(noise))
         d = np.sqrt(v / bias_correction2) + eps
         q = p + grad_coefficient * g / d
         q = q + exp_avg_coefficient * m / d

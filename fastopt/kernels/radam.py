@@ -4,7 +4,8 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, lerp, narrow_to
+from .halves import (gradient, high_half, lerp, narrow_to, state_noise, store_state,
+                     widen)
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -15,7 +16,7 @@ zero_grad = write_copy = False
 @kernel(flags=("zero_grad", "write_copy"))
 def radam(param, grad, exp_avg, exp_avg_sq, param_copy,
           lerp_weight, beta2, one_minus_beta2, eps, weight_decay, param_decay,
-          bias_correction1, lr, rectified, sqrt_bias_correction2, rect, grad_factor):
+          bias_correction1, lr, rectified, sqrt_bias_correction2, rect, grad_factor, noise_key=0.0):
     """RAdam step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -76,17 +77,24 @@ def radam(param, grad, exp_avg, exp_avg_sq, param_copy,
       and -1 for ``maximize``, folded by the host).
     * Options (booleans, compile-time, passed last from Python in this order):
       ``zero_grad, write_copy``.
+
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
     """
     for i in prange(param.shape[0]):
         p = param[i] * param_decay
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        m = exp_avg[i]
+        m = widen(exp_avg[i])
         m = lerp(m, g, lerp_weight)
-        v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
+        v = beta2 * widen(exp_avg_sq[i]) + one_minus_beta2 * g * g
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        exp_avg[i] = store_state(exp_avg, m, noise)
+        exp_avg_sq[i] = store_state(exp_avg_sq, v, high_half(noise))
         u = m / bias_correction1 * lr
         if rectified > 0:   # the same for every element: a per-step switch from the host
             u = u * (rectified / (np.sqrt(v) + eps) * sqrt_bias_correction2) * rect

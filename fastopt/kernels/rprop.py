@@ -3,7 +3,7 @@
 from numba import prange
 
 from .config import kernel
-from .halves import narrow_to, widen
+from .halves import high_half, narrow_to, state_noise, store_state, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -13,7 +13,7 @@ zero_grad = write_copy = False
 
 @kernel(flags=("zero_grad", "write_copy"))
 def rprop(param, grad, prev, step_size, param_copy,
-          etaminus, etaplus, step_size_min, step_size_max, grad_factor):
+          etaminus, etaplus, step_size_min, step_size_max, grad_factor, noise_key=0.0):
     """Rprop step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -62,14 +62,20 @@ def rprop(param, grad, prev, step_size, param_copy,
       and -1 for ``maximize``, folded by the host).
     * Options (booleans, compile-time, passed last from Python in this order):
       ``zero_grad, write_copy``.
+
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
     """
     for i in prange(param.shape[0]):
         p = param[i]
         g = widen(grad[i]) * grad_factor
         if zero_grad:
             grad[i] = 0
-        s = step_size[i]
-        gp = g * prev[i]
+        s = widen(step_size[i])
+        gp = g * widen(prev[i])
         if gp > 0:
             s = s * etaplus
         elif gp < 0:
@@ -79,12 +85,13 @@ def rprop(param, grad, prev, step_size, param_copy,
             s = step_size_min
         if s > step_size_max:
             s = step_size_max
-        step_size[i] = s
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        step_size[i] = store_state(step_size, s, noise)
         if gp < 0:                  # torch: grad[sign.eq(etaminus)] = 0
             prev[i] = 0
             q = p - (s - s)
         else:
-            prev[i] = g
+            prev[i] = store_state(prev, g, high_half(noise))
             if g > 0:
                 q = p - s
             elif g < 0:

@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, narrow_to
+from .halves import gradient, high_half, narrow_to, state_noise, store_state, widen
 
 # Compile-time options: the body reads these module-level names, and each variant of the
 # kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
@@ -14,7 +14,7 @@ zero_grad = write_copy = False
 @kernel(flags=("zero_grad", "write_copy"))
 def yogi(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1,
          one_minus_beta2, step_size, inv_sqrt_bias_correction2, eps, weight_decay,
-         grad_factor):
+         grad_factor, noise_key=0.0):
     """Yogi step over flat buffers, in place, in one pass.
 
     For each element ``i``::
@@ -32,18 +32,25 @@ def yogi(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1,
     possibly bfloat16/float16 bits, ``param_copy`` as the other kernels'. Scalars of the
     buffers' dtype; ``grad_factor`` multiplies the gradient first. Options:
     ``zero_grad, write_copy``.
+
+    Low-precision state (:mod:`fastopt.kernels.halves`): the state buffers may instead
+    hold bfloat16 bits (``uint16``) over a float32 ``param``, loaded exactly and stored
+    with stochastic rounding from ``state_noise(noise_key, i)``; ``noise_key`` (a whole
+    number below 2**24; default 0, so callers of the float kernels may omit it) is
+    unused with float state.
     """
     for i in prange(param.shape[0]):
         p = param[i]
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        m = beta1 * exp_avg[i] + one_minus_beta1 * g
+        m = beta1 * widen(exp_avg[i]) + one_minus_beta1 * g
         g2 = g * g
-        v = exp_avg_sq[i]
+        v = widen(exp_avg_sq[i])
         v = v - one_minus_beta2 * np.sign(v - g2) * g2
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
+        noise = state_noise(noise_key, i)   # used by bf16 state only
+        exp_avg[i] = store_state(exp_avg, m, noise)
+        exp_avg_sq[i] = store_state(exp_avg_sq, v, high_half(noise))
         q = p - step_size * (m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps))
         param[i] = q
         if write_copy:
