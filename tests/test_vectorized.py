@@ -211,8 +211,8 @@ def test_no_kernel_call_passes_aliasing_arrays(case, monkeypatch):
                 f"{rule} {options}: kernel array arguments {i} and {j} alias")
 
 
-@pytest.mark.parametrize("rule", [r for r in KERNELS
-                                  if fastopt.rules.RULES[r].low_precision_state])
+@pytest.mark.parametrize("rule", [r for r, spec in fastopt.rules.RULES.items()
+                                  if spec.low_precision_state])
 def test_float32_state_kernel_drops_the_unused_noise_hash(rule):
     """With float32 state the stochastic rounding's hash is dead code: no packed 32-bit
     integer multiply survives, so float32 state pays nothing for bf16 state's support."""
