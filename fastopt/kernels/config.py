@@ -58,18 +58,31 @@ class _ForkGate:
     to join threads to shut down before fork()"). Parallel kernel calls from Python enter
     and leave it (many at once is fine); ``os.register_at_fork`` holds it across a fork.
     ``subprocess`` does not run fork hooks and is not delayed. Parallel twins called
-    directly (``kernel.variant(...).parallel``) bypass it: fork only between such calls."""
+    directly (``kernel.variant(...).parallel``) bypass it: fork only between such calls.
+
+    That is not enough on a loaded machine: with no kernel running, TBB's idle workers
+    still may not join before the fork (Numba's fork hook prints "Unable to join
+    threads"), and a child then hung in its first parallel kernel (1-3 forks in 200 with
+    both cores busy, at 15 s and at 60 s timeouts alike). So a child forked after the
+    parent ran a parallel kernel runs every kernel's serial twin (``serial_chosen``): the
+    same results (the twins agree bitwise), no TBB in the child. A child of a parent that
+    never started the pool keeps its parallel twins."""
 
     def __init__(self):
         self._cond = threading.Condition(threading.Lock())
         self._running = 0
         self._forking = False
+        #: Whether this process ran a parallel kernel (so TBB's workers exist).
+        self.started = False
+        #: Whether this process is a child forked after its parent started the pool.
+        self.serial_child = False
 
     def enter(self):
         with self._cond:
             while self._forking:        # a fork is waiting: let it go first
                 self._cond.wait()
             self._running += 1
+            self.started = True
 
     def leave(self):
         with self._cond:
@@ -89,7 +102,9 @@ class _ForkGate:
         self._cond.release()
 
     def after_fork_in_child(self):
+        serial = self.started or self.serial_child
         self.__init__()                 # the parent's other threads do not exist here
+        self.serial_child = serial      # the parent's TBB may not have joined: no pool
 
 
 _fork_gate = _ForkGate()
@@ -166,15 +181,17 @@ class Variant:
     def __call__(self, param, *args):
         """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``), or the
         serial one inside a step that chose it (:mod:`fastopt.threads`)."""
-        if param.shape[0] >= PARALLEL_THRESHOLD and not getattr(_serial, "on", False):
+        if param.shape[0] >= PARALLEL_THRESHOLD and not serial_chosen():
             run_parallel(self.parallel, param, *args)
         else:
             self.serial(param, *args)
 
 
 def serial_chosen():
-    """Whether the calling thread is inside a step that chose the serial twin."""
-    return getattr(_serial, "on", False)
+    """Whether kernels called from Python run their serial twin whatever their size: in a
+    step that chose it (:mod:`fastopt.threads`), or in a child forked after its parent
+    started the parallel pool (:class:`_ForkGate`)."""
+    return _fork_gate.serial_child or getattr(_serial, "on", False)
 
 
 def run_parallel(function, *args):
