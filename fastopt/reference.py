@@ -386,8 +386,9 @@ def yogi(param, grad, state, *, lr=1e-2, betas=(0.9, 0.999), eps=1e-3,
 
 
 #: Every rule's reference, by the rule's registry name (:mod:`fastopt.rules`).
-def _mix32(x):
-    """``lowbias32``: the integer hash of ``fastopt.kernels.halves``, on uint32 arrays."""
+def mix32(x):
+    """``lowbias32``: the integer hash of ``fastopt.kernels.halves``, on uint32 arrays
+    (wrapping, as the kernels' ``np.uint32`` steps)."""
     with np.errstate(over="ignore"):
         x = x ^ (x >> np.uint32(16))
         x = x * np.uint32(0x7FEB352D)
@@ -401,13 +402,13 @@ def state_noise(noise_key, size):
     ``mix32((i * 0x9E3779B9 mod 2**32) ^ mix32(noise_key))``."""
     i = np.arange(size, dtype=np.uint64)
     counter = ((i * np.uint64(0x9E3779B9)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-    return _mix32(counter ^ _mix32(np.array([int(noise_key)], dtype=np.uint32)))
+    return mix32(counter ^ mix32(np.array([int(noise_key)], dtype=np.uint32)))
 
 
 def more_noise(noise):
     """32 more random bits from ``noise`` (a third state buffer's): ``mix32(noise ^
     0x632BE5AB)``."""
-    return _mix32(noise ^ np.uint32(0x632BE5AB))
+    return mix32(noise ^ np.uint32(0x632BE5AB))
 
 
 def round_stochastic(values, noise):

@@ -32,6 +32,14 @@ def _backward(model, step):
     model(torch.randn(8, 6, dtype=next(model.parameters()).dtype)).pow(2).mean().backward()
 
 
+def _train(model, opt, steps, first=0):
+    """``steps`` iterations of ``zero_grad()``, a backward, ``step()``."""
+    for step in range(first, first + steps):
+        opt.zero_grad()
+        _backward(model, step)
+        opt.step()
+
+
 def _bits(rule, name, noise):
     high = noise >> np.uint32(16)
     if name in ("exp_avg_sq", "max_exp_avg_sq", "grad_avg", "acc_delta", "exp_inf", "prev"):
@@ -96,10 +104,7 @@ def test_each_step_is_the_float32_step_rounded_stochastically(rule, options, pat
 def test_bf16_params_train_over_a_float32_master_with_bf16_state():
     model = _model(dtype=torch.bfloat16)
     opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
-    for step in range(5):
-        opt.zero_grad()
-        _backward(model, step)
-        opt.step()
+    _train(model, opt, 5)
     for p in model.parameters():
         entry = opt.state[p]
         assert entry["master"].dtype == torch.float32
@@ -112,10 +117,7 @@ def test_state_dicts_interchange_with_torch_optim():
     torch.optim state dict loads into bf16 state rounded to nearest."""
     model = _model()
     opt = ft.Adam(model.parameters(), lr=1e-2, state_dtype="bfloat16")
-    for step in range(3):
-        opt.zero_grad()
-        _backward(model, step)
-        opt.step()
+    _train(model, opt, 3)
     saved = opt.state_dict()
     other = _model()
     other.load_state_dict(model.state_dict())
@@ -165,10 +167,7 @@ def test_checkpoint_round_trips_bf16_state(tmp_path):
     import fastopt
     model = _model()
     opt = ft.AdamW(model.parameters(), lr=1e-2, state_dtype="bfloat16")
-    for step in range(3):
-        opt.zero_grad()
-        _backward(model, step)
-        opt.step()
+    _train(model, opt, 3)
     fastopt.save(opt, tmp_path / "opt.safetensors", params=True)
     other = _model(seed=5)
     again = ft.AdamW(other.parameters(), lr=1e-2, state_dtype="bfloat16")
@@ -179,9 +178,7 @@ def test_checkpoint_round_trips_bf16_state(tmp_path):
             assert again.state[q][name].dtype == torch.bfloat16
             assert torch.equal(again.state[q][name], opt.state[p][name])
     for mod, o in ((model, opt), (other, again)):
-        o.zero_grad()
-        _backward(mod, 9)
-        o.step()
+        _train(mod, o, 1, first=9)
     for p, q in zip(model.parameters(), other.parameters()):
         assert torch.equal(p, q)
 

@@ -40,6 +40,7 @@ from ..kernels import unused
 from ..kernels.halves import noise_key
 from ..kernels.adam8bit import BLOCK, M_LEVELS, S_LEVELS, adam8bit, blocks
 from ..kernels.config import kernel
+from ..reference import mix32
 from . import cases, ceiling, measure
 
 SIZES = (10_000_000, 50_000_000)
@@ -125,19 +126,10 @@ def reference_step(param, grad, state, step_number, **hyper):
     state["exp_avg_sq_absmax"][...] = s_absmax
 
 
-def _mix32(x):
-    """:func:`fastopt.kernels.halves._mix32` (``lowbias32``) over a ``uint32`` array."""
-    x = x ^ (x >> np.uint32(16))
-    x = x * np.uint32(0x7FEB352D)
-    x = x ^ (x >> np.uint32(15))
-    x = x * np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
-
-
 def state_noise(key, index):
     """:func:`fastopt.kernels.halves.state_noise` over a ``uint32`` array of indices."""
-    mixed_key = _mix32(np.array([key], np.float32).astype(np.uint32))
-    return _mix32((index * np.uint32(0x9E3779B9)) ^ mixed_key)
+    mixed_key = mix32(np.array([key], np.float32).astype(np.uint32))
+    return mix32((index * np.uint32(0x9E3779B9)) ^ mixed_key)
 
 
 def decode(state):
