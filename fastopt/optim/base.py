@@ -98,8 +98,9 @@ class Optimizer:
                 and all(tuple(value) == frozen for value, frozen in old[1])):
             return old[2]   # the very same objects as last time, no list edited in place
         self._check_loop_options()
-        for group in self.param_groups:
+        for group, segments in zip(self.param_groups, self._segments):
             self.rule.validate(group)
+            _check_held_state(self.rule, group, segments)
         lists = [(v, tuple(v)) for group in self.param_groups
                  for k, v in group.items() if k != "params" and isinstance(v, list)]
         self._validated = (snapshot, lists, [as_floats(group) for group in self.param_groups])
@@ -340,9 +341,11 @@ class Optimizer:
         segment whose ``param`` this is; required then)."""
         fresh = _NOTHING
         rule = self.rule
-        dtype = rule.state_dtype(group, param.dtype)
+        dtype = None
         for name in rule.state_names(group):
             if name not in state:
+                if dtype is None:
+                    dtype = rule.state_dtype(group, param.dtype)
                 if not fresh:
                     state, fresh = dict(state), set()
                 value = rule.initial_fill(name, param.dtype, group)
@@ -356,12 +359,6 @@ class Optimizer:
                 else:
                     state[name] = np.full(param.shape, value, dtype=dtype)
                 fresh.add(name)
-            elif state[name].dtype != dtype:
-                raise ValueError(
-                    f"state_dtype: the group's state_dtype is {group['state_dtype']!r}, but "
-                    f"its {name!r} state is held as {_held_as(state[name].dtype)}; "
-                    "state_dtype cannot change between steps (load a state dict into an "
-                    "optimizer made with the new state_dtype instead)")
         return state, fresh
 
     @property
@@ -575,6 +572,23 @@ def _plan_master(seg, entries):
         with np.errstate(all="ignore"):
             seg.member_view(master, member)[...] = array.astype(np.float32)
     return master
+
+
+def _check_held_state(rule, group, segments):
+    """A group's ``state_dtype`` changed between steps (its buffers are held in another
+    dtype) is a ``ValueError``: checked with the group's other values, whenever one of
+    them changed (``Optimizer._check_hyperparameters``)."""
+    if not rule.low_precision_state:
+        return
+    for seg in segments:
+        want = rule.state_dtype(group, seg.target.dtype)
+        for name, buffer in seg.state.items():
+            if buffer.dtype != want:
+                raise ValueError(
+                    f"state_dtype: the group's state_dtype is {group['state_dtype']!r}, but "
+                    f"its {name!r} state is held as {_held_as(buffer.dtype)}; "
+                    "state_dtype cannot change between steps (load a state dict into an "
+                    "optimizer made with the new state_dtype instead)")
 
 
 def _held_as(dtype):
