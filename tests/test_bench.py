@@ -292,3 +292,9 @@ def test_thread_scaling_table(tmp_path, capsys):
     assert rows[0]["speedup"] == 1.0 and rows[0]["triad_speedup"] == 1.0
     kernels = {r["threads"]: r["kernel"] for r in json.loads(path.read_text())["kernels"]}
     assert rows[1]["speedup"] == pytest.approx(kernels[1] / kernels[2])
+
+
+def test_sizes_print_as_given():
+    from fastopt.bench.report import fmt_size
+    assert [fmt_size(n) for n in (1000, 50_000_000, 10_000_000, 1 << 16, 1234, 100)] == [
+        "1e3", "5e7", "1e7", "2^16", "1234", "100"]

@@ -11,12 +11,14 @@ def fmt_time(seconds):
 
 
 def fmt_size(size):
-    """``1e6`` for powers of ten, ``2^20`` for powers of two, else the number."""
-    if size >= 1000 and 10 ** (len(str(size)) - 1) == size:
-        return f"1e{len(str(size)) - 1}"
+    """``1e6`` and ``5e7`` for a digit times a power of ten, ``2^20`` for powers of two,
+    else the number."""
+    digits = str(size)
+    if size >= 1000 and digits[1:] == "0" * (len(digits) - 1):
+        return f"{digits[0]}e{len(digits) - 1}"
     if size >= 1024 and size & (size - 1) == 0:
         return f"2^{size.bit_length() - 1}"
-    return str(size)
+    return digits
 
 
 def fmt_ratio(ratio):
