@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, high_half, narrow_to, state_noise, store_state, widen
+from .halves import gradient, narrow_to, store_pair, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -64,13 +64,10 @@ def adadelta(param, grad, square_avg, acc_delta, param_copy,
         g = gradient(grad[i], grad_factor, weight_decay, p)
         if zero_grad:
             grad[i] = 0
-        noise = state_noise(noise_key, i)   # used by bf16 state only
         r = rho * widen(square_avg[i]) + one_minus_rho * g * g
-        square_avg[i] = store_state(square_avg, r, noise)
         a = widen(acc_delta[i])
         d = np.sqrt(a + eps) / np.sqrt(r + eps) * g
-        acc_delta[i] = store_state(acc_delta, rho * a + one_minus_rho * d * d,
-                                   high_half(noise))
+        store_pair(square_avg, r, acc_delta, rho * a + one_minus_rho * d * d, noise_key, i)
         q = p - lr * d
         param[i] = q
         if write_copy:

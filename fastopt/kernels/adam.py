@@ -4,7 +4,8 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, high_half, narrow_to, state_noise, store_state, widen
+from .halves import (gradient, high_half, narrow_to, state_noise, store_pair, store_state,
+                     widen)
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -74,13 +75,13 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, param_copy,
             grad[i] = 0
         m = beta1 * widen(exp_avg[i]) + one_minus_beta1 * g
         v = beta2 * widen(exp_avg_sq[i]) + one_minus_beta2 * g * g
-        noise = state_noise(noise_key, i)   # used by bf16 state only
-        exp_avg[i] = store_state(exp_avg, m, noise)
-        exp_avg_sq[i] = store_state(exp_avg_sq, v, high_half(noise))
+        store_pair(exp_avg, m, exp_avg_sq, v, noise_key, i)
         if amsgrad:   # torch.maximum's: a NaN on either side gives NaN
             vmax = widen(max_exp_avg_sq[i])
             v = v if vmax <= v or v != v else vmax
-            max_exp_avg_sq[i] = store_state(max_exp_avg_sq, v, high_half(noise))
+            # v's bits: a new maximum is stored exactly as the v it equals
+            max_exp_avg_sq[i] = store_state(max_exp_avg_sq, v,
+                                            high_half(state_noise(noise_key, i)))
         q = p - (step_size * m) / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps)
         param[i] = q
         if write_copy:

@@ -3,8 +3,7 @@
 from numba import prange
 
 from .config import kernel
-from .halves import (gradient, high_half, lerp, narrow_to, state_noise, store_state,
-                     widen)
+from .halves import gradient, lerp, narrow_to, store_pair, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -79,9 +78,7 @@ def adamax(param, grad, exp_avg, exp_inf, param_copy,
         a = beta2 * widen(exp_inf[i])
         b = abs(g) + eps
         u = a if a >= b or a != a else b    # torch.maximum: NaN on either side gives NaN
-        noise = state_noise(noise_key, i)   # used by bf16 state only
-        exp_avg[i] = store_state(exp_avg, m, noise)
-        exp_inf[i] = store_state(exp_inf, u, high_half(noise))
+        store_pair(exp_avg, m, exp_inf, u, noise_key, i)
         q = p - step_size * m / u
         param[i] = q
         if write_copy:

@@ -36,7 +36,7 @@ land. The bits come from ``state_noise(noise_key, i)``, a counter-based hash
 the step number and which buffer is stepped (:func:`noise_key`): no state, no order, so the
 result is bitwise the same for any thread count and on every run. A kernel stores its
 first state buffer with the low 16 bits and its second with the high 16
-(:func:`high_half`); a third takes :func:`more_noise`, except amsgrad's running maximum,
+(:func:`high_half`; :func:`store_pair` stores such a pair); a third takes :func:`more_noise`, except amsgrad's running maximum,
 which shares the second's, so a new maximum is stored exactly as the second moment it
 equals. Float32/float64 state buffers
 store ``x`` as it is, and LLVM drops the unused hash.
@@ -214,6 +214,16 @@ def _store_state(out, x, noise):
     if out.dtype == x and x in (types.float32, types.float64):
         return lambda out, x, noise: x
     return None
+
+
+@register_jitable
+def store_pair(first, x, second, y, noise_key, i):
+    """``first[i] = x`` and ``second[i] = y`` through :func:`store_state`, the first with
+    the low 16 of element ``i``'s random bits and the second with the high 16: the one
+    place that says which state buffer of a kernel rounds with which bits."""
+    noise = state_noise(noise_key, i)   # dead code (dropped) unless a buffer is bf16
+    first[i] = store_state(first, x, noise)
+    second[i] = store_state(second, y, high_half(noise))
 
 
 def noise_key(step, stream, seed=0):

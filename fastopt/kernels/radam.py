@@ -4,8 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import (gradient, high_half, lerp, narrow_to, state_noise, store_state,
-                     widen)
+from .halves import gradient, lerp, narrow_to, store_pair, widen
 
 
 # Compile-time options: the body reads these module-level names, and each variant of the
@@ -92,9 +91,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, param_copy,
         m = widen(exp_avg[i])
         m = lerp(m, g, lerp_weight)
         v = beta2 * widen(exp_avg_sq[i]) + one_minus_beta2 * g * g
-        noise = state_noise(noise_key, i)   # used by bf16 state only
-        exp_avg[i] = store_state(exp_avg, m, noise)
-        exp_avg_sq[i] = store_state(exp_avg_sq, v, high_half(noise))
+        store_pair(exp_avg, m, exp_avg_sq, v, noise_key, i)
         u = m / bias_correction1 * lr
         if rectified > 0:   # the same for every element: a per-step switch from the host
             u = u * (rectified / (np.sqrt(v) + eps) * sqrt_bias_correction2) * rect

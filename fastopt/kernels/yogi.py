@@ -4,7 +4,7 @@ import numpy as np
 from numba import prange
 
 from .config import kernel
-from .halves import gradient, high_half, narrow_to, state_noise, store_state, widen
+from .halves import gradient, narrow_to, store_pair, widen
 
 # Compile-time options: the body reads these module-level names, and each variant of the
 # kernel binds them to constants (``Kernel.variant``). These defaults are never compiled.
@@ -48,9 +48,7 @@ def yogi(param, grad, exp_avg, exp_avg_sq, param_copy, beta1, one_minus_beta1,
         g2 = g * g
         v = widen(exp_avg_sq[i])
         v = v - one_minus_beta2 * np.sign(v - g2) * g2
-        noise = state_noise(noise_key, i)   # used by bf16 state only
-        exp_avg[i] = store_state(exp_avg, m, noise)
-        exp_avg_sq[i] = store_state(exp_avg_sq, v, high_half(noise))
+        store_pair(exp_avg, m, exp_avg_sq, v, noise_key, i)
         q = p - step_size * (m / (np.sqrt(v) * inv_sqrt_bias_correction2 + eps))
         param[i] = q
         if write_copy:
