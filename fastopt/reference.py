@@ -20,6 +20,14 @@ def _gradient(param, grad, grad_factor, maximize, weight_decay):
     return g + weight_decay * param if weight_decay != 0 else g
 
 
+def _decoupled(param, lr, weight_decay, decoupled):
+    """``(param, weight_decay)`` for the gradient: with ``decoupled`` (AdamW's form) the
+    param decayed first, ``w *= 1 - lr*wd``, and no L2 term left; else as given."""
+    if decoupled:
+        return param * (1 - lr * weight_decay), 0.0
+    return param, weight_decay
+
+
 def sgd(param, grad, state, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
         nesterov=False, maximize=False, grad_factor=1.0):
     """Seed: ``w = w - lr * dL/dw``; momentum as PyTorch: ``b = mu*b + (1-dampening)*g``
@@ -82,9 +90,7 @@ def adam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_de
     ``r = rho2*r + (1-rho2)*g*g``; ``w -= lr * s_hat / (sqrt(r_hat) + delta)``.
     ``decoupled_weight_decay`` is AdamW: ``w *= 1 - lr*wd`` before the update, no L2 term."""
     beta1, beta2 = betas
-    if decoupled_weight_decay:
-        param = param * (1 - lr * weight_decay)
-        weight_decay = 0.0
+    param, weight_decay = _decoupled(param, lr, weight_decay, decoupled_weight_decay)
     g = _gradient(param, grad, grad_factor, maximize, weight_decay)
     t = state.get("step", 0) + 1
     m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
@@ -136,10 +142,7 @@ def radam(param, grad, state, *, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
     ``w -= lr * m_hat`` (SGD with momentum). ``decoupled_weight_decay``:
     ``w *= 1 - lr*wd`` first, no L2 term (PyTorch)."""
     beta1, beta2 = betas
-    if decoupled_weight_decay:
-        if weight_decay != 0:
-            param = param * (1 - lr * weight_decay)
-        weight_decay = 0.0
+    param, weight_decay = _decoupled(param, lr, weight_decay, decoupled_weight_decay)
     g = _gradient(param, grad, grad_factor, maximize, weight_decay)
     t = state.get("step", 0) + 1
     m = beta1 * state.get("exp_avg", np.zeros_like(param)) + (1 - beta1) * g
@@ -208,9 +211,7 @@ def nadam(param, grad, state, *, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_d
 
     ``decoupled_weight_decay``: ``w *= 1 - lr*wd`` first, no L2 term (NAdamW)."""
     beta1, beta2 = betas
-    if decoupled_weight_decay:
-        param = param * (1 - lr * weight_decay)
-        weight_decay = 0.0
+    param, weight_decay = _decoupled(param, lr, weight_decay, decoupled_weight_decay)
     g = _gradient(param, grad, grad_factor, maximize, weight_decay)
     t = state.get("step", 0) + 1
     mu = beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
