@@ -114,7 +114,7 @@ def encode(values, fmt):
         if fmt == "float16":
             return values.astype(np.float16).view(FP16_BITS)
         if fmt == "bfloat16":
-            return values.astype(_ml_dtypes().bfloat16).view(BF16_BITS)
+            return bf16_bits(values)
     raise ValueError(f"fmt: {fmt!r} is not one of {list(KERNEL_DTYPES)}")
 
 
@@ -125,5 +125,5 @@ def decode(bits, fmt):
     if fmt == "float16":
         return bits.view(np.float16).astype(np.float32)
     if fmt == "bfloat16":
-        return bits.view(_ml_dtypes().bfloat16).astype(np.float32)
+        return bf16_values(bits)
     raise ValueError(f"fmt: {fmt!r} is not one of {list(KERNEL_DTYPES)}")

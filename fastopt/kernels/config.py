@@ -177,6 +177,9 @@ class Variant:
         self.flags = flags
         self.parallel = _jit(function, parallel=True)
         self.serial = _jit(_renamed(function, "_serial"), parallel=False)
+        #: The drivers that run this variant over many gradient arrays in one call
+        #: (:mod:`fastopt.kernels.gathered`), compiled on first use, by argument kinds.
+        self.drivers = {}
 
     def __call__(self, param, *args):
         """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``), or the

@@ -97,7 +97,7 @@ def run(variant, param, grads, table, rest, addresses=None):
     grad_dtype = grads[0].dtype
     arrays = sum(isinstance(a, np.ndarray) for a in rest)
     key = (arrays, len(rest) - arrays, grad_dtype)
-    drivers = variant.__dict__.setdefault("_gathered", {})
+    drivers = variant.drivers
     found = drivers.get(key)
     if found is None:
         found = drivers[key] = (_driver(variant, arrays, key[1], grad_dtype, True),

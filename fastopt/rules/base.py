@@ -45,6 +45,7 @@ import numpy as np
 
 from ..incoming import plain_value
 from ..kernels.halves import BF16_BITS
+from ..precision import bf16_bits
 from ..validation import cast_scalars, check_bool, check_real, short_repr
 
 #: name -> the :class:`Rule` instance, in the order the rule modules define them.
@@ -189,7 +190,6 @@ class Rule:
         gives (bfloat16 bits rounded to nearest even, for low-precision state)."""
         value = self.initial_value(name, dtype, group)
         if self.state_dtype(group, dtype) is BF16_BITS:
-            from ..precision import bf16_bits
             return bf16_bits(np.float32(value))[()]
         return value
 
