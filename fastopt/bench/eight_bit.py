@@ -40,7 +40,7 @@ from ..kernels import unused
 from ..kernels.halves import noise_key
 from ..kernels.adam8bit import BLOCK, M_LEVELS, S_LEVELS, adam8bit, blocks
 from ..kernels.config import kernel
-from ..reference import mix32
+from .. import reference
 from . import cases, ceiling, measure
 
 SIZES = (10_000_000, 50_000_000)
@@ -116,20 +116,14 @@ def reference_step(param, grad, state, step_number, **hyper):
     c_new = np.minimum(np.sqrt(np.abs(m) * gain(m_squares, m_absmax)) + half, f(127))
     c_new = c_new.astype(np.int32)
     c_new = np.where(m < 0, -c_new, c_new)
-    index = np.arange(padded, dtype=np.uint32).reshape(-1, BLOCK)
-    r = (state_noise(k["noise_key"], index) >> np.uint32(8)).astype(np.float32) * f(2.0 ** -24)
+    noise = reference.state_noise(k["noise_key"], padded).reshape(-1, BLOCK)
+    r = (noise >> np.uint32(8)).astype(np.float32) * f(2.0 ** -24)
     u_new = np.minimum(np.sqrt(s * gain(s_squares, s_absmax)) + r, f(255)).astype(np.int32)
     param[...] = q.reshape(-1)[:n]
     state["exp_avg"][...] = c_new.reshape(-1)[:n].astype(np.int8)
     state["exp_avg_sq"][...] = u_new.reshape(-1)[:n].astype(np.uint8)
     state["exp_avg_absmax"][...] = m_absmax
     state["exp_avg_sq_absmax"][...] = s_absmax
-
-
-def state_noise(key, index):
-    """:func:`fastopt.kernels.halves.state_noise` over a ``uint32`` array of indices."""
-    mixed_key = mix32(np.array([key], np.float32).astype(np.uint32))
-    return mix32((index * np.uint32(0x9E3779B9)) ^ mixed_key)
 
 
 def decode(state):
