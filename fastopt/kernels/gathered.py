@@ -86,26 +86,79 @@ def _driver(variant, arrays, scalars, grad_dtype, parallel):
                 error_model=config.ERROR_MODEL)(namespace["driver"])
 
 
-def run(variant, param, grads, table, rest, addresses=None):
+def drivers(variant, rest, grad_dtype):
+    """The (parallel, serial) drivers of ``variant`` for the arguments ``rest`` (as
+    :func:`run` takes them) and gradients of ``grad_dtype``, compiled on first use."""
+    arrays = sum(isinstance(a, np.ndarray) for a in rest)
+    key = (arrays, len(rest) - arrays, grad_dtype)
+    found = variant.drivers.get(key)
+    if found is None:
+        found = variant.drivers[key] = (_driver(variant, arrays, key[1], grad_dtype, True),
+                                        _driver(variant, arrays, key[1], grad_dtype, False))
+    return found
+
+
+def run(variant, param, grads, table, rest, addresses=None, team=None):
     """Run ``variant`` over ``param`` with its gradient read from ``grads`` (1-D
     C-contiguous arrays, one per row index of ``table``: :func:`block_table`) and the
     other arguments ``rest`` (the kernel's arguments after the gradient, without the
     options: buffers as long as ``param``, then scalars). ``addresses``: the gradients'
     data addresses, when the caller has them (else read from ``grads``). The serial or
     the parallel driver, as :meth:`Variant.__call__
-    <fastopt.kernels.config.Variant.__call__>` chooses a twin."""
-    grad_dtype = grads[0].dtype
-    arrays = sum(isinstance(a, np.ndarray) for a in rest)
-    key = (arrays, len(rest) - arrays, grad_dtype)
-    drivers = variant.drivers
-    found = drivers.get(key)
-    if found is None:
-        found = drivers[key] = (_driver(variant, arrays, key[1], grad_dtype, True),
-                                _driver(variant, arrays, key[1], grad_dtype, False))
+    <fastopt.kernels.config.Variant.__call__>` chooses a twin; the parallel one on
+    ``team`` (a :class:`~fastopt.kernels.hostpool.Team`, the host's OpenMP threads) when
+    given, else on Numba's pool."""
+    found = drivers(variant, rest, grads[0].dtype)
     if addresses is None:
         addresses = [g.__array_interface__["data"][0] for g in grads]
     addresses = np.array(addresses, dtype=np.int64)
-    if param.shape[0] >= config.PARALLEL_THRESHOLD and not config.serial_chosen():
-        config.run_parallel(found[0], param, addresses, table, *rest)
-    else:
+    if param.shape[0] < config.PARALLEL_THRESHOLD or config.serial_chosen():
         found[1](param, addresses, table, *rest)
+    elif team is not None:
+        from .hostpool import run as run_on_team
+        run_on_team(team, found, param, addresses, table, rest)
+    else:
+        config.run_parallel(found[0], param, addresses, table, *rest)
+
+
+class Repeated:
+    """One block-driver call (:func:`run`) prepared to run again and again with new
+    gradient addresses and new scalars, the rest the same: the optimizer step of a
+    training loop, where the same params get new gradients each step. Calling it costs a
+    copy of the addresses and scalars, not :func:`run`'s lookups.
+
+    ``variant``, ``param``, ``table``: as :func:`run`; ``arrays``: the kernel's array
+    arguments after the gradient; ``scalars``: one step's scalars (their types fix the
+    compiled driver; later calls must pass the same types); ``grad_dtype``: the gradients';
+    ``team``: as :func:`run`."""
+
+    def __init__(self, variant, param, table, arrays, scalars, grad_dtype, team=None):
+        rest = (*arrays, *scalars)
+        self.found = drivers(variant, rest, np.dtype(grad_dtype))
+        self.param, self.table, self.arrays, self.team = param, table, tuple(arrays), team
+        self.addresses = np.zeros(int(table[:, 0].max()) + 1 if table.size else 0,
+                                  dtype=np.int64)
+        self._control = None   # the team's (body, control block, scalars), on first use
+
+    def __call__(self, addresses, scalars):
+        """Run with ``addresses`` (one per row index of the table) and ``scalars``."""
+        self.addresses[:] = addresses
+        param = self.param
+        if param.shape[0] < config.PARALLEL_THRESHOLD or config.serial_chosen():
+            self.found[1](param, self.addresses, self.table, *self.arrays, *scalars)
+            return
+        team = self.team
+        if team is None:
+            config.run_parallel(self.found[0], param, self.addresses, self.table,
+                                *self.arrays, *scalars)
+            return
+        threads = team.threads()
+        if threads <= 1:
+            self.found[1](param, self.addresses, self.table, *self.arrays, *scalars)
+            return
+        if self._control is None:
+            self._control = team.control(self.found[1], param, self.addresses, self.table,
+                                         (*self.arrays, *scalars))
+        body, control, values = self._control
+        values[:len(scalars)] = scalars
+        config.run_parallel(team.launch, body, control, threads)

@@ -276,10 +276,19 @@ class Optimizer(torch.optim.Optimizer):
         found_inf = getattr(self, "found_inf", None)   # set by GradScaler.step
         found_inf = found_inf is not None and _amp_value(found_inf, "found_inf", self._owner)
         rules = [self._step_hyperparameters(group) for group in self.param_groups]
-        plans = []
+        plans, ready = [], []
+        # Without clipping or skipping, the factor is known now: a bucket whose step
+        # repeats its last plan is prepared without planning it again (Bucket.steady).
+        factor = 1.0 / grad_scale if clip is None and not skip and not found_inf else None
         for (rule, plain), buckets in zip(rules, self._buckets):
             names = rule.state_names(plain)
             for bucket in buckets:
+                if factor is not None:
+                    prepared = bucket.steady(names, self.state, rule, plain,
+                                             -factor if plain.get("maximize", False) else factor)
+                    if prepared is not None:
+                        ready.append((bucket, rule, prepared))
+                        continue
                 runs = bucket.plan(names, self.state, self.has_step, self._owner,
                                    plain.get("state_dtype"))
                 plans.append((bucket, runs, rule, plain, names))
@@ -291,7 +300,7 @@ class Optimizer(torch.optim.Optimizer):
             lambda: [piece for (bucket, runs, *_), run_grads in zip(plans, grads)
                      for piece in bucket.grad_pieces(runs, run_grads)],
             clip, grad_scale, skip)
-        calls = []
+        calls = ready
         if scale is not None:
             for (bucket, runs, rule, plain, names), run_grads in zip(plans, grads):
                 sign = -scale if plain.get("maximize", False) else scale
