@@ -295,8 +295,13 @@ class Optimizer:
                 state, fresh = self.new_state(target, seg.state, group, seg)
                 step = seg.step + 1
                 sign = -scale if group["maximize"] else scale
-                key = noise_key(step, seg.stream) if group.get("state_dtype") else 0.0
-                values = rule.values(group, step, fresh, sign, target.dtype, noise_key=key)
+                stream = seg.stream if group.get("state_dtype") else None
+                if fresh:
+                    values = rule.values(group, step, fresh, sign, target.dtype,
+                                         noise_key=0.0 if stream is None else
+                                         noise_key(step, stream))
+                else:   # the same for each step but t: computed ahead
+                    values = seg.ahead.values(rule, group, step, sign, target.dtype, stream)
                 bound = seg.bound   # the same group, state, gradient and zero_grad: reuse
                 if not (bound is not None and bound[0] is group and bound[1] is state
                         and bound[2] is grad and bound[3] == zero_grad):

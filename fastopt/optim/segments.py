@@ -11,6 +11,7 @@ import numpy as np
 from .. import precision
 from ..flat import check_float_array, is_half
 from ..kernels.reductions import block_table
+from ..rules.base import ScalarsAhead
 
 
 def _owner(array):
@@ -93,6 +94,8 @@ class Segment:
         self.stream = 0
         #: The rule's scalar state after the last step (NAdam's ``mu_product``), or None.
         self.held = None
+        #: The kernel scalars of its coming steps (:class:`~fastopt.rules.base.ScalarsAhead`).
+        self.ahead = ScalarsAhead()
 
     @property
     def indices(self):

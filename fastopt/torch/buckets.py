@@ -36,6 +36,7 @@ from ..kernels import config, gathered, hostpool
 from ..kernels.halves import noise_key
 from ..kernels.reductions import block_table
 from ..precision import tensor_view
+from ..rules.base import ScalarsAhead
 
 SUPPORTED = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 SUPPORTED_TEXT = "dense (strided) float32/float64/bfloat16/float16 CPU tensors"
@@ -618,10 +619,6 @@ class _Steady:
     (:meth:`bind`, a :class:`~fastopt.kernels.gathered.Repeated`) and its scalars
     (:meth:`values`)."""
 
-    #: Steps whose scalars are computed at once while the group stays the same object
-    #: (a schedule that sets ``lr`` every step gets a new group each step: one at a time).
-    AHEAD = 32
-
     def __init__(self, bucket, names, step, members):
         self.names, self.step, self.members = tuple(names), step, tuple(members)
         chosen = set(members)
@@ -635,7 +632,7 @@ class _Steady:
         self.table = bucket._tables[key][0]   # made by the launch that planned it
         self.team = hostpool.torch_team()
         self.group = self.factor = self.call = None
-        self._values, self._first = None, 0
+        self.ahead = ScalarsAhead()
 
     def bind(self, bucket, rule, group, factor):
         """The kernel call for ``group`` (its variant by the group's options) and
@@ -644,7 +641,7 @@ class _Steady:
         copy = bucket.np_copy if bucket.half else None
         variant, arrays = rule.bind(bucket.np_param, bucket.np_grad, state, group,
                                     copy=copy)
-        self.group, self.factor, self._values = group, factor, None
+        self.group, self.factor = group, factor
         values = self.values(rule, self.step + 1, bucket.np_param.dtype)
         #: The kernel call, run with each step's gradient addresses and scalars.
         self.call = None if values is None else gathered.Repeated(
@@ -652,25 +649,13 @@ class _Steady:
             self.team)
 
     def values(self, rule, t, dtype):
-        """The kernel's scalars for step ``t`` (:meth:`Rule.values
-        <fastopt.rules.base.Rule.values>`), from the ones computed ahead; the first step of
-        a group computes its own only, the next ``AHEAD`` at once. ``None`` if step ``t``'s
-        raise (a scalar that overflows): the full path then raises the same error."""
-        ahead, first = self._values, self._first
-        if ahead is not None and first <= t < first + len(ahead):
-            return ahead[t - first]
-        count = 1 if ahead is None else self.AHEAD
-        computed = []
-        for k in range(count):
-            try:
-                computed.append(rule.values(self.group, t + k, frozenset(), self.factor,
-                                            dtype))
-            except Exception:   # noqa: BLE001 (step t's: the full path raises it)
-                break
-        if not computed:
+        """The kernel's scalars for step ``t`` (:class:`~fastopt.rules.base.ScalarsAhead`),
+        or ``None`` if they raise (a scalar that overflows): the full path then raises the
+        same error."""
+        try:
+            return self.ahead.values(rule, self.group, t, self.factor, dtype)
+        except Exception:   # noqa: BLE001 (the full path raises it, with its message)
             return None
-        self._values, self._first = computed, t
-        return computed[0]
 
     def runs(self, step):
         """The runs of this plan at ``step`` (one per member param, as :meth:`Bucket.plan`

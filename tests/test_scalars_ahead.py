@@ -1,0 +1,65 @@
+"""``ScalarsAhead``: a rule's kernel scalars computed ahead for the coming steps are, step by
+step, exactly what :meth:`Rule.values` gives (values and types), through group changes;
+an error of a later step is raised at that step, not before."""
+
+import numpy as np
+import pytest
+
+from cases import MATRIX
+from fastopt.kernels.halves import noise_key
+from fastopt.rules import RULES
+from fastopt.rules.base import ScalarsAhead
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(MATRIX))
+def test_values_ahead_are_the_rule_values_of_each_step(name, dtype):
+    rule = RULES[name]
+    lr, combos = MATRIX[name]
+    groups = [{**rule.defaults, **combo, "lr": lr} for combo in combos]
+    ahead = ScalarsAhead()
+    dtype = np.dtype(dtype)
+    for t in range(1, 120):
+        group = groups[(t // 37) % len(groups)]     # a new group now and then
+        if t % 53 == 0:
+            group = dict(group)                      # an equal group, another object
+        factor = 1.0 if t < 90 else 0.5               # a new loss scale
+        got = ahead.values(rule, group, t, factor, dtype)
+        want = rule.values(group, t, frozenset(), factor, dtype)
+        assert got == want and list(map(type, got)) == list(map(type, want)), t
+
+
+def test_the_noise_key_of_each_step_with_low_precision_state():
+    rule = RULES["adam"]
+    group = {**rule.defaults, "lr": 1e-3, "state_dtype": "bfloat16"}
+    ahead = ScalarsAhead()
+    for t in range(1, 70):
+        got = ahead.values(rule, group, t, 1.0, np.dtype(np.float32), stream=3)
+        assert got == rule.values(group, t, frozenset(), 1.0, np.dtype(np.float32),
+                                  noise_key=noise_key(t, 3)), t
+
+
+class _FailsAt:
+    """A rule whose scalars raise at one step."""
+
+    def __init__(self, bad):
+        self.bad, self.calls = bad, []
+
+    def values(self, group, t, fresh, grad_factor, dtype, noise_key=0.0):
+        self.calls.append(t)
+        if t == self.bad:
+            raise ValueError(f"Invalid lr at step {t}")
+        return (np.float32(t),)
+
+
+def test_a_later_step_error_is_raised_at_that_step_only():
+    rule, group, ahead = _FailsAt(6), {}, ScalarsAhead()
+    dtype = np.dtype(np.float32)
+    assert ahead.values(rule, group, 1, 1.0, dtype) == (1.0,)
+    assert ahead.values(rule, group, 2, 1.0, dtype) == (2.0,)   # computes 2..5, stops at 6
+    assert rule.calls == [1, 2, 3, 4, 5, 6]
+    for t in (3, 4, 5):
+        assert ahead.values(rule, group, t, 1.0, dtype) == (float(t),)
+    assert rule.calls == [1, 2, 3, 4, 5, 6]                       # from the ones ahead
+    with pytest.raises(ValueError, match="step 6"):
+        ahead.values(rule, group, 6, 1.0, dtype)
