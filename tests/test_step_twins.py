@@ -90,6 +90,25 @@ def test_a_tie_keeps_the_serial_twin(spy, monkeypatch):
     assert opt._twins.choice == "serial"
 
 
+@pytest.mark.parametrize("serial_faster_by", [threads.MARGIN / 2, 2 * threads.MARGIN])
+def test_on_the_host_team_a_tie_keeps_the_parallel_twin(serial_faster_by, spy,
+                                                         monkeypatch):
+    """Where the parallel twin runs on the host's own threads (fastopt.torch on torch's
+    team) it takes no core from the host: serial must be MARGIN faster to be chosen."""
+    monkeypatch.setattr(threads, "policy", "auto")
+    flat = fastopt.flatten([np.zeros(BIG)])
+    opt = fastopt.SGD(flat, lr=0.1)
+    opt._twins.host_team = lambda: object()
+    clock = FakeClock(serial=1e-3 * (1 - serial_faster_by), parallel=1e-3)
+    drive(opt, flat, threads.WARMUP + len(probe_schedule()) + 2, clock, spy, monkeypatch)
+    assert opt._twins.choice == ("serial" if serial_faster_by > threads.MARGIN
+                                 else "parallel")
+    opt._twins.host_team = lambda: None          # no team (FASTOPT_HOST_POOL=0)
+    opt._twins._periods = {"serial": [1e-3 * (1 - serial_faster_by)], "parallel": [1e-3]}
+    opt._twins._decide()
+    assert opt._twins.choice == "serial"
+
+
 def test_auto_probes_again_after_reprobe_steps(spy, monkeypatch):
     monkeypatch.setattr(threads, "policy", "auto")
     monkeypatch.setattr(threads, "REPROBE", 64)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..incoming import plain_value, state_array, step_count
+from ..kernels import hostpool
 from ..optim.loop import loop_scale
 from ..rules.base import state_dtype_name
 from ..threads import StepTwins
@@ -83,6 +84,7 @@ class Optimizer(torch.optim.Optimizer):
             defaults = {**defaults, "state_dtype": state_dtype_name(defaults["state_dtype"])}
         self._buckets = []  # one list of Buckets per param group
         self._twins, self._largest = StepTwins(self._owner), 0
+        self._twins.host_team = hostpool.torch_team   # parallel on torch's own threads
         self._hyper_cache = {}   # id(group) -> (group, its values, _hyperparameters result)
         #: Loop options, optimizer-wide, as fastopt.optim's (change them between steps).
         self.clip_grad_norm = clip_grad_norm
