@@ -133,15 +133,18 @@ def test_bench_loops_times_whole_iterations(tmp_path, monkeypatch):
     timed, speed-ups consistent with the times, and fastopt's twin reported."""
     from fastopt.bench import loops
     monkeypatch.setattr(loops, "SIZES", (16, 24, 24, 4))
+    monkeypatch.setattr(loops, "WIDE_SIZES", (16, 40, 40, 4))
     monkeypatch.setattr(loops, "ROUNDS", 2)
     monkeypatch.setattr(loops, "WARMUP", 2)
     monkeypatch.setattr(loops, "BLOCK", 2)
     path = tmp_path / "loops.json"
     assert main(["bench", "--loops", "--threads", "1", "--json", str(path)]) == 0
     rows = json.loads(path.read_text())["loops"]
-    assert [(r["loop"], r["threads"]) for r in rows] == [("torch", 1), ("numpy", 1)]
-    assert set(rows[0]["seconds"]) == {"fastopt", "fastopt 1 thread", "torch fused"}
-    assert set(rows[1]["seconds"]) == {"fastopt", "fastopt 1 thread"}
+    assert [(r["loop"], r["threads"]) for r in rows] == [
+        ("torch", 1), ("torch wide", 1), ("numpy", 1)]
+    for row in rows[:2]:
+        assert set(row["seconds"]) == {"fastopt", "fastopt 1 thread", "torch fused"}
+    assert set(rows[2]["seconds"]) == {"fastopt", "fastopt 1 thread"}
     for row in rows:
         assert all(_positive(v) for v in row["seconds"].values())
         for name, speedup in row["speedups"].items():

@@ -1,6 +1,6 @@
 """Whole training-loop iterations (``fastopt bench --loops``): fastopt's time over each
 baseline's in the same loop, so a thread-pool fight with the host shows up as a
-regression (lower is better; 1 is a tie). The torch loop is skipped without torch."""
+regression (lower is better; 1 is a tie). The torch loops are skipped without torch."""
 
 from fastopt.bench import cases, loops, measure
 
@@ -11,7 +11,7 @@ class TrainingLoop:
     timeout = 300
 
     def setup(self, loop, threads):
-        if loop == "torch":
+        if loop.startswith("torch"):
             cases.import_torch()      # NotImplementedError (asv: skipped) without torch
         if threads > measure.max_threads():
             raise NotImplementedError(f"{threads} threads: NUMBA_NUM_THREADS is lower")

@@ -184,7 +184,7 @@ def _finish(args, result):
 def _run_loops(args, options, result, use_torch):
     """``--loops``: the loop table (fastopt.bench.loops)."""
     thread_counts = options["threads"] if args.threads else sorted({1, options["threads"][0]})
-    names = [name for name in loops.LOOPS if use_torch or name != "torch"]
+    names = [name for name in loops.LOOPS if use_torch or not name.startswith("torch")]
     progress = suites.Progress(loops.loop_count(names, thread_counts))
     try:
         result["loops"] = loops.loop_rows(names, thread_counts, progress)
@@ -196,7 +196,7 @@ def _run_loops(args, options, result, use_torch):
           "fused: torch.optim.Adam(fused=True); x: speed-up of fastopt over that; twin: "
           "what fastopt's loop-timed choice settled on (fastopt.threads)")
     if not use_torch:
-        print("\ntorch is not installed: the torch loop is skipped")
+        print("\ntorch is not installed: the torch loops are skipped")
     return _finish(args, result)
 
 

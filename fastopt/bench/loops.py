@@ -8,6 +8,8 @@ does to the other (:mod:`fastopt.threads`). Two loops, the MLP 512-1024-1024-10
 * ``torch``: ``zero_grad(); loss.backward(); step()`` on a ``torch.nn`` MLP (ReLU), with
   ``fastopt.torch.Adam`` (default settings), the same with Numba at one thread, and
   ``torch.optim.Adam(fused=True)``;
+* ``torch wide``: the same on the MLP 512-2048-2048-10 (5.3M parameters), where the
+  step is a larger share of the loop;
 * ``numpy``: fastopt's NumPy MLP (tanh; :class:`fastopt.demo.model.MLP`, gradients
   written into one ``flatten`` buffer), ``fastopt.Adam`` with default settings and with
   Numba at one thread.
@@ -28,6 +30,8 @@ from ..threads import num_threads
 from . import measure
 
 SIZES = (512, 1024, 1024, 10)
+#: The wider torch loop (5.3M parameters), where the step is a larger share of the loop.
+WIDE_SIZES = (512, 2048, 2048, 10)
 BATCH = 64
 LR = 1e-4
 WARMUP = 48     # > fastopt.threads WARMUP + one probe (3 + 32 steps)
@@ -35,19 +39,20 @@ ROUNDS = 20
 BLOCK = 6       # timed steps per block (after one untimed step)
 
 
-def _torch_loop(configs):
+def _torch_loop(configs, wide=False):
     from . import cases
     torch = cases.import_torch()
     import fastopt.torch as ft
 
-    x = torch.randn(BATCH, SIZES[0], generator=torch.Generator().manual_seed(1))
-    y = torch.randint(0, SIZES[-1], (BATCH,), generator=torch.Generator().manual_seed(2))
+    sizes = WIDE_SIZES if wide else SIZES
+    x = torch.randn(BATCH, sizes[0], generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, sizes[-1], (BATCH,), generator=torch.Generator().manual_seed(2))
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def model():
         torch.manual_seed(0)
         layers = []
-        for fan_in, fan_out in zip(SIZES, SIZES[1:]):
+        for fan_in, fan_out in zip(sizes, sizes[1:]):
             layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
         return torch.nn.Sequential(*layers[:-1])
 
@@ -86,9 +91,10 @@ def _numpy_loop(configs):
 
 
 #: loop -> (builder, {configuration: kind}); "fastopt 1 thread" runs under num_threads(1).
+_TORCH_CONFIGS = {"fastopt": "fastopt", "fastopt 1 thread": "fastopt", "torch fused": "fused"}
 _LOOPS = {
-    "torch": (_torch_loop, {"fastopt": "fastopt", "fastopt 1 thread": "fastopt",
-                            "torch fused": "fused"}),
+    "torch": (_torch_loop, _TORCH_CONFIGS),
+    "torch wide": (lambda configs: _torch_loop(configs, wide=True), _TORCH_CONFIGS),
     "numpy": (_numpy_loop, {"fastopt": "fastopt", "fastopt 1 thread": "fastopt"}),
 }
 LOOPS = tuple(_LOOPS)   # the loops' names, in the tables' order
