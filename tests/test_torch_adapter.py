@@ -865,3 +865,40 @@ def test_a_group_changed_between_steps_is_validated_again(change):
     with pytest.raises(ValueError):
         opt.step()
     assert torch.equal(param.detach(), before)
+
+
+def test_step_hooks_and_profiler_range_as_torch():
+    """fastopt.torch wraps step as torch.optim does (global and own pre-hooks, which may
+    replace the arguments, then the post-hooks; a profiler range named as torch's), with
+    torch's C range instead of record_function: the same observable sequence."""
+    import torch.optim.optimizer as torch_optimizer
+    from torch.profiler import profile
+
+    def run(cls):
+        params = [torch.nn.Parameter(torch.ones(4))]
+        opt = cls(params, lr=0.1)
+        seen = []
+        opt.register_step_pre_hook(lambda o, a, k: seen.append(("pre", len(a))))
+        opt.register_step_pre_hook(lambda o, a, k: (a, {**k, "closure": lambda: 7.0}))
+        opt.register_step_post_hook(lambda o, a, k: seen.append(("post", sorted(k))))
+        handle = torch_optimizer.register_optimizer_step_pre_hook(
+            lambda o, a, k: seen.append(("global", type(o).__name__)))
+        try:
+            params[0].grad = torch.ones(4)
+            with profile() as prof:
+                loss = opt.step()
+        finally:
+            handle.remove()
+        names = [e.name for e in prof.events() if e.name.startswith("Optimizer.step")]
+        bad = cls([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+        bad.register_step_pre_hook(lambda o, a, k: "not a tuple")
+        with pytest.raises(RuntimeError, match="must return None or a tuple"):
+            bad.step()
+        return seen, names, loss, params[0].detach()
+
+    seen, names, loss, param = run(ft.Adam)
+    want_seen, want_names, want_loss, want_param = run(torch.optim.Adam)
+    assert seen == [("global", "Adam"), ("pre", 1), ("post", ["closure"])] == want_seen
+    assert names == ["Optimizer.step#Adam.step"] == want_names
+    assert loss == want_loss == 7.0
+    torch.testing.assert_close(param, want_param)   # (a rounding apart: README)
