@@ -197,14 +197,21 @@ def serial_chosen():
     return _fork_gate.serial_child or getattr(_serial, "on", False)
 
 
-def run_parallel(function, *args):
-    """Call a parallel compiled ``function`` from Python: inside the fork gate, then the
-    threading layer's one-time check."""
+def run_gated(function, *args):
+    """Call ``function``, which starts threads (a parallel kernel, or a kernel on the
+    host's team: :mod:`fastopt.kernels.hostpool`), inside the fork gate: a fork waits
+    until it returns, and a child forked after it runs serial twins."""
     _fork_gate.enter()
     try:
         function(*args)
     finally:
         _fork_gate.leave()
+
+
+def run_parallel(function, *args):
+    """Call a parallel compiled ``function`` from Python: inside the fork gate
+    (:func:`run_gated`), then Numba's threading layer's one-time check."""
+    run_gated(function, *args)
     if not layer._checked:
         layer.check_once()
 

@@ -161,4 +161,4 @@ class Repeated:
                                          (*self.arrays, *scalars))
         body, control, values = self._control
         values[:len(scalars)] = scalars
-        config.run_parallel(team.launch, body, control, threads)
+        config.run_gated(team.launch, body, control, threads)

@@ -38,7 +38,9 @@ import sys
 import threading
 
 import numpy as np
+import numba
 from numba import carray, cfunc, types
+from numba.np.ufunc import parallel as _numba_pool
 
 from . import config
 from .gathered import _voidptr_at
@@ -85,15 +87,14 @@ class Team:
             function.argtypes, function.restype = [], ctypes.c_int
         self._bodies = {}
         self._lock = threading.Lock()
+        self._torch = sys.modules["torch"]
 
     def threads(self):
         """The team's size for the next kernel: torch's intra-op thread count, lowered to
         Numba's where the user set that (after Numba's pool started; reading it before
         would start it)."""
-        count = sys.modules["torch"].get_num_threads()
-        from numba.np.ufunc import parallel
-        if parallel._is_initialized:
-            import numba
+        count = self._torch.get_num_threads()
+        if _numba_pool._is_initialized:
             count = min(count, numba.get_num_threads())
         return count
 
@@ -208,9 +209,9 @@ def _find_torch_team():
 def run(team, found, param, addresses, table, rest):
     """Run a block driver pair ``found`` (parallel, serial) over ``table`` on ``team``:
     the serial driver where the team has one thread, else :meth:`Team.run` inside the
-    fork gate (:func:`config.run_parallel`)."""
+    fork gate (:func:`config.run_gated`)."""
     threads = team.threads()
     if threads <= 1:
         found[1](param, addresses, table, *rest)
     else:
-        config.run_parallel(team.run, found[1], param, addresses, table, rest, threads)
+        config.run_gated(team.run, found[1], param, addresses, table, rest, threads)

@@ -623,7 +623,10 @@ class _Steady:
         self.names, self.step, self.members = tuple(names), step, tuple(members)
         chosen = set(members)
         self.has = tuple(i in chosen for i in range(len(bucket.params)))
-        self.indices = np.array(members, dtype=np.intp)
+        # the members' step counts: a slice when they are consecutive (all, usually)
+        self.indices = (slice(members[0], members[-1] + 1)
+                        if list(members) == list(range(members[0], members[-1] + 1))
+                        else np.array(members, dtype=np.intp))
         self.spans = [*bucket._spans(), (bucket.grad.data_ptr(),
                                          bucket.grad.data_ptr() + bucket.grad.nbytes)]
         itemsize = bucket.grad.element_size()

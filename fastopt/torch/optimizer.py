@@ -126,6 +126,7 @@ class Optimizer(torch.optim.Optimizer):
         self._twins, self._largest = StepTwins(self._owner), 0
         self._twins.host_team = hostpool.torch_team   # parallel on torch's own threads
         self._hyper_cache = {}   # id(group) -> (group, its values, _hyperparameters result)
+        self._checked_options = None   # the loop options last validated, if immutable
         #: Loop options, optimizer-wide, as fastopt.optim's (change them between steps).
         self.clip_grad_norm = clip_grad_norm
         self._loss_scale = grad_scale      # the float option behind the grad_scale property
@@ -322,7 +323,11 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         clip, skip = self.clip_grad_norm, self.skip_if_nonfinite
-        check_loop_options(clip, self._loss_scale, skip)
+        options = (clip, self._loss_scale, skip)
+        checked = self._checked_options   # the same immutable objects: already valid
+        if checked is None or not all(map(operator.is_, options, checked)):
+            check_loop_options(*options)
+            self._checked_options = options if all(map(_immutable, options)) else None
         grad_scale = self._loss_scale if self._amp_grad_scale is None else _amp_value(
             self._amp_grad_scale, "grad_scale", self._owner)
         found_inf = getattr(self, "found_inf", None)   # set by GradScaler.step
