@@ -24,8 +24,15 @@ def as_numpy(value):
 
 def is_half(dtype):
     """Whether ``dtype`` is a half-precision float: ``np.float16`` or ``ml_dtypes.bfloat16``
-    (recognised by name, without importing ml_dtypes)."""
-    return dtype == np.float16 or dtype.name == "bfloat16"
+    (recognised by name, without importing ml_dtypes). Cached per dtype: NumPy computes
+    ``dtype.name`` in Python (a constructor over 1e5 arrays asks 1e5 times)."""
+    found = _HALF.get(dtype)
+    if found is None:
+        found = _HALF[dtype] = bool(dtype == np.float16 or dtype.name == "bfloat16")
+    return found
+
+
+_HALF = {}
 
 
 def check_float_array(array, name, half=True):

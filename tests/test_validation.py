@@ -333,3 +333,55 @@ def test_hyperparameter_list_edited_in_place_is_revalidated():
     with pytest.raises(ValueError, match="beta parameter at index 0"):
         opt.step([np.ones(3)])
     np.testing.assert_array_equal(params[0], before)
+
+
+def test_grad_aliasing_state_loaded_from_a_state_dict_is_refused():
+    """The byte spans the aliasing check keeps are those of the state buffers a load
+    put in place, not the ones it replaced."""
+    params = [np.linspace(0, 1, 3), np.linspace(1, 2, 3)]
+    opt = fastopt.Adam(params, lr=0.1)
+    opt.step([np.ones(3), np.ones(3)])
+    old = opt.state[0]["exp_avg"]
+    opt.load_state_dict(opt.state_dict())
+    assert not np.shares_memory(opt.state[0]["exp_avg"], old)
+    opt.step([np.ones(3), old])                  # the replaced buffer: not ours any more
+    before = snapshot(opt, params)
+    with pytest.raises(ValueError, match=r"grads\[1\] shares memory with optimizer state"):
+        opt.step([np.ones(3), opt.state[0]["exp_avg"]])
+    assert_unchanged(opt, params, before)
+
+
+@pytest.mark.parametrize("zero_grad", [False, True])
+def test_aliasing_among_many_arrays_is_found_and_the_collector_restored(zero_grad):
+    """Past GC_PAUSE_FROM arrays a step pauses the cyclic collector: the aliasing check
+    still finds a gradient over a param in the middle (or, with zero_grad, over another
+    gradient), nothing is written, and the collector is as it was, enabled or not."""
+    import gc
+
+    from fastopt.optim import base
+    count = base.GC_PAUSE_FROM + 44
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(5) for _ in range(count)]
+    opt = fastopt.Adam(params, lr=0.1)
+    grads = [rng.standard_normal(5) for _ in range(count)]
+    opt.step(grads)
+    before = snapshot(opt, params)
+    bad = list(grads)
+    if zero_grad:
+        bad[200] = grads[100]
+        match = r"grads\[100\] shares memory with grads\[200\]"
+    else:
+        bad[200] = params[150]
+        match = r"grads\[200\] shares memory with the parameters"
+    for enabled in (True, False):
+        (gc.enable if enabled else gc.disable)()
+        try:
+            with pytest.raises(ValueError, match=match):
+                opt.step(bad, zero_grad=zero_grad)
+            assert gc.isenabled() is enabled
+            assert_unchanged(opt, params, before)
+            opt.step(grads)
+            assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+        before = snapshot(opt, params)

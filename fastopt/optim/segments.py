@@ -11,7 +11,6 @@ import numpy as np
 from .. import precision
 from ..flat import check_float_array, is_half
 from ..kernels.reductions import block_table
-from ..rules.base import ScalarsAhead
 
 
 def _owner(array):
@@ -86,6 +85,7 @@ class Segment:
         self.own_grad = None   # 1-D gradient view when the params came from flatten()
         self._gather = None
         self._blocks = None
+        self._grad_in = self._grad_out = None   # a one-member segment's last gradient
         #: ``(group, state, grad, zero_grad, variant, arrays)`` of the last step: reused
         #: while the very same objects come back (the steady state of a flatten() loop).
         self.bound = None
@@ -94,8 +94,6 @@ class Segment:
         self.stream = 0
         #: The rule's scalar state after the last step (NAdam's ``mu_product``), or None.
         self.held = None
-        #: The kernel scalars of its coming steps (:class:`~fastopt.rules.base.ScalarsAhead`).
-        self.ahead = ScalarsAhead()
 
     @property
     def indices(self):
@@ -112,8 +110,13 @@ class Segment:
         """The segment's gradient as one 1-D buffer: a view when ``grads`` of its members
         tile one buffer in order (no copy), else gathered once into scratch memory."""
         if len(self.members) == 1:
-            view = plain(grads[self.members[0][0]]).reshape(-1)
-            return view if self.bits is None else view.view(self.bits)
+            grad = grads[self.members[0][0]]
+            if grad is self._grad_in:   # the same array as last step: the same view, so
+                return self._grad_out   # the kernel call bound to it is reused
+            view = plain(grad).reshape(-1)
+            view = view if self.bits is None else view.view(self.bits)
+            self._grad_in, self._grad_out = grad, view
+            return view
         members = [grads[i] for i in self.indices]
         view = _flat_view(members)
         if view is None:
