@@ -181,3 +181,51 @@ def test_optimizer_over_flat_views_list_uses_one_segment():
     assert len(opt._segments[0]) == 1
     opt.step([np.ones(3), np.ones((2, 2)), np.ones(5)])
     np.testing.assert_array_equal(flat.buffers[0].param, 0.5)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "lamb"])
+def test_a_step_runs_the_serial_twin_directly_with_the_same_result(name, monkeypatch):
+    """Below the parallel threshold a NumPy-front-end step calls the serial twin's
+    compiled entry point (no type dispatch) once its arguments are bound: the same
+    results as the dispatcher's call, step by step; a per-tensor rule (LAMB) keeps its
+    own call."""
+    rng = np.random.default_rng(5)
+    shapes = [(30, 20), (20,), (7,)]
+    start = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(12)]
+    cls = getattr(fastopt, {"adam": "Adam", "sgd": "SGD", "lamb": "LAMB"}[name])
+    options = {"momentum": 0.9} if name == "sgd" else {}
+
+    def train(direct):
+        used = []
+        with monkeypatch.context() as patch:
+            original = config.Variant.serial_entry
+
+            def entry(self, args):
+                found = original(self, args) if direct else None
+                if found is None:
+                    return None
+
+                def run(*call_args):
+                    used.append(1)
+                    return found(*call_args)
+                return run
+
+            patch.setattr(config.Variant, "serial_entry", entry)
+            params = [p.copy() for p in start]
+            buffers = [np.empty(s) for s in shapes]   # written in place, as a loop does
+            opt = cls(params, lr=1e-2, **options)
+            for step_grads in grads:
+                for buffer, grad in zip(buffers, step_grads):
+                    buffer[...] = grad
+                opt.step(buffers)
+        return params, opt.state_dict(), len(used)
+
+    want, want_state, _ = train(False)
+    got, got_state, used = train(True)
+    assert (used > 0) == (name != "lamb"), used
+    for p, q in zip(got, want):
+        np.testing.assert_array_equal(p, q)
+    for key, entry in want_state["state"].items():
+        for k, v in entry.items():
+            np.testing.assert_array_equal(got_state["state"][key][k], v)

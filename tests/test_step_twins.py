@@ -45,6 +45,19 @@ def spy(monkeypatch):
         return original(self, param, *args)
 
     monkeypatch.setattr(config.Variant, "__call__", record)
+    entry_of = config.Variant.serial_entry
+
+    def recorded_entry(self, args):   # a step's direct call of the serial twin
+        entry = entry_of(self, args)
+        if entry is None:
+            return None
+
+        def run(*call_args):
+            runs[-1].add("serial")
+            return entry(*call_args)
+        return run
+
+    monkeypatch.setattr(config.Variant, "serial_entry", recorded_entry)
     return runs
 
 

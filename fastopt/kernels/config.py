@@ -181,6 +181,15 @@ class Variant:
         #: (:mod:`fastopt.kernels.gathered`), compiled on first use, by argument kinds.
         self.drivers = {}
 
+    def serial_entry(self, args):
+        """The serial twin's compiled entry point for arguments of the types of ``args``
+        (the kernel's, without the options), or ``None`` while it is not compiled: a call
+        without the dispatcher's type resolution (0.4 us less of a 1e3-element step's
+        5.5 us). Valid for arguments of exactly these types only: callers keep it with
+        the arguments it was found for."""
+        found = self.serial.overloads.get(tuple(map(numba.typeof, args)))
+        return None if found is None else found.entry_point
+
     def __call__(self, param, *args):
         """Run the twin the size of ``param`` calls for (``PARALLEL_THRESHOLD``), or the
         serial one inside a step that chose it (:mod:`fastopt.threads`)."""

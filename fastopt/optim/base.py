@@ -16,6 +16,7 @@ import numpy as np
 
 from ..flat import Flat, check_float_array
 from ..incoming import plain_value, state_array, step_count
+from ..kernels import config
 from ..kernels.halves import BF16_BITS, noise_key
 from ..precision import _ml_dtypes as ml_dtypes
 from ..precision import bf16_bits, kernel_array
@@ -384,7 +385,15 @@ class Optimizer:
             if state is not seg.state:
                 self._spans_cache = None   # new state buffers: new spans
             seg.state, seg.step, seg.bound, seg.held = state, step, bound, held
-            bound[4](*bound[5], *values)
+            entry = seg.entry
+            if entry is not None and entry[0] is bound and (
+                    bound[5][0].shape[0] < config.PARALLEL_THRESHOLD
+                    or config.serial_chosen()):
+                entry[1](*bound[5], *values)     # the serial twin, no type dispatch
+            else:
+                bound[4](*bound[5], *values)
+                if entry is None or entry[0] is not bound:
+                    seg.entry = _serial_entry(bound, values)
             if zero_grad and seg._gather is not None and (grad is seg._gather
                                                           or grad.base is seg._gather):
                 for index in seg.indices:
@@ -705,6 +714,17 @@ def _gc_paused(count):
     finally:
         if paused:
             gc.enable()
+
+
+def _serial_entry(bound, values):
+    """``(bound, the serial twin's entry point for its arguments)`` for a plain kernel
+    variant whose serial twin is compiled for them (:meth:`Variant.serial_entry
+    <fastopt.kernels.config.Variant.serial_entry>`), else ``None``."""
+    variant = bound[4]
+    if type(variant) is not config.Variant:   # a per-tensor rule's compound call
+        return None
+    entry = variant.serial_entry((*bound[5], *values))
+    return None if entry is None else (bound, entry)
 
 
 def _check_zeroable(work, views):

@@ -86,6 +86,8 @@ class Segment:
         self._gather = None
         self._blocks = None
         self._grad_in = self._grad_out = None   # a one-member segment's last gradient
+        #: ``(bound, entry)``: the serial twin's entry point for the arguments of ``bound``.
+        self.entry = None
         #: ``(group, state, grad, zero_grad, variant, arrays)`` of the last step: reused
         #: while the very same objects come back (the steady state of a flatten() loop).
         self.bound = None
