@@ -301,3 +301,20 @@ def test_sizes_print_as_given():
     from fastopt.bench.report import fmt_size
     assert [fmt_size(n) for n in (1000, 50_000_000, 10_000_000, 1 << 16, 1234, 100)] == [
         "1e3", "5e7", "1e7", "2^16", "1234", "100"]
+
+
+def test_many_arrays_row_times_fastopt_and_torch(monkeypatch):
+    """The many-arrays workload: every time positive, the speed-ups consistent with the
+    times (a small count here; the bench runs 1e5)."""
+    from fastopt.bench import report, suites
+    row = suites.many_arrays_row(torch=True, repeat=1, arrays=(300, 7))
+    assert (row["arrays"], row["size"]) == (300, 7)
+    for name in ("fastopt", "torch"):
+        for what in ("construct", "first", "step"):
+            assert _positive(row[f"{name}_{what}"]), (name, what)
+    for what in ("construct", "first", "step"):
+        assert row[f"speedup_{what}"] == pytest.approx(row[f"torch_{what}"] /
+                                                       row[f"fastopt_{what}"])
+    assert "x foreach" in report.many_arrays_table(row)
+    no_torch = suites.many_arrays_row(torch=False, repeat=1, arrays=(5, 3))
+    assert no_torch["speedup_step"] is None and "torch_step" not in no_torch

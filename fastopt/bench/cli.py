@@ -286,6 +286,8 @@ def run(args):
             if model:
                 result["model"] = suites.model_rows(rules, dtypes, threads, timing,
                                                     use_torch, progress)
+                if "adam" in rules and "float32" in dtypes:
+                    result["many_arrays"] = suites.many_arrays_row(use_torch)
             if adapter_rules:
                 result["adapter"] = suites.adapter_rows(adapter_rules, dtypes, threads,
                                                         timing, progress)
@@ -316,6 +318,13 @@ def run(args):
             print(report.model_table(result["model"]))
             print("\nstep 1e3: one 1,000-element tensor (per-step overhead); model 200x: "
                   "200 tensors, 1e6 elements (fastopt: one flat buffer)")
+            if "many_arrays" in result:
+                print()
+                print(report.many_arrays_table(result["many_arrays"]))
+                print("\nAdam over many separate float32 arrays (a list, not flattened): "
+                      "one step, the construction, and the construction with the first "
+                      "step (torch allocates its state there), against torch.optim.Adam("
+                      "foreach=True) on the same values; medians of 3, alternating")
         if adapter_rules:
             print()
             print(report.adapter_table(result["adapter"]))

@@ -103,6 +103,18 @@ def model_table(rows):
     return table(MODEL_HEADERS, body, ["<", "<", "<"] + [">"] * (len(MODEL_HEADERS) - 3))
 
 
+MANY_HEADERS = ["arrays", "elements each", "step", "t.foreach", "x foreach", "construct",
+                "t.construct", "x construct", "+1st step", "t.+1st step", "x +1st step"]
+
+
+def many_arrays_table(row):
+    body = [[fmt_size(row["arrays"]), row["size"]] + [
+        cell for what in ("step", "construct", "first")
+        for cell in (fmt_time(row[f"fastopt_{what}"]), fmt_time(row.get(f"torch_{what}")),
+                     fmt_ratio(row[f"speedup_{what}"]))]]
+    return table(MANY_HEADERS, body, [">"] * len(MANY_HEADERS))
+
+
 ADAPTER_HEADERS = ["rule", "dtype", "workload", "tensors", "elements", "thr",
                    "fastopt.torch", "t.fused", "t.foreach", "x fused", "x foreach",
                    "loop", "t.fused loop", "x fused loop"]

@@ -206,6 +206,58 @@ def model_rows(rules, dtypes, thread_counts, timing, torch=True, progress=None):
     return rows
 
 
+#: The many-arrays workload: this many separate (not flattened) float32 arrays of this
+#: many elements each, Adam.
+MANY_ARRAYS = (100_000, 10)
+
+
+def many_arrays_row(torch=True, repeat=3, arrays=None):
+    """``fastopt.Adam`` over :data:`MANY_ARRAYS` separate arrays, given as a list (one
+    segment per array: the per-array Python of a step and of construction), against
+    ``torch.optim.Adam(foreach=True)`` on tensors over the same values: the median of
+    ``repeat`` constructions (alone, and with the first step, where torch allocates its
+    state) and ``repeat`` steps each, alternating fastopt and torch. The step reuses the
+    same gradient arrays (a loop writing them in place)."""
+    import time
+
+    import fastopt
+    count, size = MANY_ARRAYS if arrays is None else arrays
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(size).astype(np.float32) for _ in range(count)]
+    grads = [rng.standard_normal(size).astype(np.float32) for _ in range(count)]
+    makers = {"fastopt": lambda: fastopt.Adam(list(params), lr=1e-3)}
+    steps = {"fastopt": lambda opt: opt.step(grads)}
+    if torch:
+        torch = cases.import_torch()
+        tensors = [torch.from_numpy(p.copy()).requires_grad_(True) for p in params]
+        for tensor, grad in zip(tensors, grads):
+            tensor.grad = torch.from_numpy(grad)
+        makers["torch"] = lambda: torch.optim.Adam(tensors, lr=1e-3, foreach=True)
+        steps["torch"] = lambda opt: opt.step()
+    built = {name: make() for name, make in makers.items()}
+    for name, opt in built.items():
+        steps[name](opt)                     # state allocated, kernels compiled
+    kinds = ("construct", "first", "step")
+    times = {f"{name}_{what}": [] for name in makers for what in kinds}
+    for _ in range(repeat):
+        for name, make in makers.items():
+            start = time.perf_counter()
+            fresh = make()
+            built_at = time.perf_counter()
+            steps[name](fresh)       # torch allocates its state here, fastopt too
+            times[f"{name}_construct"].append(built_at - start)
+            times[f"{name}_first"].append(time.perf_counter() - start)
+            del fresh
+            start = time.perf_counter()
+            steps[name](built[name])
+            times[f"{name}_step"].append(time.perf_counter() - start)
+    row = {"arrays": count, "size": size,
+           **{key: float(np.median(values)) for key, values in times.items()}}
+    for what in kinds:
+        row[f"speedup_{what}"] = _ratio(row.get(f"torch_{what}"), row[f"fastopt_{what}"])
+    return row
+
+
 ADAPTER_KEYS = ("adapter", "torch_fused", "torch_foreach", "adapter_loop", "torch_fused_loop")
 
 
