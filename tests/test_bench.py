@@ -38,6 +38,13 @@ HAND_COUNT = {**BUFFERS_MOVED, "sgd-nesterov": 5, "rmsprop-centered": 7,
 HAND_BYTES = {"adam-bf16state": 20}
 
 
+
+@pytest.fixture(autouse=True)
+def few_many_arrays(monkeypatch):
+    """The many-arrays workload at a size a test can afford (the bench runs 1e5)."""
+    from fastopt.bench import suites
+    monkeypatch.setattr(suites, "MANY_ARRAYS", (40, 5))
+
 def _positive(value):
     return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
@@ -70,6 +77,8 @@ def test_bench_json(tmp_path, capsys):
         assert _positive(model_row["step"])
         if torch_ok:
             assert _positive(model_row["speedup_torch_fused"])
+    assert result["many_arrays"]["arrays"] == 40 and _positive(
+        result["many_arrays"]["fastopt_step"])
 
 
 def test_bench_adapter_section(tmp_path, monkeypatch):
