@@ -158,6 +158,9 @@ class Optimizer:
         # segments' flatten() gradient views when every segment has one (else None).
         self._work = [(g, seg) for g, segs in enumerate(self._segments) for seg in segs]
         self._firsts = [seg.members[0][0] for _, seg in self._work]   # first param index
+        #: Params in a segment with others (a flat buffer): their gradient cannot be None.
+        self._shared = frozenset(m[0] for _, seg in self._work if len(seg.members) > 1
+                                 for m in seg.members)
         for stream, (_, seg) in enumerate(self._work):   # whose random bits are whose
             seg.stream = stream
         self._own_views = ([seg.own_grad for _, seg in self._work] if all(
@@ -195,27 +198,25 @@ class Optimizer:
         return grads, True
 
     def _check_grads(self, grads, zero_grad):
-        for segments in self._segments:
-            for seg in segments:
-                for index in seg.indices:
-                    grad, param, name = grads[index], self._params[index], f"grads[{index}]"
-                    if grad is None:
-                        if len(seg.members) > 1:
-                            raise ValueError(f"{name} is None, but params[{index}] shares a "
-                                             "flat buffer with others; pass zeros instead")
-                        continue
-                    check_float_array(grad, name)
-                    if grad.dtype != param.dtype:
-                        raise TypeError(f"{name} has dtype {grad.dtype}, params[{index}] "
-                                        f"has {param.dtype}")
-                    if grad.shape != param.shape:
-                        raise ValueError(f"{name} has shape {grad.shape}, params[{index}] "
-                                         f"has {param.shape}")
-                    if not grad.flags.c_contiguous:
-                        raise ValueError(f"{name} must be C-contiguous")
-                    if zero_grad and not grad.flags.writeable:
-                        raise ValueError(f"{name} is read-only, so zero_grad=True cannot "
-                                         "zero it")
+        shared = self._shared
+        for index, (grad, param) in enumerate(zip(grads, self._params)):
+            name = f"grads[{index}]"
+            if grad is None:
+                if index in shared:
+                    raise ValueError(f"{name} is None, but params[{index}] shares a flat "
+                                     "buffer with others; pass zeros instead")
+                continue
+            check_float_array(grad, name)
+            if grad.dtype != param.dtype:
+                raise TypeError(f"{name} has dtype {grad.dtype}, params[{index}] has "
+                                f"{param.dtype}")
+            if grad.shape != param.shape:
+                raise ValueError(f"{name} has shape {grad.shape}, params[{index}] has "
+                                 f"{param.shape}")
+            if not grad.flags.c_contiguous:
+                raise ValueError(f"{name} must be C-contiguous")
+            if zero_grad and not grad.flags.writeable:
+                raise ValueError(f"{name} is read-only, so zero_grad=True cannot zero it")
         self._check_grad_aliasing(grads, zero_grad)
 
     def _check_grad_aliasing(self, grads, zero_grad):
@@ -352,10 +353,17 @@ class Optimizer:
                                  self.clip_grad_norm, self.grad_scale, self.skip_if_nonfinite)
         calls = []
         if scale is not None:
-            rule, aheads = self.rule, self._aheads
+            rule, aheads, names_of = self.rule, self._aheads, {}
             for (g, seg), group, grad in zip(work, resolved, views):
                 target = seg.target   # the param, or a half param's float32 master
-                state, fresh = self.new_state(target, seg.state, group, seg)
+                names = names_of.get(id(group))
+                if names is None or names[1] is not group:
+                    names = names_of[id(group)] = (frozenset(rule.state_names(group)), group)
+                state = seg.state
+                if names[0] <= state.keys():   # every buffer there already: new_state's
+                    fresh = _NOTHING           # answer, without the call
+                else:
+                    state, fresh = self.new_state(target, state, group, seg)
                 step = seg.step + 1
                 sign = -scale if group["maximize"] else scale
                 stream = seg.stream if group.get("state_dtype") else None
@@ -379,6 +387,7 @@ class Optimizer:
                 held = rule.scalar_state(group, step) if rule.scalar_state_names else None
                 calls.append((seg, state, step, grad, bound, values, held))
         # Nothing can fail from here on: commit, then run the kernels.
+        threshold = config.PARALLEL_THRESHOLD
         self._last_grads = last_grads
         self.last_step_skipped, self.last_grad_norm = scale is None, norm
         for seg, state, step, grad, bound, values, held in calls:
@@ -387,8 +396,7 @@ class Optimizer:
             seg.state, seg.step, seg.bound, seg.held = state, step, bound, held
             entry = seg.entry
             if entry is not None and entry[0] is bound and (
-                    bound[5][0].shape[0] < config.PARALLEL_THRESHOLD
-                    or config.serial_chosen()):
+                    bound[5][0].shape[0] < threshold or config.serial_chosen()):
                 entry[1](*bound[5], *values)     # the serial twin, no type dispatch
             else:
                 bound[4](*bound[5], *values)
