@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch as ft  # noqa: E402
 from cases import MATRIX  # noqa: E402
+from torch_models import assert_same_training  # noqa: E402
 from fastopt.kernels import config, gathered  # noqa: E402
 from fastopt.rules import RULES  # noqa: E402
 
@@ -70,11 +71,7 @@ def test_one_call_over_many_gradients_is_bitwise_one_call_per_tensor(case, dtype
     want, want_opt, no_calls = _train(name, options, dtype, False, monkeypatch)
     got, got_opt, calls = _train(name, options, dtype, True, monkeypatch)
     assert not no_calls and len(calls) >= 4   # the one-call path ran (and only there)
-    for i, (p, q) in enumerate(zip(got, want)):
-        assert torch.equal(p, q), f"params[{i}]"
-        for key, value in want_opt.state[q].items():
-            mine = got_opt.state[p][key]
-            assert torch.equal(torch.as_tensor(mine), torch.as_tensor(value)), (i, key)
+    assert_same_training(got, got_opt, want, want_opt)
 
 
 def test_block_table_covers_exactly_the_runs():

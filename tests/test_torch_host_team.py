@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch as ft  # noqa: E402
 from cases import MATRIX  # noqa: E402
+from torch_models import assert_same_training  # noqa: E402
 from fastopt.kernels import config, gathered, hostpool  # noqa: E402
 from fastopt.rules import RULES  # noqa: E402
 from test_threads_and_fork import run_script  # noqa: E402
@@ -53,6 +54,14 @@ def launches(monkeypatch):
 
     monkeypatch.setattr(hostpool.Team, "launch", spy)
     return counted
+
+
+def _steps(opt, params, count):
+    """``count`` steps, each on new random gradients of autograd's kind."""
+    for _ in range(count):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
 
 
 # --- the team -----------------------------------------------------------------------
@@ -109,10 +118,7 @@ def test_fastopt_torch_steps_on_the_team_and_at_one_torch_thread_launches_nothin
         launches, two_torch_threads):
     params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
     opt = ft.Adam(params, lr=1e-3)
-    for _ in range(3):
-        for p in params:
-            p.grad = torch.randn_like(p)
-        opt.step()
+    _steps(opt, params, 3)
     assert launches == [2, 2, 2]
     torch.set_num_threads(1)
     for p in params:
@@ -183,11 +189,7 @@ def test_a_steady_step_is_bitwise_the_full_step_through_every_change(case, dtype
     got, got_opt, hits = _train(name, options, dtype, True, monkeypatch)
     assert sum(hits) >= 6, hits                       # the steady path ran, often
     assert not all(hits[:2])                         # and not before a plan existed
-    for i, (p, q) in enumerate(zip(got, want)):
-        assert torch.equal(p, q), f"params[{i}]"
-        for key, value in want_opt.state[q].items():
-            mine = got_opt.state[p][key]
-            assert torch.equal(torch.as_tensor(mine), torch.as_tensor(value)), (i, key)
+    assert_same_training(got, got_opt, want, want_opt)
 
 
 def test_a_steady_step_falls_back_and_refuses_a_moved_param_writing_nothing(monkeypatch):
@@ -195,10 +197,7 @@ def test_a_steady_step_falls_back_and_refuses_a_moved_param_writing_nothing(monk
     monkeypatch.setattr(ft.buckets, "GATHER_BELOW_ONE_CALL", 1)
     params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
     opt = ft.AdamW(params, lr=1e-2)
-    for _ in range(4):
-        for p in params:
-            p.grad = torch.randn_like(p)
-        opt.step()
+    _steps(opt, params, 4)
     assert opt._buckets[0][0]._steady is not None      # the next step may repeat it
     for p in params:
         p.grad = torch.randn_like(p)
