@@ -189,6 +189,7 @@ def test_a_steady_step_is_bitwise_the_full_step_through_every_change(case, dtype
     got, got_opt, hits = _train(name, options, dtype, True, monkeypatch)
     assert sum(hits) >= 6, hits                       # the steady path ran, often
     assert not all(hits[:2])                         # and not before a plan existed
+    assert hits[-1], hits     # also with a param a step behind the others (two calls)
     assert_same_training(got, got_opt, want, want_opt)
 
 

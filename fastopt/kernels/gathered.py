@@ -98,7 +98,12 @@ def drivers(variant, rest, grad_dtype):
     return found
 
 
-def run(variant, param, grads, table, rest, addresses=None, team=None):
+def elements(table):
+    """The elements a :func:`block_table` covers (what decides serial or parallel)."""
+    return int((table[:, 2] - table[:, 1]).sum()) if table.size else 0
+
+
+def run(variant, param, grads, table, rest, addresses=None, team=None, count=None):
     """Run ``variant`` over ``param`` with its gradient read from ``grads`` (1-D
     C-contiguous arrays, one per row index of ``table``: :func:`block_table`) and the
     other arguments ``rest`` (the kernel's arguments after the gradient, without the
@@ -107,12 +112,14 @@ def run(variant, param, grads, table, rest, addresses=None, team=None):
     the parallel driver, as :meth:`Variant.__call__
     <fastopt.kernels.config.Variant.__call__>` chooses a twin; the parallel one on
     ``team`` (a :class:`~fastopt.kernels.hostpool.Team`, the host's OpenMP threads) when
-    given, else on Numba's pool."""
+    given, else on Numba's pool. ``count``: the table's :func:`elements`, when the
+    caller has it (else ``param``'s length decides)."""
     found = drivers(variant, rest, grads[0].dtype)
     if addresses is None:
         addresses = [g.__array_interface__["data"][0] for g in grads]
     addresses = np.array(addresses, dtype=np.int64)
-    if param.shape[0] < config.PARALLEL_THRESHOLD or config.serial_chosen():
+    count = param.shape[0] if count is None else count
+    if count < config.PARALLEL_THRESHOLD or config.serial_chosen():
         found[1](param, addresses, table, *rest)
     elif team is not None:
         from .hostpool import run as run_on_team
@@ -138,13 +145,14 @@ class Repeated:
         self.param, self.table, self.arrays, self.team = param, table, tuple(arrays), team
         self.addresses = np.zeros(int(table[:, 0].max()) + 1 if table.size else 0,
                                   dtype=np.int64)
+        self.count = elements(table)   # serial below the parallel threshold
         self._control = None   # the team's (body, control block, scalars), on first use
 
     def __call__(self, addresses, scalars):
         """Run with ``addresses`` (one per row index of the table) and ``scalars``."""
         self.addresses[:] = addresses
         param = self.param
-        if param.shape[0] < config.PARALLEL_THRESHOLD or config.serial_chosen():
+        if self.count < config.PARALLEL_THRESHOLD or config.serial_chosen():
             self.found[1](param, self.addresses, self.table, *self.arrays, *scalars)
             return
         team = self.team

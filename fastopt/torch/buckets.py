@@ -309,8 +309,8 @@ class Bucket:
         when this step repeats the last one's plan: the same params have a gradient, each
         one autograd allocated (dense, contiguous, the param's dtype and shape, outside
         the bucket's buffers), every param still in the flat buffer and its ``state[p]``
-        entry the one the bucket registered, untouched; the last step one kernel call over
-        them all with no state to create (:class:`_Steady`). ``None`` otherwise, and then
+        entry the one the bucket registered, untouched; the last step one kernel call per
+        step number among them (usually one) with no state to create (:class:`_Steady`). ``None`` otherwise, and then
         the full path runs (and raises, where something is wrong): this one only looks,
         and writes nothing.
 
@@ -325,7 +325,7 @@ class Bucket:
         memo = self._steady
         if memo is None or memo.names != names or group.get("state_dtype") is not None:
             return None   # (plan refuses a state_dtype set after construction)
-        dtype, addresses, spans, known = self.param.dtype, [], memo.spans, self.known
+        dtype, addresses, spans, known = self.param.dtype, {}, memo.spans, self.known
         for i, (p, has) in enumerate(zip(self.params, memo.has)):
             grad = p.grad
             if grad is None:
@@ -347,17 +347,22 @@ class Bucket:
             if entry is None or known[i] is None or known[i][0] is not entry or \
                     not self.is_known(i, entry):
                 return None
-            addresses.append(start)
-        t = memo.step + 1
+            addresses[i] = start
         if group is not memo.group or grad_factor != memo.factor:
             memo.bind(self, rule, group, grad_factor)
-        values = memo.values(rule, t, self.np_param.dtype)
-        if values is None or memo.call is None:
-            return None   # the full path raises its error
+        calls, launches = [], []
+        for call in memo.calls:   # one per step number among the params
+            t = call.step + 1
+            values = call.values(rule, group, grad_factor, t, self.np_param.dtype)
+            if values is None or call.call is None:
+                return None   # the full path raises its error
+            held = rule.scalar_state(group, t)
+            calls += [([i, i + 1, call.step, (), None], {}, None, held)
+                      for i in call.members]
+            launches.append((partial(call.call, [addresses[i] for i in call.members],
+                                     values), call.indices))
         self._pending = memo
-        held = rule.scalar_state(group, t)
-        launch = partial(memo.call, addresses, values)
-        return [(run, {}, None, held) for run in memo.runs(t - 1)], [(launch, memo.indices)]
+        return calls, launches
 
     def plan(self, names, state, has_step, owner, group_state_dtype=None):
         """Check the gradients; return the runs ``[first, stop, step, fresh, grad]``: the
@@ -502,6 +507,9 @@ class Bucket:
         dtype = self.np_param.dtype
         per_tensor = rule.per_tensor
         self._pending = None
+        # (step, member params) of each launch, while the plan may be repeated (Steady)
+        repeatable = [] if not self._gathered and all(
+            run[4] is not None and run[1] == run[0] + 1 for run in runs) else None
         for (step, fresh), members in together.items():
             initial = {name: rule.initial_fill(name, dtype, group) for name in fresh}
             values = rule.values(group, step + 1, frozenset(fresh), grad_factor, dtype)
@@ -510,10 +518,12 @@ class Bucket:
             if launch is not None:
                 launches.append(launch)
                 calls += [(run, initial, None, held) for run, _, _ in members]
-                if len(together) == 1 and not fresh and not self._gathered and all(
-                        run[4] is not None and run[1] == run[0] + 1 for run in runs):
-                    self._pending = _Steady(self, names, step, [run[0] for run in runs])
+                if repeatable is not None and not fresh:
+                    repeatable.append((step, [run[0] for run, _, _ in members]))
+                else:
+                    repeatable = None
                 continue
+            repeatable = None
             for run, grad, _ in members:
                 first, stop = run[0], run[1]
                 a, b = self.offsets[first], self.offsets[stop]
@@ -536,6 +546,8 @@ class Bucket:
                 calls.append((run, initial, rule.call(
                     self.np_param[a:b], grad, state, values, group, copy=copy, sizes=sizes,
                     shapes=shapes), held))
+        if repeatable:
+            self._pending = _Steady(self, names, repeatable)
         return calls, launches
 
     def _launch(self, members, rule, group, names, values):
@@ -543,10 +555,12 @@ class Bucket:
         one step number with the same fresh state), :mod:`fastopt.kernels.gathered` (the flat
         buffers walked in blocks, each run's gradient read where it lies), as
         ``(call, the params' indices)``; the parallel driver runs on torch's own OpenMP team
-        where there is one (:mod:`fastopt.kernels.hostpool`). ``None`` where that does not
-        apply: one run and no such team, fewer elements than the parallel threshold, a per-tensor rule or state of its own
-        layout (a kernel over whole tensors), or bf16 state (its random bits follow the
-        element's index within a call)."""
+        where there is one (:mod:`fastopt.kernels.hostpool`; then also for one run, and,
+        in a bucket above the parallel threshold, for few elements: the serial driver).
+        ``None`` where that does not apply: without such a team, one run; fewer elements
+        than the parallel threshold (in a bucket below it, with a team); a per-tensor rule
+        or state of its own layout (a kernel over whole tensors); bf16 state (its random
+        bits follow the element's index within a call)."""
         if not self.elementwise or self.state_dtype is not None:
             return None
         team = hostpool.torch_team()
@@ -558,19 +572,24 @@ class Bucket:
         if table is None:
             starts = [offsets[first] for first, _ in key]
             stops = [offsets[stop] for _, stop in key]
-            if sum(stops) - sum(starts) < config.PARALLEL_THRESHOLD:
+            count = sum(stops) - sum(starts)
+            # few elements: one call of the variant's serial twin (compiled once, cached
+            # on disk), unless the bucket is large enough to run parallel at all, where
+            # this is a lagging param's call of a steady plan (the same driver, serial)
+            if count < config.PARALLEL_THRESHOLD and (
+                    team is None or self.np_param.shape[0] < config.PARALLEL_THRESHOLD):
                 return None
             if len(self._tables) > 64:   # params that get gradients change: keep it small
                 self._tables.clear()
             table = self._tables[key] = (gathered.block_table(starts, stops), np.concatenate(
-                [np.arange(first, stop) for first, stop in key]))
+                [np.arange(first, stop) for first, stop in key]), count)
         grads = [grad for _, grad, _ in members]
         addresses = [address for _, _, address in members]
         state = {name: self.np_state[name] for name in names}
         copy = self.np_copy if self.half else None
         variant, args = rule.call(self.np_param, grads[0], state, values, group, copy=copy)
         return partial(gathered.run, variant, self.np_param, grads, table[0], args[2:],
-                       addresses, team), table[1]
+                       addresses, team, table[2]), table[1]
 
     def run(self, prepared, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
@@ -578,7 +597,8 @@ class Bucket:
         calls, launches = prepared
         steady, self._pending = self._pending, None
         if steady is not None:
-            steady.step += 1
+            for call in steady.calls:
+                call.step += 1
         self._steady = steady
         counts = has_step or self.state_dtype is not None
         if counts:
@@ -612,55 +632,63 @@ class Bucket:
 
 
 class _Steady:
-    """A bucket's last plan, which :meth:`Bucket.steady` checks the next step against,
-    and the parts of its kernel call that stay: the state ``names``, the params that had
-    a gradient (``has``, ``members``), the step count they all have now (``step``), the
-    byte spans of the bucket's buffers a gradient must not overlap, and the kernel call
-    (:meth:`bind`, a :class:`~fastopt.kernels.gathered.Repeated`) and its scalars
-    (:meth:`values`)."""
+    """A bucket's last plan, which :meth:`Bucket.steady` checks the next step against:
+    the state ``names``, which params had a gradient (``has``), the byte spans of the
+    bucket's buffers a gradient must not overlap, and one :class:`_SteadyCall` per step
+    number among them (usually one: every param at the same step; a param that once had no
+    gradient lags one step behind from then on, in a call of its own)."""
 
-    def __init__(self, bucket, names, step, members):
-        self.names, self.step, self.members = tuple(names), step, tuple(members)
-        chosen = set(members)
+    def __init__(self, bucket, names, calls):
+        self.names = tuple(names)
+        chosen = {i for _, members in calls for i in members}
         self.has = tuple(i in chosen for i in range(len(bucket.params)))
-        # the members' step counts: a slice when they are consecutive (all, usually)
-        self.indices = (slice(members[0], members[-1] + 1)
-                        if list(members) == list(range(members[0], members[-1] + 1))
-                        else np.array(members, dtype=np.intp))
         self.spans = [*bucket._spans(), (bucket.grad.data_ptr(),
                                          bucket.grad.data_ptr() + bucket.grad.nbytes)]
         itemsize = bucket.grad.element_size()
         self.nbytes = [size * itemsize for size in bucket.sizes]
-        key = tuple((i, i + 1) for i in members)
-        self.table = bucket._tables[key][0]   # made by the launch that planned it
-        self.team = hostpool.torch_team()
-        self.group = self.factor = self.call = None
-        self.ahead = ScalarsAhead()
+        self.calls = [_SteadyCall(bucket, step, members) for step, members in calls]
+        self.group = self.factor = None
 
     def bind(self, bucket, rule, group, factor):
-        """The kernel call for ``group`` (its variant by the group's options) and
-        ``factor`` (the gradient's), for the steps from ``step + 1``."""
+        """Each call's kernel for ``group`` (its variant by the group's options) and
+        ``factor`` (the gradient's)."""
         state = {name: bucket.np_state[name] for name in self.names}
         copy = bucket.np_copy if bucket.half else None
         variant, arrays = rule.bind(bucket.np_param, bucket.np_grad, state, group,
                                     copy=copy)
         self.group, self.factor = group, factor
-        values = self.values(rule, self.step + 1, bucket.np_param.dtype)
+        for call in self.calls:
+            call.bind(bucket, rule, group, factor, variant, arrays[2:])
+
+
+class _SteadyCall:
+    """One kernel call of a :class:`_Steady` plan: its params (``members``), the step
+    count they all have now (``step``), their block table, the call (:meth:`bind`, a
+    :class:`~fastopt.kernels.gathered.Repeated`) and its scalars (:meth:`values`)."""
+
+    def __init__(self, bucket, step, members):
+        self.step, self.members = step, tuple(members)
+        # the members' step counts: a slice when they are consecutive (all, usually)
+        self.indices = (slice(members[0], members[-1] + 1)
+                        if list(members) == list(range(members[0], members[-1] + 1))
+                        else np.array(members, dtype=np.intp))
+        key = tuple((i, i + 1) for i in members)
+        self.table = bucket._tables[key][0]   # made by the launch that planned it
+        self.call = None
+        self.ahead = ScalarsAhead()
+
+    def bind(self, bucket, rule, group, factor, variant, arrays):
+        values = self.values(rule, group, factor, self.step + 1, bucket.np_param.dtype)
         #: The kernel call, run with each step's gradient addresses and scalars.
         self.call = None if values is None else gathered.Repeated(
-            variant, bucket.np_param, self.table, arrays[2:], values, bucket.np_grad.dtype,
-            self.team)
+            variant, bucket.np_param, self.table, arrays, values, bucket.np_grad.dtype,
+            hostpool.torch_team())
 
-    def values(self, rule, t, dtype):
+    def values(self, rule, group, factor, t, dtype):
         """The kernel's scalars for step ``t`` (:class:`~fastopt.rules.base.ScalarsAhead`),
         or ``None`` if they raise (a scalar that overflows): the full path then raises the
         same error."""
         try:
-            return self.ahead.values(rule, self.group, t, self.factor, dtype)
+            return self.ahead.values(rule, group, t, factor, dtype)
         except Exception:   # noqa: BLE001 (the full path raises it, with its message)
             return None
-
-    def runs(self, step):
-        """The runs of this plan at ``step`` (one per member param, as :meth:`Bucket.plan`
-        gives them)."""
-        return [[i, i + 1, step, (), None] for i in self.members]
