@@ -171,6 +171,27 @@ def cast_scalars(dtype, values, sources):
 _ITEMS = {}
 
 
+def cast_rows(dtype, rows):
+    """:func:`cast_scalars` of each row of ``rows`` (lists of numbers, one per step, of one
+    length) with one cast for all: the leading rows it would accept, each cast exactly as
+    it casts them (the same float32 rounding; Python floats for float64), up to the first
+    row it would refuse (that step computes its own and raises). Never raises."""
+    if not rows:
+        return []
+    if dtype.itemsize != 4:
+        return [tuple(map(float, row)) for row in rows]
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except (ArithmeticError, TypeError, ValueError):   # a huge int: row by row
+        return []
+    with np.errstate(invalid="ignore"):
+        refused = (np.isfinite(values) & ~(np.abs(values) < _FLOAT32_OVERFLOW)).any(axis=1)
+    if refused.any():
+        values = values[:int(np.argmax(refused))]
+    items = _ITEMS.get(values.shape[1]) or _items(values.shape[1])
+    return [items(row) for row in values.astype(np.float32)]
+
+
 def _items(count):
     """A function returning the ``count`` elements of an array as a tuple of scalars."""
     _ITEMS[count] = (operator.itemgetter(*range(count)) if count > 1 else

@@ -63,3 +63,33 @@ def test_a_later_step_error_is_raised_at_that_step_only():
     assert rule.calls == [1, 2, 3, 4, 5, 6]                       # from the ones ahead
     with pytest.raises(ValueError, match="step 6"):
         ahead.values(rule, group, 6, 1.0, dtype)
+
+
+def test_cast_rows_casts_as_cast_scalars_and_stops_at_a_refused_row():
+    from fastopt.validation import cast_rows, cast_scalars
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    rows = [[0.1, 2.5e-8, float("inf")], [1e-3, float("nan"), 3.3e38],
+            [1e39, 1.0, 1.0], [1.0, 2.0, 3.0]]
+    got = cast_rows(f32, rows)
+    assert len(got) == 2                                  # row 2 overflows float32
+    for row, cast in zip(rows, got):
+        want = cast_scalars(f32, row, [("x", "x")] * 3)
+        assert [v.tobytes() for v in cast] == [v.tobytes() for v in want]
+        assert all(type(v) is np.float32 for v in cast)
+    with pytest.raises(ValueError, match="Invalid x"):
+        cast_scalars(f32, rows[2], [("x", "x")] * 3)     # where that step raises
+    assert cast_rows(f64, rows) == [tuple(map(float, r)) for r in rows]
+    assert cast_rows(f32, [[10 ** 400, 1.0]]) == []       # a huge int: row by row
+    assert cast_rows(f32, []) == []
+
+
+def test_values_ahead_stop_before_a_step_whose_scalars_overflow():
+    """Adam with lr = 1e38: lr / (1 - beta1**t) overflows float32 at steps 1-3 only."""
+    rule = RULES["adam"]
+    group = {**rule.defaults, "lr": 1e38}
+    dtype = np.dtype(np.float32)
+    assert rule.values_ahead(group, 1, 10, 1.0, dtype) == []
+    ahead = rule.values_ahead(group, 4, 10, 1.0, dtype)
+    assert ahead == [rule.values(group, t, frozenset(), 1.0, dtype) for t in range(4, 14)]
+    with pytest.raises(ValueError, match="Invalid lr"):
+        ScalarsAhead().values(rule, group, 3, 1.0, dtype)

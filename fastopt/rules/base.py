@@ -46,7 +46,7 @@ import numpy as np
 from ..incoming import plain_value
 from ..kernels.halves import BF16_BITS, noise_key
 from ..precision import bf16_bits
-from ..validation import cast_scalars, check_bool, check_real, short_repr
+from ..validation import cast_rows, cast_scalars, check_bool, check_real, short_repr
 
 #: name -> the :class:`Rule` instance, in the order the rule modules define them.
 REGISTRY = {}
@@ -215,6 +215,26 @@ class Rule:
         return cast_scalars(dtype, self.binding.ordered_scalars(named),
                             sources or self._ordered_sources)
 
+    def values_ahead(self, group, first, count, grad_factor, dtype, noise_keys=None):
+        """:meth:`values` of steps ``first`` .. ``first + count - 1`` with no fresh state, in
+        a list, the casts done at once (:func:`~fastopt.validation.cast_rows`): bitwise
+        what :meth:`values` gives each step. ``noise_keys``: a function of the step giving
+        its noise key (low-precision state). Stops before the first step whose scalars
+        would raise, and never raises: that step computes its own."""
+        rows = []
+        for t in range(first, first + count):
+            try:
+                named = self.scalars(group, t, _NO_FRESH)
+                named["grad_factor"] = grad_factor
+                if self.low_precision_state:
+                    named["noise_key"] = 0.0 if noise_keys is None else noise_keys(t)
+                if self._dtype_dependent:
+                    named = self.dtype_scalars(named, dtype)
+                rows.append(self.binding.ordered_scalars(named))
+            except Exception:   # noqa: BLE001 (step t's error: raised at that step)
+                break
+        return cast_rows(dtype, rows)
+
     def ordered_sources(self, **overrides):
         """Per kernel scalar, in order, ``(hyperparameter, formula)`` for an overflow
         message: :attr:`sources`, then ``overrides`` (scalar name -> pair)."""
@@ -301,11 +321,18 @@ class ScalarsAhead:
         else:
             count = 1
         computed = [self._one(rule, group, t, grad_factor, dtype, stream)]
-        for k in range(1, count):
-            try:
-                computed.append(self._one(rule, group, t + k, grad_factor, dtype, stream))
-            except Exception:   # noqa: BLE001 (step t + k's error: raised at that step)
-                break
+        if count > 1:
+            many = getattr(rule, "values_ahead", None)
+            if many is not None:   # the rest with one cast (Rule.values_ahead)
+                keys = None if stream is None else (lambda step: noise_key(step, stream))
+                computed += many(group, t + 1, count - 1, grad_factor, dtype, keys)
+            else:
+                for k in range(1, count):
+                    try:
+                        computed.append(self._one(rule, group, t + k, grad_factor, dtype,
+                                                  stream))
+                    except Exception:   # noqa: BLE001 (step t + k's: raised at that step)
+                        break
         self._group, self._key, self._values, self._first = group, key, computed, t
         return computed[0]
 
