@@ -76,6 +76,71 @@ def test_the_team_is_torch_openmp_runtime_and_can_be_turned_off(monkeypatch):
     assert hostpool.torch_team() is None
 
 
+def test_the_team_is_found_only_where_it_is_unambiguous(monkeypatch):
+    """torch on OpenMP and its own runtime loaded: that one; no runtime in torch's folder:
+    the only one loaded, else none (two runtimes: which one torch uses is unknown); torch
+    not on OpenMP, or not imported: none (Numba's pool then)."""
+    import types
+
+    home = "/site/torch"
+    fake = types.SimpleNamespace(
+        __file__=home + "/__init__.py",
+        __config__=types.SimpleNamespace(parallel_info=lambda: "ATen parallel backend: OpenMP"))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    monkeypatch.setattr(hostpool.sys, "platform", "linux")
+    monkeypatch.setattr(hostpool, "Team", lambda path: path)   # the path it would load
+    for loaded, want in [([home + "/lib/libgomp.so.1", "/usr/lib/libgomp.so.1"],
+                          home + "/lib/libgomp.so.1"),
+                         (["/conda/lib/libiomp5.so"], "/conda/lib/libiomp5.so"),
+                         (["/usr/lib/libgomp.so.1", "/conda/lib/libiomp5.so"], None),
+                         ([], None)]:
+        monkeypatch.setattr(hostpool, "_loaded_runtimes", lambda loaded=loaded: loaded)
+        assert hostpool._find_torch_team() == want, loaded
+    fake.__config__.parallel_info = lambda: "ATen parallel backend: native thread pool"
+    assert hostpool._find_torch_team() is None
+    monkeypatch.delitem(sys.modules, "torch")
+    assert hostpool._find_torch_team() is None
+
+
+def test_the_runtime_names_it_recognises():
+    names = {"libgomp.so.1": True, "libgomp-a34b3233.so.1": True, "libiomp5.so": True,
+             "libomp.so": True, "libomp.so.5": True, "libompitrace.so": False,
+             "omppool.cpython-311-x86_64-linux-gnu.so": False, "libgompx.so": False}
+    for name, want in names.items():
+        assert bool(hostpool._RUNTIME.search(name)) is want, name
+
+
+HOST_POOL_OFF_SCRIPT = """
+    import json, os
+    os.environ["FASTOPT_HOST_POOL"] = "0"
+    import torch
+    import fastopt.torch as ft
+    from fastopt.kernels import config, hostpool
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(300, 300)) for _ in range(2)]
+    opt = ft.Adam(params, lr=1e-2)
+    for step in range(3):
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    from numba.np.ufunc import parallel
+    print(json.dumps({"enabled": hostpool.enabled, "team": hostpool.torch_team() is None,
+                      "numba_pool": bool(parallel._is_initialized)}))
+"""
+
+
+@needs_team
+@pytest.mark.parametrize("off", [True, False])
+def test_fastopt_host_pool_0_keeps_numba_pool(off):
+    """With FASTOPT_HOST_POOL=0 the parallel steps run on Numba's pool; by default on
+    torch's team, and Numba's pool never starts."""
+    script = HOST_POOL_OFF_SCRIPT if off else HOST_POOL_OFF_SCRIPT.replace(
+        'os.environ["FASTOPT_HOST_POOL"] = "0"', 'os.environ.pop("FASTOPT_HOST_POOL", None)')
+    report = run_script(script)
+    assert report == {"enabled": not off, "team": off, "numba_pool": off}, report
+
+
 @needs_team
 @pytest.mark.parametrize("threads", [2, 3, 5])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
