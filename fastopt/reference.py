@@ -406,6 +406,24 @@ def state_noise(noise_key, size):
     return mix32(counter ^ mix32(np.array([int(noise_key)], dtype=np.uint32)))
 
 
+def block_key(key, block):
+    """The noise key of block ``block`` of a call keyed ``key`` run in blocks: ``key`` for
+    block 0, else ``mix32(key ^ (block * 0x85EBCA6B mod 2**32)) >> 8``
+    (``fastopt.kernels.halves.block_key``)."""
+    if block == 0:
+        return int(key)
+    x = np.array([(int(key) ^ (block * 0x85EBCA6B)) & 0xFFFFFFFF], dtype=np.uint32)
+    return int(mix32(x)[0] >> np.uint32(8))
+
+
+def blocked_noise(key, size, block):
+    """:func:`state_noise` of a call keyed ``key`` over ``size`` elements run in blocks of
+    ``block`` (:func:`block_key` per block, indices within the block)."""
+    return np.concatenate([state_noise(block_key(key, k), min(block, size - start))
+                           for k, start in enumerate(range(0, size, block))]
+                          or [np.zeros(0, np.uint32)])
+
+
 def more_noise(noise):
     """32 more random bits from ``noise`` (a third state buffer's): ``mix32(noise ^
     0x632BE5AB)``."""

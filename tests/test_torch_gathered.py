@@ -84,17 +84,27 @@ def test_block_table_covers_exactly_the_runs():
     assert covered.sum() == 70 + 40_000 + 1
 
 
-def test_bf16_state_and_per_tensor_rules_keep_one_call_per_run(monkeypatch):
-    """bf16 state draws its random bits by the element's index within a call, and LAMB
-    reduces over whole tensors: neither takes the one-call path."""
+def test_per_tensor_rules_keep_one_call_per_run_and_bf16_state_takes_block_keys(
+        monkeypatch):
+    """LAMB reduces over whole tensors: it never takes the one-call path. bf16 state
+    always does (even for one small run), with the noise key's position, so that each
+    block rounds with its own key (``halves.block_key``) whatever the blocking."""
     calls = []
     monkeypatch.setattr(gathered, "run", lambda *a: calls.append(a))
     monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 64)
     monkeypatch.setattr(ft.buckets, "GATHER_BELOW_ONE_CALL", 1)
     monkeypatch.setattr(ft.buckets, "GATHER_BELOW", 1)
-    for cls, options in ((ft.Adam, {"state_dtype": "bfloat16"}), (ft.LAMB, {})):
-        params = _model(torch.float32)
-        opt = cls(params, **options)
-        _grads(params, 0, skip=None)
-        opt.step()
+    params = _model(torch.float32)
+    opt = ft.LAMB(params)
+    _grads(params, 0, skip=None)
+    opt.step()
     assert calls == []
+    params = _model(torch.float32)
+    opt = ft.Adam(params, state_dtype="bfloat16")
+    _grads(params, 0, skip=None)
+    opt.step()
+    (call,) = calls
+    noise = call[-1]
+    assert RULES["adam"].binding.scalars[noise] == "noise_key"
+    keys = call[4][0]                       # the runs' keys lead the arguments
+    assert keys.dtype == np.int64 and len(keys) == len(params)

@@ -10,6 +10,8 @@ torch = pytest.importorskip("torch")
 
 import fastopt.torch as ft  # noqa: E402
 from fastopt import reference  # noqa: E402
+from fastopt import threads as fastopt_threads  # noqa: E402
+from fastopt.kernels import gathered, hostpool  # noqa: E402
 from fastopt.kernels.halves import noise_key  # noqa: E402
 
 CASES = [("Adam", {}), ("AdamW", {"amsgrad": True}), ("SGD", {"momentum": 0.9}),
@@ -88,7 +90,8 @@ def test_each_step_is_the_float32_step_rounded_stochastically(rule, options, pat
         for i, (p, q) in enumerate(zip(params, twin_model.parameters())):
             assert torch.equal(p, q)
             first, at = (i, 0) if path == "per-param" else (0, offsets[i])
-            noise = reference.state_noise(noise_key(step, first), offsets[-1])
+            noise = reference.blocked_noise(noise_key(step, first), offsets[-1],
+                                            gathered.BLOCK)
             for name, value in twin.state[q].items():
                 if name == "step" or name in opt.rule.scalar_state_names:
                     continue
@@ -99,6 +102,74 @@ def test_each_step_is_the_float32_step_rounded_stochastically(rule, options, pat
                 np.testing.assert_array_equal(
                     got.view(torch.int16).reshape(-1).numpy().view(np.uint16), want,
                     err_msg=f"{name} of params[{i}] at step {step}")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("path", ["per-param", "flat"])
+@pytest.mark.parametrize("rule,options", [("Adam", {}), ("SGD", {"momentum": 0.9}),
+                                          ("RMSprop", {"centered": True, "momentum": 0.5})])
+def test_runs_over_many_blocks_round_each_block_with_its_own_key(rule, options, path,
+                                                                 threads, monkeypatch):
+    """A run longer than one block of ``gathered.BLOCK`` elements rounds block ``b`` with
+    ``block_key(run key, b)`` and the index within the block (``reference.blocked_noise``),
+    so the bits are the same whichever thread runs a block, with torch's team of 1, 2 or
+    3 threads."""
+    monkeypatch.setattr(ft.buckets, "GATHER_BELOW", 0)
+    monkeypatch.setattr(ft.buckets, "GATHER_BELOW_ONE_CALL", 0)
+    monkeypatch.setattr(fastopt_threads, "policy", "size")   # parallel above the threshold
+    launches = []
+    if hostpool.torch_team() is not None:
+        original = hostpool.Team.launch
+        monkeypatch.setattr(hostpool.Team, "launch",
+                            lambda self, *a: (launches.append(a[-1]), original(self, *a)))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(s)) for s in [(300, 250), (77,), (150, 120)]]
+        opt = getattr(ft, rule)(params, lr=1e-2, state_dtype="bfloat16", **options)
+        twin_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+        twin = getattr(ft, rule)(twin_params, lr=1e-2, **options)
+        sizes = [p.numel() for p in params]
+        assert sizes[0] > 2 * gathered.BLOCK              # three blocks in one param
+        for step in range(1, 4):
+            if path == "flat":
+                opt.zero_grad(set_to_none=False)
+            torch.manual_seed(50 + step)
+            grads = [torch.randn_like(p) for p in params]
+            for p, q, g in zip(params, twin_params, grads):
+                if path == "flat" and p.grad is not None:
+                    p.grad.copy_(g)
+                else:
+                    p.grad = g.clone()
+                q.grad = g.clone()
+            if step > 1:   # the twin continues from the widened bf16 state
+                saved = opt.state_dict()
+                for group in saved["param_groups"]:
+                    group["state_dtype"] = None
+                twin.load_state_dict(saved)
+            opt.step()
+            twin.step()
+            offsets = np.cumsum([0] + sizes)
+            flat_run = path == "flat" and step > 1   # after zero_grad bound the views
+            for i, (p, q) in enumerate(zip(params, twin_params)):
+                assert torch.equal(p, q)
+                first, at = (0, offsets[i]) if flat_run else (i, 0)
+                total = offsets[-1] if flat_run else sizes[i]
+                noise = reference.blocked_noise(noise_key(step, first), total,
+                                                gathered.BLOCK)
+                for name, value in twin.state[q].items():
+                    if name == "step":
+                        continue
+                    bits = _bits(rule, name, noise)[at:at + p.numel()]
+                    want = reference.round_stochastic(value.reshape(-1).numpy(), bits)
+                    got = opt.state[p][name].view(torch.int16).reshape(-1).numpy()
+                    np.testing.assert_array_equal(got.view(np.uint16), want,
+                                                  err_msg=f"{name} of params[{i}], {step}")
+        if hostpool.torch_team() is not None:   # on torch's team where it has threads
+            assert bool(launches) == (threads > 1) and set(launches) <= {threads}
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bf16_params_train_over_a_float32_master_with_bf16_state():

@@ -32,6 +32,7 @@ from numba import carray, njit, prange, types
 from numba.extending import intrinsic
 
 from . import config
+from .halves import block_key
 
 #: Elements per block of the driver's table: small enough to balance the threads over
 #: arrays of different sizes, large enough that a block's call costs nothing.
@@ -66,35 +67,50 @@ def driver(param, addresses, table, {arrays}{scalars}):
         hi = table[b, 2]
         grad = carray(_voidptr_at(addresses[r] + (lo - table[b, 3]) * ITEMSIZE),
                       (hi - lo,), dtype=GRAD_DTYPE)
-        serial(param[lo:hi], grad, {sliced}{scalars})
+{key}        serial(param[lo:hi], grad, {sliced}{passed})
+"""
+
+_KEY = """        key = NOISE_TYPE(block_key(a0[r], (lo - table[b, 3]) // BLOCK))
 """
 
 
-def _driver(variant, arrays, scalars, grad_dtype, parallel):
+def _driver(variant, arrays, scalars, grad_dtype, parallel, noise=None, noise_type=None):
     """Compile the driver of ``variant`` for ``arrays`` array arguments after the gradient
-    and ``scalars`` scalars (see the module docstring)."""
+    and ``scalars`` scalars (see the module docstring). ``noise``: the index among the
+    scalars of a low-precision state's ``noise_key``, replaced per block by
+    :func:`~fastopt.kernels.halves.block_key` of the run's key (the first array, one key
+    per run, not passed on) and the block's index in its run (as ``noise_type``)."""
     names = [f"a{k}" for k in range(arrays)]
     values = [f"s{k}" for k in range(scalars)]
-    source = _SOURCE.format(arrays="".join(f"{n}, " for n in names),
-                            scalars=", ".join(values),
-                            sliced="".join(f"{n}[lo:hi], " for n in names))
+    passed = list(values)
+    if noise is not None:
+        passed[noise] = "key"
+    source = _SOURCE.format(
+        arrays="".join(f"{n}, " for n in names), scalars=", ".join(values),
+        key=_KEY if noise is not None else "", passed=", ".join(passed),
+        sliced="".join(f"{n}[lo:hi], " for n in names[1 if noise is not None else 0:]))
     namespace = {"prange": prange, "carray": carray, "_voidptr_at": _voidptr_at,
                  "serial": variant.serial, "ITEMSIZE": grad_dtype.itemsize,
-                 "GRAD_DTYPE": grad_dtype}
+                 "GRAD_DTYPE": grad_dtype, "block_key": block_key, "BLOCK": BLOCK,
+                 "NOISE_TYPE": noise_type}
     exec(compile(source, f"<fastopt gathered driver of {variant}>", "exec"), namespace)
     return njit(parallel=parallel, fastmath=set(config.FASTMATH),
                 error_model=config.ERROR_MODEL)(namespace["driver"])
 
 
-def drivers(variant, rest, grad_dtype):
+def drivers(variant, rest, grad_dtype, noise=None):
     """The (parallel, serial) drivers of ``variant`` for the arguments ``rest`` (as
-    :func:`run` takes them) and gradients of ``grad_dtype``, compiled on first use."""
+    :func:`run` takes them) and gradients of ``grad_dtype``, compiled on first use.
+    ``noise``: the index of the ``noise_key`` scalar when ``rest`` starts with the runs'
+    noise keys (low-precision state, :func:`_driver`), else ``None``."""
     arrays = sum(isinstance(a, np.ndarray) for a in rest)
-    key = (arrays, len(rest) - arrays, grad_dtype)
+    key = (arrays, len(rest) - arrays, grad_dtype, noise)
     found = variant.drivers.get(key)
     if found is None:
-        found = variant.drivers[key] = (_driver(variant, arrays, key[1], grad_dtype, True),
-                                        _driver(variant, arrays, key[1], grad_dtype, False))
+        noise_type = None if noise is None else type(rest[arrays + noise])
+        found = variant.drivers[key] = tuple(
+            _driver(variant, arrays, key[1], grad_dtype, parallel, noise, noise_type)
+            for parallel in (True, False))
     return found
 
 
@@ -103,7 +119,8 @@ def elements(table):
     return int((table[:, 2] - table[:, 1]).sum()) if table.size else 0
 
 
-def run(variant, param, grads, table, rest, addresses=None, team=None, count=None):
+def run(variant, param, grads, table, rest, addresses=None, team=None, count=None,
+        noise=None):
     """Run ``variant`` over ``param`` with its gradient read from ``grads`` (1-D
     C-contiguous arrays, one per row index of ``table``: :func:`block_table`) and the
     other arguments ``rest`` (the kernel's arguments after the gradient, without the
@@ -113,8 +130,10 @@ def run(variant, param, grads, table, rest, addresses=None, team=None, count=Non
     <fastopt.kernels.config.Variant.__call__>` chooses a twin; the parallel one on
     ``team`` (a :class:`~fastopt.kernels.hostpool.Team`, the host's OpenMP threads) when
     given, else on Numba's pool. ``count``: the table's :func:`elements`, when the
-    caller has it (else ``param``'s length decides)."""
-    found = drivers(variant, rest, grads[0].dtype)
+    caller has it (else ``param``'s length decides). ``noise``: as :func:`drivers`
+    (then ``rest`` starts with the runs' noise keys, and ``table`` has blocks of
+    :data:`BLOCK`)."""
+    found = drivers(variant, rest, grads[0].dtype, noise)
     if addresses is None:
         addresses = [g.__array_interface__["data"][0] for g in grads]
     addresses = np.array(addresses, dtype=np.int64)
@@ -137,20 +156,25 @@ class Repeated:
     ``variant``, ``param``, ``table``: as :func:`run`; ``arrays``: the kernel's array
     arguments after the gradient; ``scalars``: one step's scalars (their types fix the
     compiled driver; later calls must pass the same types); ``grad_dtype``: the gradients';
-    ``team``: as :func:`run`."""
+    ``team``, ``noise``: as :func:`run` (with ``noise``, ``arrays`` starts with an int64
+    array of the runs' noise keys, which the caller rewrites in place each step)."""
 
-    def __init__(self, variant, param, table, arrays, scalars, grad_dtype, team=None):
+    def __init__(self, variant, param, table, arrays, scalars, grad_dtype, team=None,
+                 noise=None):
         rest = (*arrays, *scalars)
-        self.found = drivers(variant, rest, np.dtype(grad_dtype))
+        self.found = drivers(variant, rest, np.dtype(grad_dtype), noise)
         self.param, self.table, self.arrays, self.team = param, table, tuple(arrays), team
         self.addresses = np.zeros(int(table[:, 0].max()) + 1 if table.size else 0,
                                   dtype=np.int64)
         self.count = elements(table)   # serial below the parallel threshold
         self._control = None   # the team's (body, control block, scalars), on first use
 
-    def __call__(self, addresses, scalars):
-        """Run with ``addresses`` (one per row index of the table) and ``scalars``."""
+    def __call__(self, addresses, scalars, keys=None):
+        """Run with ``addresses`` (one per row index of the table), ``scalars`` and, with
+        ``noise``, the runs' noise ``keys``."""
         self.addresses[:] = addresses
+        if keys is not None:
+            self.arrays[0][:] = keys
         param = self.param
         if self.count < config.PARALLEL_THRESHOLD or config.serial_chosen():
             self.found[1](param, self.addresses, self.table, *self.arrays, *scalars)

@@ -226,6 +226,21 @@ def store_pair(first, x, second, y, noise_key, i):
     second[i] = store_state(second, y, high_half(noise))
 
 
+@register_jitable
+def block_key(key, block):
+    """The noise key of block ``block`` of a call keyed ``key`` that is run in blocks
+    (:mod:`fastopt.kernels.gathered`, ``fastopt.torch``'s low-precision state): ``key``
+    for block 0, else ``mix32(key ^ (block * 0x85EBCA6B)) >> 8``, a whole number below
+    2**24 like every key (exact as the kernels' float32 scalar). Each block's elements
+    then take ``state_noise(block key, index within the block)``, so the bits do not
+    depend on which thread runs a block."""
+    if block == 0:
+        return np.uint32(key)
+    mixed = _mix32(np.uint32(np.uint32(key) ^ np.uint32(np.uint32(block) *
+                                                         np.uint32(0x85EBCA6B))))
+    return np.uint32(mixed >> np.uint32(8))
+
+
 def noise_key(step, stream, seed=0):
     """The ``noise_key`` scalar of step ``step`` over buffer number ``stream`` (which
     segment or run of the optimizer: each gets its own bits) with ``seed``: a whole

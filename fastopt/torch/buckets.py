@@ -323,8 +323,9 @@ class Bucket:
         changed), its scalars computed ahead for the next steps (:meth:`_Steady.values`).
         """
         memo = self._steady
-        if memo is None or memo.names != names or group.get("state_dtype") is not None:
-            return None   # (plan refuses a state_dtype set after construction)
+        if memo is None or memo.names != names or self.state_dtype != (
+                torch.bfloat16 if group.get("state_dtype") == "bfloat16" else None):
+            return None   # (plan refuses a state_dtype changed after construction)
         dtype, addresses, spans, known = self.param.dtype, {}, memo.spans, self.known
         for i, (p, has) in enumerate(zip(self.params, memo.has)):
             grad = p.grad
@@ -359,8 +360,9 @@ class Bucket:
             held = rule.scalar_state(group, t)
             calls += [([i, i + 1, call.step, (), None], {}, None, held)
                       for i in call.members]
+            keys = None if self.state_dtype is None else self.run_keys(t, call.members)
             launches.append((partial(call.call, [addresses[i] for i in call.members],
-                                     values), call.indices))
+                                     values, keys), call.indices))
         self._pending = memo
         return calls, launches
 
@@ -561,10 +563,11 @@ class Bucket:
         than the parallel threshold (in a bucket below it, with a team); a per-tensor rule
         or state of its own layout (a kernel over whole tensors); bf16 state (its random
         bits follow the element's index within a call)."""
-        if not self.elementwise or self.state_dtype is not None:
+        if not self.elementwise:
             return None
         team = hostpool.torch_team()
-        if len(members) < 2 and team is None:
+        low = self.state_dtype is not None   # bf16 state: always here (its random bits)
+        if len(members) < 2 and team is None and not low:
             return None
         offsets = self.offsets
         key = tuple((run[0], run[1]) for run, _, _ in members)
@@ -576,7 +579,7 @@ class Bucket:
             # few elements: one call of the variant's serial twin (compiled once, cached
             # on disk), unless the bucket is large enough to run parallel at all, where
             # this is a lagging param's call of a steady plan (the same driver, serial)
-            if count < config.PARALLEL_THRESHOLD and (
+            if count < config.PARALLEL_THRESHOLD and not low and (
                     team is None or self.np_param.shape[0] < config.PARALLEL_THRESHOLD):
                 return None
             if len(self._tables) > 64:   # params that get gradients change: keep it small
@@ -588,8 +591,21 @@ class Bucket:
         state = {name: self.np_state[name] for name in names}
         copy = self.np_copy if self.half else None
         variant, args = rule.call(self.np_param, grads[0], state, values, group, copy=copy)
-        return partial(gathered.run, variant, self.np_param, grads, table[0], args[2:],
-                       addresses, team, table[2]), table[1]
+        rest, noise = args[2:], None
+        if low:   # each run's key; each block's from it (gathered, halves.block_key)
+            step = members[0][0][2] + 1
+            rest = (self.run_keys(step, [run[0] for run, _, _ in members]), *rest)
+            noise = rule.binding.scalars.index("noise_key")
+        return partial(gathered.run, variant, self.np_param, grads, table[0], rest,
+                       addresses, team, table[2], noise), table[1]
+
+    def run_keys(self, step, firsts):
+        """The low-precision state's noise key of each run starting at param ``firsts[k]``
+        at step ``step`` (:func:`~fastopt.kernels.halves.noise_key` of the step and the
+        run's stream, ``(bucket stream << 32) + first``), int64: block ``b`` of a run
+        rounds with ``block_key(run key, b)`` (blocks of ``gathered.BLOCK``)."""
+        return np.array([noise_key(step, (self.stream << 32) + first) for first in firsts],
+                        dtype=np.int64)
 
     def run(self, prepared, state, has_step):
         """Run the kernel calls :meth:`prepare` planned: fill fresh state, advance steps,
@@ -679,10 +695,14 @@ class _SteadyCall:
 
     def bind(self, bucket, rule, group, factor, variant, arrays):
         values = self.values(rule, group, factor, self.step + 1, bucket.np_param.dtype)
+        noise = None
+        if bucket.state_dtype is not None:   # the runs' noise keys, rewritten each step
+            arrays = (np.zeros(len(self.members), dtype=np.int64), *arrays)
+            noise = rule.binding.scalars.index("noise_key")
         #: The kernel call, run with each step's gradient addresses and scalars.
         self.call = None if values is None else gathered.Repeated(
             variant, bucket.np_param, self.table, arrays, values, bucket.np_grad.dtype,
-            hostpool.torch_team())
+            hostpool.torch_team(), noise)
 
     def values(self, rule, group, factor, t, dtype):
         """The kernel's scalars for step ``t`` (:class:`~fastopt.rules.base.ScalarsAhead`),
