@@ -18,9 +18,12 @@ other array argument is sliced ``[lo:hi]``: the flat state buffers and copy, lai
 the parameters; an unused buffer (an empty array) stays empty. The gradient arrays must
 be C-contiguous and stay alive during the call (the caller holds them).
 
-Low-precision state is excluded by the caller: its random bits depend on the element's
-index within the call (:func:`~fastopt.kernels.halves.state_noise`), which is the
-block-relative index here.
+Low-precision state draws its random bits by the element's index within a call
+(:func:`~fastopt.kernels.halves.state_noise`), which is the block-relative index here; so
+its drivers (``noise``: the position of the kernel's ``noise_key`` scalar) take the runs'
+keys as their first array and call each block with ``block_key(run key, block index in
+the run)``: the bits depend on the block, never on the thread (``fastopt.torch``'s
+definition of bf16 state's bits).
 
 The drivers are generated per (variant, number of array and scalar arguments, gradient
 dtype) and compiled on first use (about a second; Numba cannot cache generated code).

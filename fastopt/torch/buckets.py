@@ -561,8 +561,8 @@ class Bucket:
         in a bucket above the parallel threshold, for few elements: the serial driver).
         ``None`` where that does not apply: without such a team, one run; fewer elements
         than the parallel threshold (in a bucket below it, with a team); a per-tensor rule
-        or state of its own layout (a kernel over whole tensors); bf16 state (its random
-        bits follow the element's index within a call)."""
+        or state of its own layout (a kernel over whole tensors). bf16 state always takes
+        this path, its random bits by block (:meth:`run_keys`)."""
         if not self.elementwise:
             return None
         team = hostpool.torch_team()
