@@ -340,3 +340,23 @@ FORK_SCRIPT = """
 def test_a_child_forked_after_steps_on_the_team_steps_serially_with_the_same_result():
     report = run_script(FORK_SCRIPT)
     assert report == {"team": True, "used": True, "child_ok": True}, report
+
+
+@needs_team
+def test_the_team_size_is_torch_threads_unless_numba_was_lowered():
+    """torch's intra-op count; fastopt.num_threads(n) below Numba's maximum lowers it
+    (the bench's "fastopt 1 thread"), Numba's default count does not."""
+    import numba
+
+    import fastopt
+    team = hostpool.torch_team()
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        numba.get_num_threads()                  # Numba's pool started, at its maximum
+        assert team.threads() == 3
+        with fastopt.num_threads(1):
+            assert team.threads() == 1
+        assert team.threads() == 3
+    finally:
+        torch.set_num_threads(before)

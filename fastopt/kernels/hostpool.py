@@ -91,11 +91,13 @@ class Team:
 
     def threads(self):
         """The team's size for the next kernel: torch's intra-op thread count, lowered to
-        Numba's where the user set that (after Numba's pool started; reading it before
-        would start it)."""
+        Numba's where the user set that below its maximum (``fastopt.num_threads(1)``;
+        read only after Numba's pool started: reading it would start it)."""
         count = self._torch.get_num_threads()
         if _numba_pool._is_initialized:
-            count = min(count, numba.get_num_threads())
+            lowered = numba.get_num_threads()
+            if lowered < numba.config.NUMBA_NUM_THREADS:   # set below its maximum
+                count = min(count, lowered)
         return count
 
     def body(self, driver, key):
