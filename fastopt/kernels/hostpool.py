@@ -20,8 +20,10 @@ torch fused 0.44 ms, fastopt on Numba's pool 0.62 ms, serial 0.55 ms, **on torch
   addresses. The team has ``torch.get_num_threads()`` threads (fewer if Numba's count was
   lowered, ``fastopt.threads.num_threads``); at one thread nothing is launched.
 
-The results are bitwise those of the serial twin (each block is the serial twin over a
-slice; elementwise rules only), so determinism across thread counts holds. A child forked
+The results are bitwise those of the serial driver (each block is the serial twin over a
+slice; elementwise rules only; bf16 state rounds each block with its own key,
+:func:`~fastopt.kernels.halves.block_key`), so determinism across thread counts holds. A
+child forked
 after its parent used the team runs serial twins (:class:`~fastopt.kernels.config._ForkGate`):
 a GNU OpenMP team does not survive ``fork``. Two Python threads may run kernels at once:
 each gets its own team from the runtime. Nothing of Numba's, torch's or OpenMP's global
