@@ -66,6 +66,7 @@ class Optimizer:
         #: steps (:class:`~fastopt.rules.base.ScalarsAhead`), shared by those segments.
         self._aheads = {}
         self._spans_cache = None   # the params' and state's byte spans (aliasing checks)
+        self._span_of = []   # per gradient position: (the last array there, its span)
         #: Loop options, optimizer-wide (attributes: change them between steps freely).
         self.clip_grad_norm = clip_grad_norm
         self.grad_scale = grad_scale
@@ -231,7 +232,7 @@ class Optimizer:
         :meth:`_explain_aliasing` find what, for the message (1e5 arrays: 9 us per array
         with the sweep, every step)."""
         starts, ends = self._fixed_spans()
-        spans = [_span(g) for g in grads if g is not None]
+        spans = self._grad_spans(grads)
         if not spans:
             return
         grad_spans = np.array(spans, dtype=np.int64).reshape(-1, 2)
@@ -249,6 +250,23 @@ class Optimizer:
                                   np.maximum.accumulate(last[order])[:-1]))
         if overlap:
             self._explain_aliasing(grads, zero_grad)
+
+    def _grad_spans(self, grads):
+        """The byte spans of the gradients that are not None, reusing last step's span of
+        an array that comes back (the same object: its memory cannot have moved while
+        the optimizer holds it; ``__array_interface__`` builds a dict per call)."""
+        cache = self._span_of
+        if len(cache) != len(grads):
+            cache = self._span_of = [(None, None)] * len(grads)
+        spans = []
+        for i, grad in enumerate(grads):
+            if grad is None:
+                continue
+            known = cache[i]
+            if known[0] is not grad:
+                known = cache[i] = (grad, _span(grad))
+            spans.append(known[1])
+        return spans
 
     def _fixed_spans(self):
         """Sorted ``(starts, ends)`` (int64) of the non-empty params, state buffers and
