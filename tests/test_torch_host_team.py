@@ -360,3 +360,53 @@ def test_the_team_size_is_torch_threads_unless_numba_was_lowered():
         assert team.threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+TWO_THREADS_SCRIPT = """
+    import json, threading
+    import torch
+    import fastopt.torch as ft
+    from fastopt import threads as fastopt_threads
+    from fastopt.kernels import hostpool
+
+    fastopt_threads.policy = "size"       # parallel (on the team) above the threshold
+    torch.set_num_threads(2)
+    launches = []
+    original = hostpool.Team.launch
+    def counted(self, *args):
+        launches.append(args[-1])
+        return original(self, *args)
+    hostpool.Team.launch = counted
+
+    def train(seed, out):
+        torch.manual_seed(seed)
+        params = [torch.nn.Parameter(torch.randn(400, 300)) for _ in range(2)]
+        opt = ft.Adam(params, lr=1e-2)
+        for step in range(6):
+            g = torch.Generator().manual_seed(seed * 100 + step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        out[seed] = torch.cat([p.detach().reshape(-1) for p in params])
+
+    alone = {}
+    for seed in (1, 2):
+        train(seed, alone)
+    together = {}
+    workers = [threading.Thread(target=train, args=(seed, together)) for seed in (1, 2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    print(json.dumps({"same": all(torch.equal(alone[s], together[s]) for s in (1, 2)),
+                      "on_team": len(launches) >= 24}))
+"""
+
+
+@needs_team
+def test_two_threads_step_their_own_optimizers_on_the_team_as_sequential_runs():
+    """Each Python thread entering GOMP_parallel gets its own team from the runtime: two
+    threads stepping their own fastopt.torch optimizers at once finish (a timeout fails a
+    hang) with the results of the same steps run one after the other."""
+    report = run_script(TWO_THREADS_SCRIPT)
+    assert report == {"same": True, "on_team": True}, report
