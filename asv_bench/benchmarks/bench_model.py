@@ -93,3 +93,25 @@ class TorchClipThenStep:
 
     def time_step(self, rule, dtype, size):
         self.step()
+
+
+class ManyArrays:
+    """Adam over many separate float32 arrays (``suites.MANY_ARRAYS``, a list, not
+    flattened): a step and the construction with the first step, fastopt's time over
+    torch foreach's in the same run (lower is better; 1 is a tie; the issue's target for
+    the step is 0.2). The ratios without torch are skipped."""
+
+    timeout = 300
+
+    def setup(self):
+        self.row = suites.many_arrays_row(torch=True, repeat=3)
+
+    def track_step_over_torch_foreach(self):
+        return 1.0 / self.row["speedup_step"]
+
+    track_step_over_torch_foreach.unit = "ratio"
+
+    def track_first_step_over_torch(self):
+        return 1.0 / self.row["speedup_first"]
+
+    track_first_step_over_torch.unit = "ratio"
