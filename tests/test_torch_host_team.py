@@ -378,9 +378,10 @@ TWO_THREADS_SCRIPT = """
         return original(self, *args)
     hostpool.Team.launch = counted
 
-    def train(seed, out):
-        torch.manual_seed(seed)
-        params = [torch.nn.Parameter(torch.randn(400, 300)) for _ in range(2)]
+    def train(seed, out):   # a generator of its own: torch's global one is shared
+        init = torch.Generator().manual_seed(seed)
+        params = [torch.nn.Parameter(torch.randn(400, 300, generator=init))
+                  for _ in range(2)]
         opt = ft.Adam(params, lr=1e-2)
         for step in range(6):
             g = torch.Generator().manual_seed(seed * 100 + step)
