@@ -312,34 +312,21 @@ class ScalarsAhead:
         state; ``stream``: the low-precision state's noise stream (``noise_key(t,
         stream)``), or ``None``. Raises what :meth:`Rule.values` raises for step ``t``
         (a later step's error is left for that step)."""
-        key = (grad_factor, dtype, stream)
+        cached = (grad_factor, dtype, stream)
         ahead, first = self._values, self._first
-        if ahead is not None and group is self._group and key == self._key:
+        if ahead is not None and group is self._group and cached == self._key:
             if first <= t < first + len(ahead):
                 return ahead[t - first]
             count = self.AHEAD
         else:
             count = 1
-        computed = [self._one(rule, group, t, grad_factor, dtype, stream)]
-        if count > 1:
-            many = getattr(rule, "values_ahead", None)
-            if many is not None:   # the rest with one cast (Rule.values_ahead)
-                keys = None if stream is None else (lambda step: noise_key(step, stream))
-                computed += many(group, t + 1, count - 1, grad_factor, dtype, keys)
-            else:
-                for k in range(1, count):
-                    try:
-                        computed.append(self._one(rule, group, t + k, grad_factor, dtype,
-                                                  stream))
-                    except Exception:   # noqa: BLE001 (step t + k's: raised at that step)
-                        break
-        self._group, self._key, self._values, self._first = group, key, computed, t
-        return computed[0]
-
-    @staticmethod
-    def _one(rule, group, t, grad_factor, dtype, stream):
         key = 0.0 if stream is None else noise_key(t, stream)
-        return rule.values(group, t, _NO_FRESH, grad_factor, dtype, noise_key=key)
+        computed = [rule.values(group, t, _NO_FRESH, grad_factor, dtype, noise_key=key)]
+        if count > 1:   # the rest with one cast (never raising: a step's error waits)
+            keys = None if stream is None else (lambda step: noise_key(step, stream))
+            computed += rule.values_ahead(group, t + 1, count - 1, grad_factor, dtype, keys)
+        self._group, self._key, self._values, self._first = group, cached, computed, t
+        return computed[0]
 
 
 _NO_FRESH = frozenset()
