@@ -374,14 +374,10 @@ class Optimizer:
             rule, aheads, names_of = self.rule, self._aheads, {}
             for (g, seg), group, grad in zip(work, resolved, views):
                 target = seg.target   # the param, or a half param's float32 master
-                names = names_of.get(id(group))
-                if names is None or names[1] is not group:
-                    names = names_of[id(group)] = (frozenset(rule.state_names(group)), group)
-                state = seg.state
-                if names[0] <= state.keys():   # every buffer there already: new_state's
-                    fresh = _NOTHING           # answer, without the call
-                else:
-                    state, fresh = self.new_state(target, state, group, seg)
+                names = names_of.get(id(group))   # this step's groups: alive, unchanged
+                if names is None:
+                    names = names_of[id(group)] = frozenset(rule.state_names(group))
+                state, fresh = self.new_state(target, seg.state, group, seg, names)
                 step = seg.step + 1
                 sign = -scale if group["maximize"] else scale
                 stream = seg.stream if group.get("state_dtype") else None
@@ -438,7 +434,7 @@ class Optimizer:
 
     # --- state --------------------------------------------------------------------
 
-    def new_state(self, param, state, group, segment=None):
+    def new_state(self, param, state, group, segment=None, names=None):
         """``(state, fresh)``: ``state`` (a dict of buffers by name, not changed) plus a
         buffer like ``param`` (the segment's ``target``: a half param's float32 master)
         for every name the group needs that it lacks, filled with
@@ -447,7 +443,11 @@ class Optimizer:
         (:meth:`Rule.state_shape <fastopt.rules.base.Rule.state_shape>`), each buffer has
         the length :meth:`Segment.state_members
         <fastopt.optim.segments.Segment.state_members>` gives for ``segment`` (the
-        segment whose ``param`` this is; required then)."""
+        segment whose ``param`` this is; required then). ``names``: the group's state
+        names as a frozenset, when the caller has them (a step, once per group): then a
+        segment with every buffer costs one set comparison."""
+        if names is not None and names <= state.keys():   # every buffer there already
+            return state, _NOTHING
         fresh = _NOTHING
         rule = self.rule
         dtype = None
