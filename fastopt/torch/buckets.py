@@ -90,6 +90,11 @@ def slices(flat, shapes, offsets):
             for shape, a, b in zip(shapes, offsets, offsets[1:])]
 
 
+def overlaps(start, end, spans):
+    """Whether bytes ``[start, end)`` overlap any ``(first, stop)`` of ``spans``."""
+    return any(start < stop and first < end for first, stop in spans)
+
+
 def scalar_dtype():
     """The dtype torch.optim gives ``state['step']`` (float32 unless the default is float64)."""
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
@@ -304,6 +309,12 @@ class Bucket:
 
     # --- one step ------------------------------------------------------------------
 
+    def keeps(self, group_state_dtype):
+        """Whether the state is kept as a group's ``state_dtype`` says (it cannot change
+        after construction)."""
+        return self.state_dtype == (torch.bfloat16 if group_state_dtype == "bfloat16"
+                                    else None)
+
     def steady(self, names, state, rule, group, grad_factor):
         """The step :meth:`prepare` would return, without :meth:`plan` and :meth:`grads`,
         when this step repeats the last one's plan: the same params have a gradient, each
@@ -323,10 +334,9 @@ class Bucket:
         changed), its scalars computed ahead for the next steps (:meth:`_Steady.values`).
         """
         memo = self._steady
-        if memo is None or memo.names != names or self.state_dtype != (
-                torch.bfloat16 if group.get("state_dtype") == "bfloat16" else None):
+        if memo is None or memo.names != names or not self.keeps(group.get("state_dtype")):
             return None   # (plan refuses a state_dtype changed after construction)
-        dtype, addresses, spans, known = self.param.dtype, {}, memo.spans, self.known
+        dtype, addresses, spans = self.param.dtype, {}, memo.spans
         for i, (p, has) in enumerate(zip(self.params, memo.has)):
             grad = p.grad
             if grad is None:
@@ -340,13 +350,8 @@ class Bucket:
                     or p.data_ptr() != self.param_addresses[i]):
                 return None
             start = grad.data_ptr()
-            end = start + memo.nbytes[i]
-            for s, e in spans:
-                if start < e and s < end:
-                    return None
-            entry = state.get(p)
-            if entry is None or known[i] is None or known[i][0] is not entry or \
-                    not self.is_known(i, entry):
+            if overlaps(start, start + memo.nbytes[i], spans) or \
+                    not self.is_known(i, state.get(p)):
                 return None
             addresses[i] = start
         if group is not memo.group or grad_factor != memo.factor:
@@ -378,7 +383,7 @@ class Bucket:
         flat gradient buffer by :meth:`grads` with one ``torch._foreach_copy_`` and stepped
         as flat runs: one copy costs less than reading each in place there. ``p.grad`` is
         never rebound. Writes nothing."""
-        if self.state_dtype != (torch.bfloat16 if group_state_dtype == "bfloat16" else None):
+        if not self.keeps(group_state_dtype):
             raise ValueError(f"{owner}: state_dtype: a param group's state_dtype is "
                              f"{group_state_dtype!r}, but its state is kept in "
                              f"{'bfloat16' if self.state_dtype else 'the params dtype'}; "
@@ -467,8 +472,7 @@ class Bucket:
                     spans = self._spans()
                 start = foreign.data_ptr()
                 end = start + array.nbytes
-                if array.flags.c_contiguous and not any(start < e and s < end
-                                                        for s, e in spans):
+                if array.flags.c_contiguous and not overlaps(start, end, spans):
                     out.append(array.reshape(-1))
                     addresses.append(start)
                     continue
