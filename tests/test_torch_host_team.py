@@ -167,7 +167,9 @@ def test_a_kernel_on_the_team_is_bitwise_the_serial_kernel(case, dtype, threads)
         variant, args = rule.call(param, grads[0], state, values, group)
         found = gathered.drivers(variant, args[2:], np.dtype(dtype))
         if on_team:
-            hostpool.torch_team().run(found[1], param, addresses, table, args[2:], threads)
+            team = hostpool.torch_team()
+            body, control, _ = team.control(found[1], param, addresses, table, args[2:])
+            team.launch(body, control, threads)
         else:
             found[1](param, addresses, table, *args[2:])
         out.append((param, state))

@@ -133,21 +133,15 @@ def run(variant, param, grads, table, rest, addresses=None, team=None, count=Non
     <fastopt.kernels.config.Variant.__call__>` chooses a twin; the parallel one on
     ``team`` (a :class:`~fastopt.kernels.hostpool.Team`, the host's OpenMP threads) when
     given, else on Numba's pool. ``count``: the table's :func:`elements`, when the
-    caller has it (else ``param``'s length decides). ``noise``: as :func:`drivers`
+    caller has it. ``noise``: as :func:`drivers`
     (then ``rest`` starts with the runs' noise keys, and ``table`` has blocks of
     :data:`BLOCK`)."""
-    found = drivers(variant, rest, grads[0].dtype, noise)
     if addresses is None:
         addresses = [g.__array_interface__["data"][0] for g in grads]
-    addresses = np.array(addresses, dtype=np.int64)
-    count = param.shape[0] if count is None else count
-    if count < config.PARALLEL_THRESHOLD or config.serial_chosen():
-        found[1](param, addresses, table, *rest)
-    elif team is not None:
-        from .hostpool import run as run_on_team
-        run_on_team(team, found, param, addresses, table, rest)
-    else:
-        config.run_parallel(found[0], param, addresses, table, *rest)
+    arrays = [a for a in rest if isinstance(a, np.ndarray)]   # the arrays come first
+    scalars = rest[len(arrays):]
+    Repeated(variant, param, table, arrays, scalars, grads[0].dtype, team, noise,
+             count)(addresses, scalars)
 
 
 class Repeated:
@@ -159,17 +153,19 @@ class Repeated:
     ``variant``, ``param``, ``table``: as :func:`run`; ``arrays``: the kernel's array
     arguments after the gradient; ``scalars``: one step's scalars (their types fix the
     compiled driver; later calls must pass the same types); ``grad_dtype``: the gradients';
-    ``team``, ``noise``: as :func:`run` (with ``noise``, ``arrays`` starts with an int64
-    array of the runs' noise keys, which the caller rewrites in place each step)."""
+    ``team``, ``noise``, ``count``: as :func:`run` (with ``noise``, ``arrays`` starts with
+    an int64 array of the runs' noise keys, which the caller rewrites in place each
+    step). The one place that chooses the serial driver, torch's team or Numba's pool."""
 
     def __init__(self, variant, param, table, arrays, scalars, grad_dtype, team=None,
-                 noise=None):
+                 noise=None, count=None):
         rest = (*arrays, *scalars)
         self.found = drivers(variant, rest, np.dtype(grad_dtype), noise)
         self.param, self.table, self.arrays, self.team = param, table, tuple(arrays), team
         self.addresses = np.zeros(int(table[:, 0].max()) + 1 if table.size else 0,
                                   dtype=np.int64)
-        self.count = elements(table)   # serial below the parallel threshold
+        # serial below the parallel threshold
+        self.count = elements(table) if count is None else count
         self._control = None   # the team's (body, control block, scalars), on first use
 
     def __call__(self, addresses, scalars, keys=None):

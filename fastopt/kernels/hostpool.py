@@ -13,7 +13,8 @@ torch fused 0.44 ms, fastopt on Numba's pool 0.62 ms, serial 0.55 ms, **on torch
   must be OpenMP; the library is found among the loaded ones, torch's own copy first),
   once per process; ``None`` where there is none (macOS, a native-threads build) or where
   ``FASTOPT_HOST_POOL=0``, and then fastopt uses Numba's pool as before.
-* :meth:`Team.run` runs a kernel's block driver (:mod:`fastopt.kernels.gathered`) with
+* :meth:`Team.launch` runs a kernel's block driver (:mod:`fastopt.kernels.gathered`,
+  whose :class:`~fastopt.kernels.gathered.Repeated` decides when) with
   ``GOMP_parallel``, the entry point an ``#pragma omp parallel`` compiles to: torch's
   own threads, already awake, each take an equal share of the table's blocks and call the
   serial driver on them, from a Numba ``cfunc`` that rebuilds the arrays from their
@@ -157,13 +158,6 @@ class Team:
         team over ``control`` (its block, an ``int64`` array); returns when all are done."""
         self._parallel(body, control.ctypes.data, threads, 0)
 
-    def run(self, driver, param, addresses, table, rest, threads):
-        """Run the serial block ``driver`` over ``table`` on ``threads`` threads of this
-        team (:meth:`control`, :meth:`launch`)."""
-        body, control, _ = self.control(driver, param, addresses, table, rest)
-        self.launch(body, control, threads)
-
-
 _UNSET = object()
 _torch_team = _UNSET
 
@@ -208,14 +202,3 @@ def _find_torch_team():
         return Team(chosen[0])
     except (OSError, AttributeError):   # not loadable again, or no GOMP_parallel
         return None
-
-
-def run(team, found, param, addresses, table, rest):
-    """Run a block driver pair ``found`` (parallel, serial) over ``table`` on ``team``:
-    the serial driver where the team has one thread, else :meth:`Team.run` inside the
-    fork gate (:func:`config.run_gated`)."""
-    threads = team.threads()
-    if threads <= 1:
-        found[1](param, addresses, table, *rest)
-    else:
-        config.run_gated(team.run, found[1], param, addresses, table, rest, threads)
