@@ -92,6 +92,11 @@ def _hooked_step(step):
     return wrapper
 
 
+def _signed(factor, group):
+    """The gradient factor a group's kernel call takes: negated with ``maximize``."""
+    return -factor if group.get("maximize", False) else factor
+
+
 def _immutable(value):
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
@@ -342,7 +347,7 @@ class Optimizer(torch.optim.Optimizer):
             for bucket in buckets:
                 if factor is not None:
                     prepared = bucket.steady(names, self.state, rule, plain,
-                                             -factor if plain.get("maximize", False) else factor)
+                                             _signed(factor, plain))
                     if prepared is not None:
                         ready.append((bucket, rule, prepared))
                         continue
@@ -360,9 +365,8 @@ class Optimizer(torch.optim.Optimizer):
         calls = ready
         if scale is not None:
             for (bucket, runs, rule, plain, names), run_grads in zip(plans, grads):
-                sign = -scale if plain.get("maximize", False) else scale
                 calls.append((bucket, rule, bucket.prepare(runs, run_grads, rule, plain,
-                                                           names, sign)))
+                                                           names, _signed(scale, plain))))
         # Nothing can fail from here on: run the kernels, advance the steps.
         self.last_step_skipped, self.last_grad_norm = scale is None, norm
         for bucket, rule, prepared in calls:
