@@ -282,3 +282,14 @@ def test_the_dtype_itself_names_bf16_state():
         assert opt.param_groups[0]["state_dtype"] == "bfloat16"
         opt.step([np.ones(3, np.float32)])
         assert opt.state[0]["exp_avg"].dtype == ml_dtypes.bfloat16
+
+
+def test_block_keys_are_the_references():
+    """The kernels' ``block_key`` (fastopt.torch's per-block noise keys) against the
+    plain-NumPy ``reference.block_key``: block 0 keeps the run's key, the rest below 2**24."""
+    block_key = njit(lambda key, block: halves.block_key(key, block))
+    for key in (0, 1, 123456, (1 << 24) - 1):
+        for block in (0, 1, 2, 77, 100_000, (1 << 31) - 1):
+            got = int(block_key(key, block))
+            assert got == reference.block_key(key, block), (key, block)
+            assert got == key if block == 0 else got < (1 << 24)

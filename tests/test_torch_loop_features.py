@@ -385,3 +385,25 @@ def test_bad_loop_options(options, error):
     with pytest.raises(error, match=name):
         opt.step()
     assert_bitwise_equal(snapshot(model, opt), before)
+
+
+@pytest.mark.parametrize("name, bad, error", [
+    ("clip_grad_norm", -1.0, ValueError), ("grad_scale", float("nan"), ValueError),
+    ("skip_if_nonfinite", "yes", TypeError)])
+def test_a_loop_option_set_bad_between_steps_is_refused_writing_nothing(name, bad, error):
+    """The step re-checks the loop options only when one is another object than at its
+    last check: a bad value set after steps with good ones is still refused, before
+    anything is written."""
+    model, batch = make_model(), make_batch()
+    opt = ft.Adam(model.parameters(), lr=0.01)
+    for _ in range(3):
+        opt.zero_grad()
+        loss_of(model, batch).backward()
+        opt.step()
+    setattr(opt, name, bad)
+    opt.zero_grad()
+    loss_of(model, batch).backward()
+    before = snapshot(model, opt)
+    with pytest.raises(error, match=name):
+        opt.step()
+    assert_bitwise_equal(snapshot(model, opt), before)
