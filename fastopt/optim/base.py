@@ -16,7 +16,6 @@ import numpy as np
 
 from ..flat import Flat, check_float_array
 from ..incoming import plain_value, state_array, step_count
-from ..kernels import config
 from ..kernels.halves import BF16_BITS, noise_key
 from ..precision import _ml_dtypes as ml_dtypes
 from ..precision import bf16_bits, kernel_array
@@ -25,6 +24,7 @@ from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
 from .loop import loop_scale
 from .segments import build_segments, check_param
+from .steady import SteadyPlan, run_call
 
 __all__ = ["Optimizer", "resolve_lr"]
 
@@ -67,6 +67,7 @@ class Optimizer:
         self._aheads = {}
         self._spans_cache = None   # the params' and state's byte spans (aliasing checks)
         self._span_of = []   # per gradient position: (the last array there, its span)
+        self._steady = None   # the last step's plan, while it can be repeated (.steady)
         #: Loop options, optimizer-wide (attributes: change them between steps freely).
         self.clip_grad_norm = clip_grad_norm
         self.grad_scale = grad_scale
@@ -337,6 +338,9 @@ class Optimizer:
         gradient, nothing is written (params, state, step counts and gradients stay
         bitwise as they were) and ``last_step_skipped`` is True.
         """
+        steady = self._steady
+        if grads is None and steady is not None and steady.run(self, zero_grad):
+            return   # the last step's plan, repeated (.steady)
         twins = self._twins
         twins.enter(self._largest)   # refuses a concurrent step; picks the twin
         try:
@@ -401,25 +405,19 @@ class Optimizer:
                 held = rule.scalar_state(group, step) if rule.scalar_state_names else None
                 calls.append((seg, state, step, grad, bound, values, held))
         # Nothing can fail from here on: commit, then run the kernels.
-        threshold = config.PARALLEL_THRESHOLD
         self._last_grads = last_grads
         self.last_step_skipped, self.last_grad_norm = scale is None, norm
         for seg, state, step, grad, bound, values, held in calls:
             if state is not seg.state:
                 self._spans_cache = None   # new state buffers: new spans
             seg.state, seg.step, seg.bound, seg.held = state, step, bound, held
-            entry = seg.entry
-            if entry is not None and entry[0] is bound and (
-                    bound[5][0].shape[0] < threshold or config.serial_chosen()):
-                entry[1](*bound[5], *values)     # the serial twin, no type dispatch
-            else:
-                bound[4](*bound[5], *values)
-                if entry is None or entry[0] is not bound:
-                    seg.entry = _serial_entry(bound, values)
+            run_call(seg, bound, values)
             if zero_grad and seg._gather is not None and (grad is seg._gather
                                                           or grad.base is seg._gather):
                 for index in seg.indices:
                     grads[index].fill(0)
+        self._steady = SteadyPlan.after(self, groups, resolved, calls, zero_grad, views) \
+            if grads is None and scale is not None else None
 
     def zero_grad(self):
         """Zero the gradient buffers of the ``flatten()`` results given to the optimizer,
@@ -740,17 +738,6 @@ def _gc_paused(count):
     finally:
         if paused:
             gc.enable()
-
-
-def _serial_entry(bound, values):
-    """``(bound, the serial twin's entry point for its arguments)`` for a plain kernel
-    variant whose serial twin is compiled for them (:meth:`Variant.serial_entry
-    <fastopt.kernels.config.Variant.serial_entry>`), else ``None``."""
-    variant = bound[4]
-    if type(variant) is not config.Variant:   # a per-tensor rule's compound call
-        return None
-    entry = variant.serial_entry((*bound[5], *values))
-    return None if entry is None else (bound, entry)
 
 
 def _check_zeroable(work, views):

@@ -67,10 +67,10 @@ def adam_scalars(t, *, lr, betas, eps, weight_decay, decoupled):
     the rules and :func:`fastopt.offload.adam_step` take these from."""
     beta1, beta2 = betas
     coupled, param_decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
-    return dict(step_size=lr / (1.0 - beta1 ** t), beta1=beta1, one_minus_beta1=1.0 - beta1,
-                beta2=beta2, one_minus_beta2=1.0 - beta2,
-                inv_sqrt_bias_correction2=1.0 / math.sqrt(1.0 - beta2 ** t), eps=eps,
-                weight_decay=coupled, param_decay=param_decay)
+    return {"step_size": lr / (1.0 - beta1 ** t), "beta1": beta1,
+            "one_minus_beta1": 1.0 - beta1, "beta2": beta2, "one_minus_beta2": 1.0 - beta2,
+            "inv_sqrt_bias_correction2": 1.0 / math.sqrt(1.0 - beta2 ** t), "eps": eps,
+            "weight_decay": coupled, "param_decay": param_decay}
 
 
 class AdamW(Adam):

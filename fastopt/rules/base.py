@@ -222,17 +222,22 @@ class Rule:
         its noise key (low-precision state). Stops before the first step whose scalars
         would raise, and never raises: that step computes its own."""
         rows = []
-        for t in range(first, first + count):
-            try:
-                named = self.scalars(group, t, _NO_FRESH)
+        scalars, pick = self.scalars, self.binding._pick   # (names checked per row: the
+        keyed, dtype_dependent = self.low_precision_state, self._dtype_dependent  # count
+        expected = len(self.binding.scalars)                # here, the keys by the pick)
+        try:
+            for t in range(first, first + count):
+                named = scalars(group, t, _NO_FRESH)
                 named["grad_factor"] = grad_factor
-                if self.low_precision_state:
+                if keyed:
                     named["noise_key"] = 0.0 if noise_keys is None else noise_keys(t)
-                if self._dtype_dependent:
+                if dtype_dependent:
                     named = self.dtype_scalars(named, dtype)
-                rows.append(self.binding.ordered_scalars(named))
-            except Exception:   # noqa: BLE001 (step t's error: raised at that step)
-                break
+                if len(named) != expected:
+                    break   # (Binding.ordered_scalars says why, at that step)
+                rows.append(pick(named))
+        except Exception:   # noqa: BLE001, S110 (step t's error: raised at that step)
+            pass
         return cast_rows(dtype, rows)
 
     def ordered_sources(self, **overrides):
@@ -299,7 +304,7 @@ class ScalarsAhead:
     values :meth:`Rule.values` gives each step: the same function of the same numbers."""
 
     #: Steps computed at once while the group stays the same.
-    AHEAD = 32
+    AHEAD = 64
 
     __slots__ = ("_group", "_key", "_values", "_first")
 
