@@ -327,3 +327,32 @@ def test_many_arrays_row_times_fastopt_and_torch(monkeypatch):
     assert "x foreach" in report.many_arrays_table(row)
     no_torch = suites.many_arrays_row(torch=False, repeat=1, arrays=(5, 3))
     assert no_torch["speedup_step"] is None and "torch_step" not in no_torch
+
+
+def _asv_module(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        f"asv_{name}", ROOT / "asv_bench" / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_asv_ratio_tracks_measure_what_they_name(monkeypatch):
+    """asv's step-over-torch-fused and clip-over-step ratios: positive finite ratios of
+    two interleaved timings; skipped (NotImplementedError) where torch has no fused step."""
+    pytest.importorskip("torch")
+    bench = _asv_module("bench_model")
+    timed = []
+    real = fastopt.bench.measure.interleaved
+    monkeypatch.setattr(bench.measure, "interleaved",
+                        lambda calls: timed.append(sorted(calls)) or real(calls, 1, 0.002))
+    step = bench.StepOverTorchFused()
+    step.setup("adam", "float32")
+    assert 0 < step.track_ratio("adam", "float32") < math.inf
+    with pytest.raises(NotImplementedError):
+        step.setup("rmsprop", "float32")          # torch has no fused RMSprop
+    clip = bench.ClipOverStep()
+    clip.setup("adam", "float32", 10_000)
+    assert 0 < clip.track_ratio("adam", "float32", 10_000) < math.inf
+    assert timed == [["fastopt", "torch"], ["clip", "step"]]

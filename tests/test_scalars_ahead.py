@@ -42,6 +42,8 @@ def test_the_noise_key_of_each_step_with_low_precision_state():
 class _FailsAt(type(RULES["sgd"])):
     """SGD whose scalars raise at one step (not registered: no ``name`` of its own)."""
 
+    step_dependent = True   # (its scalars read the step)
+
     def __init__(self, bad):
         super().__init__()
         self.bad, self.calls = bad, []
@@ -98,3 +100,42 @@ def test_values_ahead_stop_before_a_step_whose_scalars_overflow():
     assert ahead == [rule.values(group, t, frozenset(), 1.0, dtype) for t in range(4, 14)]
     with pytest.raises(ValueError, match="Invalid lr"):
         ScalarsAhead().values(rule, group, 3, 1.0, dtype)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MATRIX if not RULES[n].step_dependent))
+def test_a_rule_that_says_its_scalars_ignore_the_step_computes_the_same_at_every_step(name):
+    """``Rule.step_dependent = False`` lets ScalarsAhead compute a row once; the claim
+    holds for every option combination of the test matrix, at early and late steps."""
+    rule = RULES[name]
+    lr, combos = MATRIX[name]
+    for combo in combos:
+        group = {**rule.defaults, **combo, "lr": lr}
+        first = rule.scalars(group, 1, frozenset())
+        for t in (2, 3, 10, 1000, 10 ** 6):
+            assert rule.scalars(group, t, frozenset()) == first, (combo, t)
+
+
+def test_step_independent_rules_compute_one_row_and_step_dependent_ones_each_step():
+    assert {n for n in MATRIX if not RULES[n].step_dependent} == {
+        "sgd", "rmsprop", "lion", "rprop", "adadelta"}
+
+    class Counting(type(RULES["sgd"])):
+        calls = 0
+
+        def scalars(self, group, t, fresh):
+            Counting.calls += 1
+            return super().scalars(group, t, fresh)
+
+    rule, ahead = Counting(), ScalarsAhead()
+    group = {**rule.defaults, "lr": 0.1, "momentum": 0.9}
+    dtype = np.dtype(np.float32)
+    rows = [ahead.values(rule, group, t, 1.0, dtype) for t in range(2, 300)]
+    assert Counting.calls == 1 and all(row is rows[0] for row in rows)
+    assert rows[0] == RULES["sgd"].values(group, 299, frozenset(), 1.0, dtype)
+    ahead.values(rule, dict(group), 300, 1.0, dtype)   # another group object: computed
+    assert Counting.calls == 2
+    # with bfloat16 state the noise key moves each step: one row per step
+    adam, ahead = RULES["adam"], ScalarsAhead()
+    group = {**adam.defaults, "lr": 1e-3, "state_dtype": "bfloat16"}
+    keys = {ahead.values(adam, group, t, 1.0, dtype, stream=1)[-1] for t in range(2, 40)}
+    assert len(keys) == 38

@@ -329,6 +329,11 @@ class Optimizer:
         ``ValueError`` and changes nothing: params, state, step counts, gradients,
         ``last_grad_norm``/``last_step_skipped``.
 
+        In a ``flatten()`` loop (no ``grads``), a step whose groups, loop options, state
+        buffers and ``zero_grad`` are the very objects of the step before repeats that
+        step's plan (:mod:`fastopt.optim.steady`): the same kernel calls, with the step's
+        scalars; bitwise the full step, which runs whenever anything changed.
+
         Every rule sees ``g = grad / grad_scale * clip`` (negated with ``maximize``), one
         factor folded into the kernel's ``grad_scale`` argument: no extra pass. With
         ``clip_grad_norm`` or ``skip_if_nonfinite`` set, one read pass over all gradients

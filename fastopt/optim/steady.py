@@ -15,7 +15,7 @@ At 1e3 elements the full step's Python is most of the step (5 us against a 0.5 u
 kernel call); the steady step is what the small-model loop pays.
 """
 
-import operator
+from operator import is_ as _is
 
 from ..kernels import config
 
@@ -85,34 +85,41 @@ class SteadyPlan:
             return False
         for group, planned, values in zip(groups, self.groups, self.values):
             if group is not planned or len(group) != len(values) or not all(
-                    map(operator.is_, group.values(), values)):
+                    map(_is, group.values(), values)):
                 return False
         twins = optimizer._twins
-        twins.enter(optimizer._largest)   # refuses a concurrent step; picks the twin
+        small = optimizer._largest < config.PARALLEL_THRESHOLD   # enter() only locks then
+        if not small:
+            twins.enter(optimizer._largest)   # refuses a concurrent step; picks the twin
+        elif not twins._busy.acquire(blocking=False):
+            twins.enter(0)                    # raises, naming the two threads
         try:
-            return self._run(optimizer, zero_grad)
+            rule = optimizer.rule
+            held_state = rule.scalar_state if rule.scalar_state_names else None
+            calls = []
+            for seg, group, bound, ahead, sign, dtype, stream in self.segments:
+                if seg.bound is not bound or seg.state is not bound[1]:
+                    return False   # state created or loaded since
+                step = seg.step + 1
+                calls.append((seg, bound, step,
+                              ahead.values(rule, group, step, sign, dtype, stream),
+                              None if held_state is None else held_state(group, step)))
+            if zero_grad:
+                for view in self.views:
+                    if not view.flags.writeable:
+                        return False   # the full step refuses it, naming the gradient
+            optimizer.last_step_skipped = False
+            optimizer.last_grad_norm = None
+            for seg, bound, step, values, held in calls:
+                seg.step = step
+                seg.held = held
+                run_call(seg, bound, values)
+            return True
         finally:
-            twins.leave()
-
-    def _run(self, optimizer, zero_grad):
-        rule = optimizer.rule
-        held_state = rule.scalar_state if rule.scalar_state_names else None
-        calls = []
-        for seg, group, bound, ahead, sign, dtype, stream in self.segments:
-            if seg.bound is not bound or seg.state is not bound[1]:
-                return False   # state created or loaded since
-            step = seg.step + 1
-            calls.append((seg, step, bound, ahead.values(rule, group, step, sign, dtype, stream),
-                          None if held_state is None else held_state(group, step)))
-        if zero_grad:
-            for view in self.views:
-                if not view.flags.writeable:
-                    return False   # the full step refuses it, naming the gradient
-        optimizer.last_step_skipped, optimizer.last_grad_norm = False, None
-        for seg, step, bound, values, held in calls:
-            seg.step, seg.held = step, held
-            run_call(seg, bound, values)
-        return True
+            if small:
+                twins._busy.release()
+            else:
+                twins.leave()
 
 
 def run_call(seg, bound, values):

@@ -32,6 +32,8 @@ class Adadelta(Rule):
     def state_names(self, group):
         return ("square_avg", "acc_delta")
 
+    step_dependent = False   # (scalars read the group only)
+
     def scalars(self, group, t, fresh):
         rho = group["rho"]
         return dict(lr=group["lr"], rho=rho, one_minus_rho=1.0 - rho, eps=group["eps"],

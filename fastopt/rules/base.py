@@ -151,6 +151,12 @@ class Rule:
         step (a rule whose first step differs reads it)."""
         raise NotImplementedError
 
+    #: Whether :meth:`scalars` reads ``t``. A rule whose scalars are the same at every
+    #: step (given the group and ``fresh``) says False, and :class:`ScalarsAhead` then
+    #: computes them once while the group stays the same (``tests/test_scalars_ahead.py``
+    #: checks the claim over steps 1 to 10**6).
+    step_dependent = True
+
     #: Per-parameter scalar state torch keeps as 0-d tensors (NAdam's ``mu_product``,
     #: ASGD's ``eta`` and ``mu``): derived from the step count by :meth:`scalar_state`,
     #: written into state dicts, recomputed (never read) on load.
@@ -306,28 +312,34 @@ class ScalarsAhead:
     #: Steps computed at once while the group stays the same.
     AHEAD = 64
 
-    __slots__ = ("_group", "_key", "_values", "_first")
+    __slots__ = ("_group", "_key", "_values", "_first", "_row")
 
     def __init__(self):
-        self._group = self._key = self._values = None
+        self._group = self._key = self._values = self._row = None
         self._first = 0
 
     def values(self, rule, group, t, grad_factor, dtype, stream=None):
         """:meth:`Rule.values` of ``rule`` for ``group`` at step ``t`` with no fresh
         state; ``stream``: the low-precision state's noise stream (``noise_key(t,
         stream)``), or ``None``. Raises what :meth:`Rule.values` raises for step ``t``
-        (a later step's error is left for that step)."""
+        (a later step's error is left for that step). A rule whose scalars do not depend
+        on the step (``Rule.step_dependent`` False, and no noise stream) computes them
+        once, for every later step."""
         cached = (grad_factor, dtype, stream)
         ahead, first = self._values, self._first
         if ahead is not None and group is self._group and cached == self._key:
             if first <= t < first + len(ahead):
                 return ahead[t - first]
+            if self._row is not None and t > first:
+                return self._row
             count = self.AHEAD
         else:
             count = 1
         key = 0.0 if stream is None else noise_key(t, stream)
         computed = [rule.values(group, t, _NO_FRESH, grad_factor, dtype, noise_key=key)]
-        if count > 1:   # the rest with one cast (never raising: a step's error waits)
+        self._row = computed[0] if not rule.step_dependent and stream is None else None
+        if count > 1 and self._row is None:   # the rest with one cast (never raising: a
+            # step's error waits for that step)
             keys = None if stream is None else (lambda step: noise_key(step, stream))
             computed += rule.values_ahead(group, t + 1, count - 1, grad_factor, dtype, keys)
         self._group, self._key, self._values, self._first = group, cached, computed, t

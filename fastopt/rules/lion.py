@@ -36,6 +36,8 @@ class Lion(Rule):
     def state_names(self, group):
         return ("exp_avg",)
 
+    step_dependent = False   # (scalars read the group only)
+
     def scalars(self, group, t, fresh):
         lr, (beta1, beta2) = group["lr"], group["betas"]
         return dict(param_decay=1.0 - lr * group["weight_decay"], lr=lr, beta1=beta1,
