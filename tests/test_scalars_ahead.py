@@ -139,3 +139,35 @@ def test_step_independent_rules_compute_one_row_and_step_dependent_ones_each_ste
     group = {**adam.defaults, "lr": 1e-3, "state_dtype": "bfloat16"}
     keys = {ahead.values(adam, group, t, 1.0, dtype, stream=1)[-1] for t in range(2, 40)}
     assert len(keys) == 38
+
+
+def test_nadam_mu_product_is_the_fresh_product_in_any_order_and_costs_o1_a_step(monkeypatch):
+    """NAdam's ``mu_1*...*mu_t`` is memoised over a window of recent steps: in any order
+    of ``t`` (steps, steps computed ahead, a load's earlier step) bitwise the product
+    from step 1; in a loop each step multiplies a bounded number of factors (the memo
+    once restarted from step 1 whenever the steps ahead had moved past the step's own
+    scalar state: 45 us a step at 1e3 elements)."""
+    import fastopt
+    from fastopt.rules import nadam
+
+    def fresh(t):
+        product = 1.0
+        for k in range(1, t + 1):
+            product = product * nadam._mu(0.9, 0.004, k)
+        return product
+    rng = np.random.default_rng(0)
+    for t in [*range(0, 700), *rng.integers(0, 700, 300), *range(650, 900)]:
+        assert nadam.mu_product(0.9, 0.004, int(t)) == fresh(int(t)), t
+
+    calls = []
+    real = nadam._mu
+    monkeypatch.setattr(nadam, "_mu", lambda *args: calls.append(args) or real(*args))
+    flat = fastopt.flatten([np.ones(100, np.float32)])
+    opt = fastopt.NAdam(flat, lr=1e-3, momentum_decay=0.0037)   # a key of its own
+    flat.grads[0][...] = 0.1
+    for _ in range(1000):
+        opt.step()
+    calls.clear()
+    for _ in range(500):
+        opt.step()
+    assert len(calls) < 500 * 4, len(calls)

@@ -4,9 +4,12 @@ from ..kernels.nadam import nadam
 from ..validation import check_lr, check_number
 from .base import Rule, check_betas, check_flags
 
-#: (beta1, momentum_decay) -> (t, mu_product after step t): the last product computed,
-#: so consecutive steps cost O(1) (a memo: the rule's results never depend on it).
+#: (beta1, momentum_decay) -> {t: mu_product after step t}: the products of the steps
+#: computed last (a window of :data:`_WINDOW` steps, and step 0), so that a step, the
+#: steps computed ahead of it (:class:`~fastopt.rules.base.ScalarsAhead`) and its scalar
+#: state each cost O(1) in turn (a memo: the rule's results never depend on it).
 _MU_PRODUCTS = {}
+_WINDOW = 256
 
 
 def _mu(beta1, momentum_decay, t):
@@ -16,17 +19,29 @@ def _mu(beta1, momentum_decay, t):
 
 def mu_product(beta1, momentum_decay, t):
     """``mu_1 * ... * mu_t`` (1 at ``t = 0``), multiplied in torch's order, in float64;
-    resumed from the last product computed for the same ``(beta1, momentum_decay)``,
-    bitwise as a fresh product from step 1."""
+    resumed from the latest product memoised before ``t`` for the same ``(beta1,
+    momentum_decay)``, bitwise as a fresh product from step 1."""
     key = (beta1, momentum_decay)
-    start, product = _MU_PRODUCTS.get(key, (0, 1.0))
-    if start > t:
-        start, product = 0, 1.0
+    known = _MU_PRODUCTS.get(key)
+    if known is None:
+        if len(_MU_PRODUCTS) > 64:
+            _MU_PRODUCTS.clear()
+        known = _MU_PRODUCTS[key] = {0: 1.0}
+    product = known.get(t)
+    if product is not None:
+        return product
+    latest = next(reversed(known))   # (steps are memoised in increasing order)
+    start = latest if latest < t else max(k for k in known if k < t)
+    product = known[start]
+    if start < latest:   # an earlier step than the window holds: start the window there
+        known = _MU_PRODUCTS[key] = {k: v for k, v in known.items() if k <= start}
     for k in range(start + 1, t + 1):
         product = product * _mu(beta1, momentum_decay, k)
-    if len(_MU_PRODUCTS) > 64:
-        _MU_PRODUCTS.clear()
-    _MU_PRODUCTS[key] = (t, product)
+        if k > t - _WINDOW:
+            known[k] = product
+    if len(known) > 2 * _WINDOW:   # keep step 0 and the latest steps
+        for k in list(known)[1:-_WINDOW]:
+            del known[k]
     return product
 
 
