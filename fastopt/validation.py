@@ -172,40 +172,51 @@ def cast_scalars(dtype, values, sources):
 _ITEMS = {}
 
 
-def cast_rows(dtype, rows):
-    """:func:`cast_scalars` of each row of ``rows`` (lists of numbers, one per step, of one
-    length), cast by column: the leading rows it would accept, each cast exactly as it
-    casts them (the same float32 rounding; Python floats for float64), up to the first
-    row it would refuse (that step computes its own and raises). Never raises.
+def cast_columns(dtype, columns, count):
+    """The rows of :func:`cast_scalars` for ``count`` steps, from ``columns``: per scalar,
+    in the kernel's order, a list of its values (numbers computed in float64, one per
+    step) or one value already cast (the same at every step). Each list is cast as
+    :func:`cast_scalars` casts it (the same float32 rounding; Python floats for float64);
+    the rows end before the first step :func:`cast_scalars` would refuse (that step
+    computes its own and raises), or where a list ends. Never raises.
 
-    A column equal in every row (every scalar but the step-dependent ones) is cast once,
-    its one scalar repeated; the others are cast in one array each (1e3-element steps:
-    the rows' casts were a tenth of a step)."""
-    if not rows:
-        return []
-    if dtype.itemsize != 4:
-        return [tuple(map(float, row)) for row in rows]
-    count = len(rows)
-    columns = list(zip(*rows))
-    same = [column.count(column[0]) == count for column in columns]
-    constant = [column[0] for column, equal in zip(columns, same) if equal]
-    varying = [column for column, equal in zip(columns, same) if not equal]
-    try:   # every value small and finite (hypot >= each one): nothing refused
-        fits = math.hypot(*constant, *itertools.chain.from_iterable(varying)) < _FLOAT32_OVERFLOW
-    except (ArithmeticError, TypeError):   # a huge int: row by row
-        return []
-    if not fits:   # NaN, Inf or large: find the first refused row
-        with np.errstate(invalid="ignore"):
-            values = np.array(rows, dtype=np.float64)
-            refused = (np.isfinite(values) & ~(np.abs(values) < _FLOAT32_OVERFLOW)).any(axis=1)
-        count = int(np.argmax(refused)) if refused.any() else count
-        varying = [column[:count] for column in varying]
+    By column: a list equal at every step is cast once, its one scalar repeated (a
+    1e3-element step's scalars cost a tenth of the step when cast row by row)."""
+    lists = [column for column in columns if isinstance(column, list)]
+    count = min([count, *map(len, lists)])
     if not count:
         return []
-    constant = iter(np.array(constant, dtype=np.float32))
-    varying = iter(np.array(varying, dtype=np.float32).reshape(len(varying), count))
-    return list(zip(*[itertools.repeat(next(constant), count) if equal else list(next(varying))
-                      for equal in same]))
+    lists = [column[:count] for column in lists]
+    if not lists:
+        cast = []
+    elif dtype.itemsize != 4:
+        try:
+            cast = [list(map(float, column)) for column in lists]
+        except (ArithmeticError, TypeError):   # a huge int: step by step
+            return []
+    else:
+        same = [column.count(column[0]) == count for column in lists]
+        values = [column[:1] if equal else column for column, equal in zip(lists, same)]
+        try:   # every value small and finite (hypot >= each one): nothing refused
+            fits = math.hypot(*itertools.chain.from_iterable(values)) < _FLOAT32_OVERFLOW
+        except (ArithmeticError, TypeError):   # a huge int: step by step
+            return []
+        if not fits:   # NaN, Inf or large somewhere: the first refused step
+            with np.errstate(invalid="ignore"):
+                array = np.array(lists, dtype=np.float64)
+                refused = (np.isfinite(array) & ~(np.abs(array) < _FLOAT32_OVERFLOW)).any(0)
+            if refused.any():
+                count = int(np.argmax(refused))
+                if not count:
+                    return []
+                values = [column[:1] if equal else column[:count]
+                          for column, equal in zip(values, same)]
+        cast = [itertools.repeat(np.float32(column[0]), count) if equal
+                else list(np.array(column, dtype=np.float32))
+                for column, equal in zip(values, same)]
+    cast = iter(cast)
+    return list(zip(*[next(cast) if isinstance(column, list)
+                      else itertools.repeat(column, count) for column in columns]))
 
 
 def _items(count):

@@ -42,7 +42,8 @@ def test_the_noise_key_of_each_step_with_low_precision_state():
 class _FailsAt(type(RULES["sgd"])):
     """SGD whose scalars raise at one step (not registered: no ``name`` of its own)."""
 
-    step_dependent = True   # (its scalars read the step)
+    def step_scalars(self, group, t):
+        return None   # (its scalars read the step)
 
     def __init__(self, bad):
         super().__init__()
@@ -72,22 +73,31 @@ def test_a_later_step_error_is_raised_at_that_step_only():
         ahead.values(rule, group, 6, 1.0, dtype)
 
 
-def test_cast_rows_casts_as_cast_scalars_and_stops_at_a_refused_row():
-    from fastopt.validation import cast_rows, cast_scalars
+def test_cast_columns_casts_as_cast_scalars_and_stops_at_a_refused_row():
+    from fastopt.validation import cast_columns, cast_scalars
     f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
-    rows = [[0.1, 2.5e-8, float("inf")], [1e-3, float("nan"), 3.3e38],
-            [1e39, 1.0, 1.0], [1.0, 2.0, 3.0]]
-    got = cast_rows(f32, rows)
+    rows = [[0.1, 2.5e-8, float("inf"), 7.0], [1e-3, float("nan"), 3.3e38, 7.0],
+            [1e39, 1.0, 1.0, 7.0], [1.0, 2.0, 3.0, 7.0]]
+    columns = [list(column) for column in zip(*rows)]
+    got = cast_columns(f32, columns, 4)
     assert len(got) == 2                                  # row 2 overflows float32
     for row, cast in zip(rows, got):
-        want = cast_scalars(f32, row, [("x", "x")] * 3)
+        want = cast_scalars(f32, row, [("x", "x")] * 4)
         assert [v.tobytes() for v in cast] == [v.tobytes() for v in want]
         assert all(type(v) is np.float32 for v in cast)
+    assert got[0][3] is got[1][3]                         # a constant column: one scalar
     with pytest.raises(ValueError, match="Invalid x"):
-        cast_scalars(f32, rows[2], [("x", "x")] * 3)     # where that step raises
-    assert cast_rows(f64, rows) == [tuple(map(float, r)) for r in rows]
-    assert cast_rows(f32, [[10 ** 400, 1.0]]) == []       # a huge int: row by row
-    assert cast_rows(f32, []) == []
+        cast_scalars(f32, rows[2], [("x", "x")] * 4)     # where that step raises
+    assert cast_columns(f64, columns, 4) == [tuple(map(float, r)) for r in rows]
+    # a value already cast (the same each step) is repeated; the shortest list ends it
+    cast = np.float32(0.5)
+    assert cast_columns(f32, [[1.0, 2.0, 3.0], cast, [4.0, 5.0]], 9) == [
+        (np.float32(1.0), cast, np.float32(4.0)), (np.float32(2.0), cast, np.float32(5.0))]
+    assert cast_columns(f32, [[10 ** 400, 1.0]], 2) == []    # a huge int: step by step
+    assert cast_columns(f64, [[10 ** 400, 1.0]], 2) == []
+    assert cast_columns(f32, [[1e39, 1.0], [1.0, 1.0]], 2) == []   # the first step refused
+    assert cast_columns(f32, [cast, cast], 3) == [(cast, cast)] * 3   # nothing moves
+    assert cast_columns(f32, [], 0) == []
 
 
 def test_values_ahead_stop_before_a_step_whose_scalars_overflow():
@@ -102,39 +112,58 @@ def test_values_ahead_stop_before_a_step_whose_scalars_overflow():
         ScalarsAhead().values(rule, group, 3, 1.0, dtype)
 
 
-@pytest.mark.parametrize("name", sorted(n for n in MATRIX if not RULES[n].step_dependent))
-def test_a_rule_that_says_its_scalars_ignore_the_step_computes_the_same_at_every_step(name):
-    """``Rule.step_dependent = False`` lets ScalarsAhead compute a row once; the claim
-    holds for every option combination of the test matrix, at early and late steps."""
+@pytest.mark.parametrize("name", sorted(MATRIX))
+def test_step_scalars_are_the_scalars_that_move_with_the_step(name):
+    """``Rule.step_scalars`` (where a rule says): every other scalar is the same at every
+    step, for every option combination of the test matrix, at early and late steps."""
     rule = RULES[name]
     lr, combos = MATRIX[name]
     for combo in combos:
         group = {**rule.defaults, **combo, "lr": lr}
+        if rule.step_scalars(group, 1) is None:
+            continue
         first = rule.scalars(group, 1, frozenset())
-        for t in (2, 3, 10, 1000, 10 ** 6):
-            assert rule.scalars(group, t, frozenset()) == first, (combo, t)
+        for t in (1, 2, 3, 10, 1000, 10 ** 6):
+            moving = rule.step_scalars(group, t)
+            assert set(moving) <= set(first)
+            assert rule.scalars(group, t, frozenset()) == {**first, **moving}, (combo, t)
 
 
-def test_step_independent_rules_compute_one_row_and_step_dependent_ones_each_step():
-    assert {n for n in MATRIX if not RULES[n].step_dependent} == {
+def test_rules_say_which_scalars_move():
+    said = {n: RULES[n].step_scalars({**RULES[n].defaults, "lr": 0.1}, 5) for n in MATRIX}
+    assert {n for n, moving in said.items() if moving == {}} == {
         "sgd", "rmsprop", "lion", "rprop", "adadelta"}
+    assert set(said["adam"]) == set(said["yogi"]) == {"step_size",
+                                                      "inv_sqrt_bias_correction2"}
+    assert {n for n, moving in said.items() if moving is None} == {
+        "adafactor", "asgd", "nadam", "radam"}
 
-    class Counting(type(RULES["sgd"])):
-        calls = 0
 
+def test_only_the_moving_scalars_are_computed_ahead():
+    calls = {"scalars": 0, "step_scalars": 0}
+
+    class Counting(type(RULES["adam"])):
         def scalars(self, group, t, fresh):
-            Counting.calls += 1
+            calls["scalars"] += 1
             return super().scalars(group, t, fresh)
 
+        def step_scalars(self, group, t):
+            calls["step_scalars"] += 1
+            return super().step_scalars(group, t)
+
     rule, ahead = Counting(), ScalarsAhead()
-    group = {**rule.defaults, "lr": 0.1, "momentum": 0.9}
+    group = {**rule.defaults, "lr": 1e-3}
     dtype = np.dtype(np.float32)
-    rows = [ahead.values(rule, group, t, 1.0, dtype) for t in range(2, 300)]
-    assert Counting.calls == 1 and all(row is rows[0] for row in rows)
-    assert rows[0] == RULES["sgd"].values(group, 299, frozenset(), 1.0, dtype)
-    ahead.values(rule, dict(group), 300, 1.0, dtype)   # another group object: computed
-    assert Counting.calls == 2
-    # with bfloat16 state the noise key moves each step: one row per step
+    rows = [ahead.values(rule, group, t, 1.0, dtype) for t in range(2, 60)]
+    assert rows == [RULES["adam"].values(group, t, frozenset(), 1.0, dtype)
+                    for t in range(2, 60)]
+    assert calls["scalars"] == 2 and calls["step_scalars"] < 70   # (steps 2 and 3)
+    # SGD: nothing moves: every row the same objects
+    sgd, ahead = RULES["sgd"], ScalarsAhead()
+    group = {**sgd.defaults, "lr": 0.1, "momentum": 0.9}
+    rows = [ahead.values(sgd, group, t, 1.0, dtype) for t in range(2, 60)]
+    assert all(a is b for row in rows[1:] for a, b in zip(row, rows[1]))   # (from step 3)
+    # with bfloat16 state the noise key moves each step
     adam, ahead = RULES["adam"], ScalarsAhead()
     group = {**adam.defaults, "lr": 1e-3, "state_dtype": "bfloat16"}
     keys = {ahead.values(adam, group, t, 1.0, dtype, stream=1)[-1] for t in range(2, 40)}

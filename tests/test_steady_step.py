@@ -220,7 +220,8 @@ def test_zero_grad_on_a_read_only_gradient_is_refused():
 class _FailsAt(type(REGISTRY["sgd"])):
     """SGD whose scalars raise at one step (not registered: no ``name`` of its own)."""
 
-    step_dependent = True   # (its scalars read the step)
+    def step_scalars(self, group, t):
+        return None   # (its scalars read the step)
 
     def __init__(self, bad):
         super().__init__()

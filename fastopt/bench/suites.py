@@ -41,16 +41,6 @@ class Progress:
             self.bar.close()
 
 
-def _time(make, timing):
-    """Seconds per call of the function ``make()`` builds, or ``None`` if unavailable.
-    The function (and its buffers) is dropped before returning."""
-    try:
-        func = make()
-    except cases.Unavailable:
-        return None
-    return measure.time_call(func, **timing)
-
-
 def _ratio(numerator, denominator):
     return None if numerator is None or denominator is None else numerator / denominator
 
@@ -151,10 +141,20 @@ def model_count(rules, dtypes, thread_counts, torch=True):
 
 
 def _measure(row, makers, timing, progress, label):
-    """Time each ``makers`` entry (key -> function building the call) into ``row``."""
+    """Time the ``makers`` entries (key -> function building the call) into ``row``,
+    interleaved (:func:`~.measure.interleaved`: A/B/A/B, so that their ratios are of the
+    same moments of this shared machine); ``None`` for one unavailable here."""
+    calls = {}
     for key, make in makers.items():
-        row[key] = _time(make, timing)
-        if progress:
+        try:
+            calls[key] = make()
+        except cases.Unavailable:
+            row[key] = None
+    if calls:
+        row.update(measure.interleaved(calls, repeat=timing.get("repeat", measure.REPEAT),
+                                       min_time=timing.get("min_time", measure.MIN_TIME)))
+    if progress:
+        for key in makers:
             progress.step(f"{label} {key}")
 
 

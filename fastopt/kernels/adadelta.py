@@ -39,7 +39,7 @@ def adadelta(param, grad, square_avg, acc_delta, param_copy,
 
     Arguments (1-D C-contiguous arrays of one dtype, float32 or float64, except ``grad``
     and ``param_copy``; every scalar of that dtype, precomputed by the host in float64,
-    see :func:`fastopt.rules_draft_a.adadelta_scalars`):
+    see :meth:`fastopt.rules.adadelta.Adadelta.scalars`):
 
     * ``param, grad, square_avg, acc_delta``: same length; the state buffers are torch's
       of the same names (zeros before the first step).

@@ -45,7 +45,7 @@ def adamax(param, grad, exp_avg, exp_inf, param_copy,
 
     Arguments (1-D C-contiguous arrays of one dtype, float32 or float64, except ``grad``
     and ``param_copy``; every scalar of that dtype, precomputed by the host in float64,
-    see :func:`fastopt.rules_draft_a.adamax_scalars`):
+    see :meth:`fastopt.rules.adamax.Adamax.scalars`):
 
     * ``param, grad, exp_avg, exp_inf``: same length; ``exp_avg`` and ``exp_inf`` are
       torch's state of the same names (zeros before the first step).

@@ -31,7 +31,7 @@ def asgd(param, grad, ax, param_copy, weight_decay, param_decay, eta, mu, grad_f
         eta = lr / (1 + lambd*lr*(t-1))**alpha       # = lr at t = 1
         mu  = 1 / max(1, (t-1) - t0)                 # = 1 at t = 1
 
-    (``fastopt.rules_draft_b.asgd_scalars``). ``mu == 1`` (no averaging yet, ``t - 1 <=
+    (:meth:`fastopt.rules.asgd.ASGD.scalars`). ``mu == 1`` (no averaging yet, ``t - 1 <=
     t0 + 1``) copies ``q`` into ``ax`` as torch's ``ax.copy_(param)`` does, bitwise (``ax +
     (q - ax)*1`` would round, and turn an infinite ``ax`` into NaN); the test reads the
     scalar, which is the same for every element, so the loop has no per-element branch.

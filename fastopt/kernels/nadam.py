@@ -40,7 +40,7 @@ def nadam(param, grad, exp_avg, exp_avg_sq, param_copy,
         exp_avg_coefficient = (-lr * mu_{t+1}) / (1 - mu_product_t * mu_{t+1})
         bias_correction2    = 1 - beta2**t
 
-    (``fastopt.rules_draft_b.nadam_scalars``). The order of operations is torch's
+    (:meth:`fastopt.rules.nadam.NAdam.scalars`). The order of operations is torch's
     single-tensor one as far as an unfused kernel can follow it: torch's CPU ``lerp_``,
     ``add(alpha=)`` and ``addcmul_`` round once through a fused multiply-add, this kernel
     twice (``FASTMATH`` is empty), so float32 results differ from torch's by an ulp or so

@@ -53,7 +53,7 @@ def radam(param, grad, exp_avg, exp_avg_sq, param_copy,
 
     Arguments (1-D C-contiguous arrays of one dtype, float32 or float64, except ``grad``
     and ``param_copy``; every scalar of that dtype, precomputed by the host in float64,
-    see :func:`fastopt.rules_draft_a.radam_scalars`):
+    see :meth:`fastopt.rules.radam.RAdam.scalars`):
 
     * ``param, grad, exp_avg, exp_avg_sq``: same length; the state buffers are torch's of
       the same names (zeros before the first step).

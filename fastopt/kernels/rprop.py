@@ -44,11 +44,11 @@ def rprop(param, grad, prev, step_size, param_copy,
       infinite one (``step_size_max = inf``), as torch's ``0 * inf``.
 
     Rprop has no weight decay. The host fills ``step_size`` with ``lr`` and ``prev`` with
-    zeros when it creates them (:func:`fastopt.rules_draft_a.rprop_initial`).
+    zeros when it creates them (:meth:`fastopt.rules.rprop.Rprop.initial_state`).
 
     Arguments (1-D C-contiguous arrays of one dtype, float32 or float64, except ``grad``
     and ``param_copy``; every scalar of that dtype, see
-    :func:`fastopt.rules_draft_a.rprop_scalars`):
+    :meth:`fastopt.rules.rprop.Rprop.scalars`):
 
     * ``param, grad, prev, step_size``: same length; the state buffers are torch's of the
       same names.

@@ -32,7 +32,8 @@ class Adadelta(Rule):
     def state_names(self, group):
         return ("square_avg", "acc_delta")
 
-    step_dependent = False   # (scalars read the group only)
+    def step_scalars(self, group, t):
+        return {}   # (its scalars read the group only)
 
     def scalars(self, group, t, fresh):
         rho = group["rho"]

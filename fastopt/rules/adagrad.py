@@ -39,5 +39,8 @@ class Adagrad(Rule):
         return group["initial_accumulator_value"]
 
     def scalars(self, group, t, fresh):
-        return dict(clr=group["lr"] / (1 + (t - 1) * group["lr_decay"]), eps=group["eps"],
-                    weight_decay=group["weight_decay"])
+        return {**self.step_scalars(group, t), "eps": group["eps"],
+                "weight_decay": group["weight_decay"]}
+
+    def step_scalars(self, group, t):
+        return {"clr": group["lr"] / (1 + (t - 1) * group["lr_decay"])}

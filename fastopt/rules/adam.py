@@ -56,20 +56,32 @@ class Adam(Rule):
         return adam_scalars(t, lr=group["lr"], betas=group["betas"], eps=group["eps"],
                             weight_decay=group["weight_decay"], decoupled=self.decoupled)
 
+    def step_scalars(self, group, t):
+        return bias_corrected(t, group["lr"], group["betas"])
+
+
+def bias_corrected(t, lr, betas):
+    """Adam's scalars that move with the step ``t``: ``step_size = lr / (1 - beta1**t)``
+    and ``inv_sqrt_bias_correction2 = 1 / sqrt(1 - beta2**t)`` (also Yogi's)."""
+    beta1, beta2 = betas
+    return {"step_size": lr / (1.0 - beta1 ** t),
+            "inv_sqrt_bias_correction2": 1.0 / math.sqrt(1.0 - beta2 ** t)}
+
 
 def adam_scalars(t, *, lr, betas, eps, weight_decay, decoupled):
     """The scalars of :func:`fastopt.kernels.adam` for step ``t`` (from 1) by name, but
     ``grad_factor``; derived in float64, once per step, before the cast (as optax does):
-    ``step_size = lr / (1 - beta1**t)``, ``inv_sqrt_bias_correction2 = 1/sqrt(1 - beta2**t)``;
-    Adam's weight decay is coupled (added to the gradient), AdamW's (``decoupled``)
-    multiplies the parameter by ``param_decay = 1 - lr*weight_decay``. Callers pass
-    Python floats (NumPy float32 scalars would compute in float32). The one place both
-    the rules and :func:`fastopt.offload.adam_step` take these from."""
+    :func:`bias_corrected` and the step's constants; Adam's weight decay is coupled (added
+    to the gradient), AdamW's (``decoupled``) multiplies the parameter by
+    ``param_decay = 1 - lr*weight_decay``. Callers pass Python floats (NumPy float32
+    scalars would compute in float32). The one place both the rules and
+    :func:`fastopt.offload.adam_step` take these from."""
     beta1, beta2 = betas
     coupled, param_decay = (0.0, 1.0 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
-    return {"step_size": lr / (1.0 - beta1 ** t), "beta1": beta1,
-            "one_minus_beta1": 1.0 - beta1, "beta2": beta2, "one_minus_beta2": 1.0 - beta2,
-            "inv_sqrt_bias_correction2": 1.0 / math.sqrt(1.0 - beta2 ** t), "eps": eps,
+    moving = bias_corrected(t, lr, betas)
+    return {"step_size": moving["step_size"], "beta1": beta1, "one_minus_beta1": 1.0 - beta1,
+            "beta2": beta2, "one_minus_beta2": 1.0 - beta2,
+            "inv_sqrt_bias_correction2": moving["inv_sqrt_bias_correction2"], "eps": eps,
             "weight_decay": coupled, "param_decay": param_decay}
 
 

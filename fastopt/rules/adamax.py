@@ -37,5 +37,7 @@ class Adamax(Rule):
     def scalars(self, group, t, fresh):
         beta1, beta2 = group["betas"]
         return dict(lerp_weight=lerp_coefficient(1.0 - beta1), beta2=beta2, eps=group["eps"],
-                    step_size=group["lr"] / (1.0 - beta1 ** t),
-                    weight_decay=group["weight_decay"])
+                    **self.step_scalars(group, t), weight_decay=group["weight_decay"])
+
+    def step_scalars(self, group, t):
+        return {"step_size": group["lr"] / (1.0 - group["betas"][0] ** t)}

@@ -46,7 +46,7 @@ import numpy as np
 from ..incoming import plain_value
 from ..kernels.halves import BF16_BITS, noise_key
 from ..precision import bf16_bits
-from ..validation import cast_rows, cast_scalars, check_bool, check_real, short_repr
+from ..validation import cast_columns, cast_scalars, check_bool, check_real, short_repr
 
 #: name -> the :class:`Rule` instance, in the order the rule modules define them.
 REGISTRY = {}
@@ -151,11 +151,15 @@ class Rule:
         step (a rule whose first step differs reads it)."""
         raise NotImplementedError
 
-    #: Whether :meth:`scalars` reads ``t``. A rule whose scalars are the same at every
-    #: step (given the group and ``fresh``) says False, and :class:`ScalarsAhead` then
-    #: computes them once while the group stays the same (``tests/test_scalars_ahead.py``
-    #: checks the claim over steps 1 to 10**6).
-    step_dependent = True
+    def step_scalars(self, group, t):
+        """The scalars of :meth:`scalars` that change with the step ``t``, by name (the
+        rest are the same at every step with no fresh state: ``scalars(group, t, fresh)
+        == {**scalars(group, 1, fresh), **step_scalars(group, t)}`` for a ``fresh`` with
+        no state name, checked for every rule by ``tests/test_scalars_ahead.py``), or
+        ``None``: the rule does not say, and :meth:`values_ahead` computes all of them
+        each step. ``{}``: none changes. :meth:`scalars` takes these from here, so each
+        formula is written once."""
+        return None
 
     #: Per-parameter scalar state torch keeps as 0-d tensors (NAdam's ``mu_product``,
     #: ASGD's ``eta`` and ``mu``): derived from the step count by :meth:`scalar_state`,
@@ -221,30 +225,59 @@ class Rule:
         return cast_scalars(dtype, self.binding.ordered_scalars(named),
                             sources or self._ordered_sources)
 
-    def values_ahead(self, group, first, count, grad_factor, dtype, noise_keys=None):
+    def values_ahead(self, group, first, count, grad_factor, dtype, noise_keys=None,
+                     base=None):
         """:meth:`values` of steps ``first`` .. ``first + count - 1`` with no fresh state, in
-        a list, the casts done at once (:func:`~fastopt.validation.cast_rows`): bitwise
-        what :meth:`values` gives each step. ``noise_keys``: a function of the step giving
-        its noise key (low-precision state). Stops before the first step whose scalars
-        would raise, and never raises: that step computes its own."""
-        rows = []
-        scalars, pick = self.scalars, self.binding._pick   # (names checked per row: the
-        keyed, dtype_dependent = self.low_precision_state, self._dtype_dependent  # count
-        expected = len(self.binding.scalars)                # here, the keys by the pick)
+        a list, the casts done by column (:func:`~fastopt.validation.cast_columns`):
+        bitwise what :meth:`values` gives each step. ``noise_keys``: a function of the
+        step giving its noise key (low-precision state). Stops before the first step whose
+        scalars would raise, and never raises: that step computes its own.
+
+        Where the rule says which scalars move with the step (:meth:`step_scalars`), the
+        others are taken from ``base`` (another step's :meth:`values` for the same group,
+        gradient factor and dtype; step ``first``'s by default) and only these are
+        computed for each step (Adam: two of twelve; SGD: none)."""
+        binding, keyed = self.binding, self.low_precision_state
         try:
-            for t in range(first, first + count):
-                named = scalars(group, t, _NO_FRESH)
-                named["grad_factor"] = grad_factor
-                if keyed:
-                    named["noise_key"] = 0.0 if noise_keys is None else noise_keys(t)
-                if dtype_dependent:
-                    named = self.dtype_scalars(named, dtype)
-                if len(named) != expected:
-                    break   # (Binding.ordered_scalars says why, at that step)
-                rows.append(pick(named))
+            moving = None if self._dtype_dependent else self.step_scalars(group, first)
+            if moving is not None and base is None:   # the rest from one step's values
+                base = self.values(group, first, _NO_FRESH, grad_factor, dtype,
+                                   noise_key=0.0 if noise_keys is None else noise_keys(first))
+        except Exception:   # noqa: BLE001 (step first's error: raised at that step)
+            return []
+        columns = {}
+        try:
+            if moving is None:   # every scalar, each step
+                for t in range(first, first + count):
+                    named = self.scalars(group, t, _NO_FRESH)
+                    named["grad_factor"] = grad_factor
+                    if keyed:
+                        named["noise_key"] = 0.0 if noise_keys is None else noise_keys(t)
+                    if self._dtype_dependent:
+                        named = self.dtype_scalars(named, dtype)
+                    if len(named) != len(binding.scalars):
+                        break   # (Binding.ordered_scalars says why, at that step)
+                    for name, value in zip(binding.scalars, binding._pick(named)):
+                        columns.setdefault(name, []).append(value)
+            else:
+                names = [*moving, *(("noise_key",) if keyed and noise_keys else ())]
+                if not set(names) <= set(binding.scalars):
+                    return []   # (the step's own values say why)
+                for name in names:
+                    columns[name] = []
+                for t in range(first, first + count):
+                    named = self.step_scalars(group, t) if moving else {}
+                    if keyed and noise_keys:
+                        named["noise_key"] = noise_keys(t)
+                    for name in names:
+                        columns[name].append(named[name])
         except Exception:   # noqa: BLE001, S110 (step t's error: raised at that step)
             pass
-        return cast_rows(dtype, rows)
+        if moving is not None:
+            columns = {name: columns.get(name, value)
+                       for name, value in zip(binding.scalars, base)}
+        return cast_columns(dtype, [columns.get(name, []) for name in binding.scalars],
+                            count)
 
     def ordered_sources(self, **overrides):
         """Per kernel scalar, in order, ``(hyperparameter, formula)`` for an overflow
@@ -312,36 +345,31 @@ class ScalarsAhead:
     #: Steps computed at once while the group stays the same.
     AHEAD = 64
 
-    __slots__ = ("_group", "_key", "_values", "_first", "_row")
+    __slots__ = ("_group", "_key", "_values", "_first")
 
     def __init__(self):
-        self._group = self._key = self._values = self._row = None
+        self._group = self._key = self._values = None
         self._first = 0
 
     def values(self, rule, group, t, grad_factor, dtype, stream=None):
         """:meth:`Rule.values` of ``rule`` for ``group`` at step ``t`` with no fresh
         state; ``stream``: the low-precision state's noise stream (``noise_key(t,
         stream)``), or ``None``. Raises what :meth:`Rule.values` raises for step ``t``
-        (a later step's error is left for that step). A rule whose scalars do not depend
-        on the step (``Rule.step_dependent`` False, and no noise stream) computes them
-        once, for every later step."""
+        (a later step's error is left for that step)."""
         cached = (grad_factor, dtype, stream)
         ahead, first = self._values, self._first
         if ahead is not None and group is self._group and cached == self._key:
             if first <= t < first + len(ahead):
                 return ahead[t - first]
-            if self._row is not None and t > first:
-                return self._row
             count = self.AHEAD
         else:
             count = 1
         key = 0.0 if stream is None else noise_key(t, stream)
         computed = [rule.values(group, t, _NO_FRESH, grad_factor, dtype, noise_key=key)]
-        self._row = computed[0] if not rule.step_dependent and stream is None else None
-        if count > 1 and self._row is None:   # the rest with one cast (never raising: a
-            # step's error waits for that step)
+        if count > 1:   # the rest cast by column (never raising: a step's error waits)
             keys = None if stream is None else (lambda step: noise_key(step, stream))
-            computed += rule.values_ahead(group, t + 1, count - 1, grad_factor, dtype, keys)
+            computed += rule.values_ahead(group, t + 1, count - 1, grad_factor, dtype, keys,
+                                          base=computed[0])
         self._group, self._key, self._values, self._first = group, cached, computed, t
         return computed[0]
 

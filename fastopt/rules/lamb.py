@@ -1,9 +1,9 @@
 """LAMB: layer-wise adaptive moments, the trust ratio taken per parameter tensor."""
 
-import math
 
 from ..kernels.lamb import lamb
 from ..validation import check_lr, check_number
+from .adam import bias_corrected
 from .base import Rule, check_betas, check_flags
 
 
@@ -60,7 +60,12 @@ class LAMB(Rule):
     def scalars(self, group, t, fresh):
         beta1, beta2 = group["betas"]
         return dict(beta1=beta1, one_minus_beta1=1.0 - beta1, beta2=beta2,
-                    one_minus_beta2=1.0 - beta2, step_scale=1.0 / (1.0 - beta1 ** t),
-                    inv_sqrt_bias_correction2=1.0 / math.sqrt(1.0 - beta2 ** t),
-                    eps=group["eps"],
-                    weight_decay=group["weight_decay"], lr=group["lr"])
+                    one_minus_beta2=1.0 - beta2, **self.step_scalars(group, t),
+                    eps=group["eps"], weight_decay=group["weight_decay"], lr=group["lr"])
+
+    def step_scalars(self, group, t):
+        """Adam's :func:`~fastopt.rules.adam.bias_corrected` at lr 1 (the trust ratio
+        scales the step): ``step_scale = 1 / (1 - beta1**t)``."""
+        moving = bias_corrected(t, 1.0, group["betas"])
+        return {"step_scale": moving["step_size"],
+                "inv_sqrt_bias_correction2": moving["inv_sqrt_bias_correction2"]}

@@ -36,7 +36,8 @@ class Lion(Rule):
     def state_names(self, group):
         return ("exp_avg",)
 
-    step_dependent = False   # (scalars read the group only)
+    def step_scalars(self, group, t):
+        return {}   # (its scalars read the group only)
 
     def scalars(self, group, t, fresh):
         lr, (beta1, beta2) = group["lr"], group["betas"]

@@ -54,7 +54,8 @@ class RMSprop(Rule):
         return {"centered": group["centered"], "use_momentum": group["momentum"] > 0,
                 "nesterov": group["nesterov"], "eps_in_sqrt": group["eps_in_sqrt"]}
 
-    step_dependent = False   # (scalars read the group only)
+    def step_scalars(self, group, t):
+        return {}   # (its scalars read the group only)
 
     def scalars(self, group, t, fresh):
         alpha = group["alpha"]

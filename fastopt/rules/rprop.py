@@ -47,7 +47,8 @@ class Rprop(Rule):
     def initial_state(self, name, group):
         return group["lr"] if name == "step_size" else 0.0
 
-    step_dependent = False   # (scalars read the group only)
+    def step_scalars(self, group, t):
+        return {}   # (its scalars read the group only)
 
     def scalars(self, group, t, fresh):
         (etaminus, etaplus), (low, high) = group["etas"], group["step_sizes"]

@@ -47,7 +47,8 @@ class SGD(Rule):
     def options(self, group):
         return {"use_momentum": group["momentum"] != 0, "nesterov": group["nesterov"]}
 
-    step_dependent = False   # (scalars read the group only)
+    def step_scalars(self, group, t):
+        return {}   # (its scalars read the group only)
 
     def scalars(self, group, t, fresh):
         momentum = group["momentum"]

@@ -1,9 +1,9 @@
 """Yogi."""
 
-import math
 
 from ..kernels.yogi import yogi
 from ..validation import check_lr, check_number
+from .adam import bias_corrected
 from .base import Rule, check_betas, check_flags
 
 
@@ -51,6 +51,8 @@ class Yogi(Rule):
     def scalars(self, group, t, fresh):
         beta1, beta2 = group["betas"]
         return dict(beta1=beta1, one_minus_beta1=1.0 - beta1, one_minus_beta2=1.0 - beta2,
-                    step_size=group["lr"] / (1.0 - beta1 ** t),
-                    inv_sqrt_bias_correction2=1.0 / math.sqrt(1.0 - beta2 ** t),
-                    eps=group["eps"], weight_decay=group["weight_decay"])
+                    **self.step_scalars(group, t), eps=group["eps"],
+                    weight_decay=group["weight_decay"])
+
+    def step_scalars(self, group, t):
+        return bias_corrected(t, group["lr"], group["betas"])
