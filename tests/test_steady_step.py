@@ -276,3 +276,40 @@ def test_two_threads_each_with_their_own_optimizer_step_steadily():
                 grad[...] = np.sin(t + key)
             opt.step()
         assert results[key].tobytes() == flat.params[0].tobytes()
+
+
+@pytest.mark.parametrize("write", [
+    lambda g: g.__setitem__("lr", 0.5),
+    lambda g: g.update(lr=0.5),
+    lambda g: g.__ior__({"lr": 0.5}),
+    lambda g: (g.pop("lr"), g.__setitem__("lr", 0.5)),
+    lambda g: g.setdefault("lr", 0.5),
+    lambda g: (g.__delitem__("lr"), g.__setitem__("lr", 0.5)),
+])
+def test_every_write_to_a_param_group_is_seen_by_the_next_step(write):
+    """A write through any dict method bumps the group's version: the step plans afresh
+    and uses the new value (setdefault of a present key changes nothing, but counts)."""
+    flat, opt = _steady_adam()
+    group = opt.param_groups[0]
+    assert type(group) is fastopt.optim.steady.ParamGroup and isinstance(group, dict)
+    version, before = group.version, opt.full_steps
+    write(group)
+    assert group.version > version
+    opt.step()
+    assert opt.full_steps == before + 1
+    assert group["lr"] == (0.01 if write.__code__.co_names == ("setdefault",) else 0.5)
+
+
+def test_param_groups_are_dicts_that_copy_and_pickle_and_count_writes():
+    import copy
+    import pickle
+    flat, opt = _steady_adam()
+    group = opt.param_groups[0]
+    group["lr"] = 0.02
+    for clone in (copy.deepcopy(group), pickle.loads(pickle.dumps(group))):
+        assert type(clone) is type(group) and clone.keys() == group.keys()
+        assert all(clone[k] == group[k] for k in group if k != "params")
+        version = clone.version
+        clone["lr"] = 0.03
+        assert clone.version == version + 1 and group["lr"] == 0.02
+    assert all(type(g) is dict for g in opt.state_dict()["param_groups"])

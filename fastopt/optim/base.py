@@ -24,7 +24,7 @@ from ..threads import StepTwins
 from ..validation import as_floats, check_loop_options, check_real
 from .loop import loop_scale
 from .segments import build_segments, check_param
-from .steady import SteadyPlan, run_call
+from .steady import ParamGroup, SteadyPlan, run_call
 
 __all__ = ["Optimizer", "resolve_lr"]
 
@@ -141,7 +141,8 @@ class Optimizer:
         for i, array in enumerate(params):
             check_param(array, f"params[{first + i}]")
         self._check_overlap(self._params + params)
-        group = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+        group = ParamGroup({**self.defaults,
+                            **{k: v for k, v in group.items() if k != "params"}})
         if "state_dtype" in group:   # the dtype itself (ml_dtypes.bfloat16) as its name
             group["state_dtype"] = state_dtype_name(group["state_dtype"])
         self.rule.validate(group)

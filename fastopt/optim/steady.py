@@ -15,11 +15,37 @@ At 1e3 elements the full step's Python is most of the step (5 us against a 0.5 u
 kernel call); the steady step is what the small-model loop pays.
 """
 
-from operator import is_ as _is
-
 from ..kernels import config
 
-__all__ = ["SteadyPlan"]
+__all__ = ["ParamGroup", "SteadyPlan"]
+
+
+class ParamGroup(dict):
+    """A param group of the NumPy front end: a ``dict`` that counts the writes made to it
+    (``version``: every method that adds, replaces or removes an entry bumps it), so that
+    a step can see in O(1) that no value was replaced since the last one (a group's
+    values compared one by one cost 0.2 us of a 2.5 us step at 1e3 elements). Values
+    edited in place (a list) are not writes; :class:`SteadyPlan` makes no plan while a
+    group holds a list."""
+
+    version = 0   # (a class default: unpickling sets the items before the attributes)
+
+    def _written(method):   # noqa: N805 (a decorator for the methods below)
+        def written(self, *args, **kwargs):
+            self.version += 1
+            return method(self, *args, **kwargs)
+        written.__name__, written.__doc__ = method.__name__, method.__doc__
+        return written
+
+    __setitem__ = _written(dict.__setitem__)
+    __delitem__ = _written(dict.__delitem__)
+    __ior__ = _written(dict.__ior__)
+    update = _written(dict.update)
+    setdefault = _written(dict.setdefault)
+    pop = _written(dict.pop)
+    popitem = _written(dict.popitem)
+    clear = _written(dict.clear)
+    del _written
 
 
 class SteadyPlan:
@@ -29,13 +55,13 @@ class SteadyPlan:
     and their values (the very objects its last validation saw), ``grad_scale`` and
     ``zero_grad``."""
 
-    __slots__ = ("work", "groups", "values", "grad_scale", "zero_grad", "segments",
+    __slots__ = ("work", "groups", "versions", "grad_scale", "zero_grad", "segments",
                  "views")
 
     def __init__(self, optimizer, zero_grad, segments, views):
         self.work, self.zero_grad = optimizer._work, zero_grad
         self.groups = tuple(optimizer.param_groups)
-        self.values = tuple(tuple(group.values()) for group in self.groups)
+        self.versions = tuple(group.version for group in self.groups)
         self.grad_scale = optimizer.grad_scale
         self.segments, self.views = segments, views
 
@@ -50,8 +76,9 @@ class SteadyPlan:
         if len(calls) != len(optimizer._work) or (
                 optimizer.clip_grad_norm is not None or
                 optimizer.skip_if_nonfinite is not False) or any(
-                isinstance(value, list) for group in optimizer.param_groups
-                for key, value in group.items() if key != "params"):
+                type(group) is not ParamGroup or any(
+                    isinstance(value, list) for key, value in group.items() if key != "params")
+                for group in optimizer.param_groups):
             return None
         segments = []
         aheads = optimizer._aheads
@@ -70,9 +97,9 @@ class SteadyPlan:
 
     def run(self, optimizer, zero_grad):
         """Step ``optimizer`` by this plan and return True, or return False (having
-        written nothing) where the plan no longer holds: a value it was validated with is
-        not the very same object now (the identity test of
-        ``Optimizer._check_hyperparameters``), or a segment's state was created or
+        written nothing) where the plan no longer holds: a loop option is not the very
+        same object now, a param group was replaced or written to (:class:`ParamGroup`),
+        or a segment's state was created or
         loaded since. Raises what the full step would raise (a concurrent step; a scalar
         that overflows at this step) before anything is written."""
         if (zero_grad != self.zero_grad or optimizer._work is not self.work
@@ -83,9 +110,8 @@ class SteadyPlan:
         groups = optimizer.param_groups
         if len(groups) != len(self.groups):
             return False
-        for group, planned, values in zip(groups, self.groups, self.values):
-            if group is not planned or len(group) != len(values) or not all(
-                    map(_is, group.values(), values)):
+        for group, planned, version in zip(groups, self.groups, self.versions):
+            if group is not planned or group.version != version:
                 return False
         twins = optimizer._twins
         small = optimizer._largest < config.PARALLEL_THRESHOLD   # enter() only locks then
