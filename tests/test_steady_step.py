@@ -313,3 +313,16 @@ def test_param_groups_are_dicts_that_copy_and_pickle_and_count_writes():
         clone["lr"] = 0.03
         assert clone.version == version + 1 and group["lr"] == 0.02
     assert all(type(g) is dict for g in opt.state_dict()["param_groups"])
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "lamb"])
+def test_steady_steps_above_the_parallel_threshold_are_the_full_steps(name, monkeypatch):
+    """Above ``PARALLEL_THRESHOLD`` a steady step enters the twin choice (serial or
+    parallel twin, by the loop probe) as the full step does, and runs through the
+    variant: bitwise the full steps, the plan still repeated."""
+    from fastopt.kernels import config
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 8)
+    steady = _train(name, np.float32, {}, steady=True, steps=80)
+    full = _train(name, np.float32, {}, steady=False, steps=80)
+    _assert_same(steady, full)
+    assert steady[1].full_steps < 40
