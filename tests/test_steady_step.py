@@ -251,31 +251,27 @@ def test_a_later_step_whose_scalars_fail_raises_before_writing():
     assert opt._work[0][1].step == 11
 
 
+def _train_sines(key):
+    """200 Adam steps on gradients sin(t + key); the first param after them."""
+    flat = _flat(np.float32, seed=key)
+    opt = fastopt.Adam(flat, lr=0.01)
+    for t in range(200):
+        for grad in flat.grads:
+            grad[...] = np.sin(t + key)
+        opt.step()
+    return flat.params[0].copy()
+
+
 def test_two_threads_each_with_their_own_optimizer_step_steadily():
     results = {}
-
-    def train(key):
-        flat = _flat(np.float32, seed=key)
-        opt = fastopt.Adam(flat, lr=0.01)
-        for t in range(200):
-            for grad in flat.grads:
-                grad[...] = np.sin(t + key)
-            opt.step()
-        results[key] = flat.params[0].copy()
-
-    threads = [threading.Thread(target=train, args=(k,)) for k in (1, 2)]
+    threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, _train_sines(k)))
+               for k in (1, 2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     for key in (1, 2):
-        flat = _flat(np.float32, seed=key)
-        opt = fastopt.Adam(flat, lr=0.01)
-        for t in range(200):
-            for grad in flat.grads:
-                grad[...] = np.sin(t + key)
-            opt.step()
-        assert results[key].tobytes() == flat.params[0].tobytes()
+        assert results[key].tobytes() == _train_sines(key).tobytes()
 
 
 @pytest.mark.parametrize("write", [
