@@ -25,8 +25,9 @@ class ParamGroup(dict):
     (``version``: every method that adds, replaces or removes an entry bumps it), so that
     a step can see in O(1) that no value was replaced since the last one (a group's
     values compared one by one cost 0.2 us of a 2.5 us step at 1e3 elements). Values
-    edited in place (a list) are not writes; :class:`SteadyPlan` makes no plan while a
-    group holds a list."""
+    edited in place (a list) are not writes: :class:`SteadyPlan` makes no plan while a
+    group holds a list. Nor is ``dict.__setitem__(group, key, value)`` called on
+    ``dict`` itself; and a group replaced by a plain dict steps by the full step only."""
 
     version = 0   # (a class default: unpickling sets the items before the attributes)
 
@@ -52,8 +53,8 @@ class SteadyPlan:
     """What a full step bound, for the next ones: per segment ``(segment, its group's
     validated snapshot, the bound call, its ScalarsAhead, gradient factor, dtype, noise
     stream)``, and what the plan assumed: the optimizer's work list, its param groups
-    and their values (the very objects its last validation saw), ``grad_scale`` and
-    ``zero_grad``."""
+    and their versions (:class:`ParamGroup`: no write since the full step validated
+    them), ``grad_scale`` (the same object) and ``zero_grad``."""
 
     __slots__ = ("work", "groups", "versions", "grad_scale", "zero_grad", "segments",
                  "views")
@@ -99,9 +100,9 @@ class SteadyPlan:
         """Step ``optimizer`` by this plan and return True, or return False (having
         written nothing) where the plan no longer holds: a loop option is not the very
         same object now, a param group was replaced or written to (:class:`ParamGroup`),
-        or a segment's state was created or
-        loaded since. Raises what the full step would raise (a concurrent step; a scalar
-        that overflows at this step) before anything is written."""
+        or a segment's state was created or loaded since. Raises what the full step
+        would raise (a concurrent step; a scalar that overflows at this step) before
+        anything is written."""
         if (zero_grad != self.zero_grad or optimizer._work is not self.work
                 or optimizer.grad_scale is not self.grad_scale
                 or optimizer.clip_grad_norm is not None
