@@ -46,14 +46,14 @@ def block_squares(block):
     """
 
 
-@overload(block_squares)
+@overload(block_squares, inline="always")
 def _block_squares(block):
     if block.dtype == types.float64:
         return _chain_squares
     return _lane_squares
 
 
-@register_jitable
+@register_jitable(inline="always")
 def _lane_squares(block):
     acc = np.zeros(LANES)
     for row in range(0, block.shape[0], LANES):
@@ -64,11 +64,13 @@ def _lane_squares(block):
     return fold_lanes(acc)
 
 
-@register_jitable
+@register_jitable(inline="always")
 def fold_lanes(acc):
     """The sum of ``acc`` (float64 lane accumulators), folded in a fixed halving tree; the
     order every lane-summed block uses (here and :mod:`fastopt.kernels.segmented`).
-    ``acc`` is consumed."""
+    ``acc`` is consumed. Inlined (Numba's IR inlining, as :func:`block_squares` and its
+    lane loop): called as a function, the lane array escaping into it made the norm pass
+    about 12% slower (1e7 float32, 2 threads: 0.47-0.57 against 0.43-0.50 ms)."""
     half = acc.shape[0] // 2
     while half:
         for j in range(half):
@@ -77,7 +79,7 @@ def fold_lanes(acc):
     return acc[0]
 
 
-@register_jitable
+@register_jitable(inline="always")
 def _chain_squares(block):
     stop = block.shape[0]
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
