@@ -13,6 +13,7 @@ arrays give the same bits.
 
 import functools
 import math
+import types as types_module
 
 import numpy as np
 from numba import prange, types
@@ -61,22 +62,29 @@ def _lane_squares(block):
         for j in range(x.shape[0]):
             v = np.float64(widen(x[j]))
             acc[j] += v * v
-    return fold_lanes(acc)
+    return _fold_lanes_inlined(acc)
 
 
-@register_jitable(inline="always")
+@register_jitable
 def fold_lanes(acc):
     """The sum of ``acc`` (float64 lane accumulators), folded in a fixed halving tree; the
     order every lane-summed block uses (here and :mod:`fastopt.kernels.segmented`).
-    ``acc`` is consumed. Inlined (Numba's IR inlining, as :func:`block_squares` and its
-    lane loop): called as a function, the lane array escaping into it made the norm pass
-    about 12% slower (1e7 float32, 2 threads: 0.47-0.57 against 0.43-0.50 ms)."""
+    ``acc`` is consumed."""
     half = acc.shape[0] // 2
     while half:
         for j in range(half):
             acc[j] += acc[j + half]
         half //= 2
     return acc[0]
+
+
+#: :func:`fold_lanes`, the same code, inlined by Numba (IR inlining) where the norm pass
+#: calls it, as :func:`block_squares` and its lane loop are: called as a function, the
+#: lane array escaping into it made the pass about 12% slower (1e7 float32, 2 threads:
+#: 0.47-0.57 against 0.43-0.50 ms). LAMB and Adafactor, which fold two arrays per block,
+#: call it as a function (inlined twice there, Numba's SSA pass warns).
+_fold_lanes_inlined = register_jitable(inline="always")(types_module.FunctionType(
+    fold_lanes.__code__, fold_lanes.__globals__, "fold_lanes_inlined"))
 
 
 @register_jitable(inline="always")
