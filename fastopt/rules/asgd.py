@@ -53,7 +53,9 @@ class ASGD(Rule):
                 "mu": 1.0 / max(1.0, t - group["t0"])}
 
     def scalars(self, group, t, fresh):
+        return {"weight_decay": group["weight_decay"], **self.step_scalars(group, t)}
+
+    def step_scalars(self, group, t):
         held = self.scalar_state(group, t - 1)   # step t uses what step t - 1 left
-        return dict(weight_decay=group["weight_decay"],
-                    param_decay=1.0 - group["lambd"] * held["eta"], eta=held["eta"],
-                    mu=held["mu"])
+        return {"param_decay": 1.0 - group["lambd"] * held["eta"], "eta": held["eta"],
+                "mu": held["mu"]}

@@ -93,13 +93,20 @@ class NAdam(Rule):
 
     def scalars(self, group, t, fresh):
         lr, wd, (beta1, beta2) = group["lr"], group["weight_decay"], group["betas"]
-        decay = group["momentum_decay"]
         decoupled = group["decoupled_weight_decay"]
-        mu, mu_next = _mu(beta1, decay, t), _mu(beta1, decay, t + 1)
-        product = mu_product(beta1, decay, t)
+        moving = self.step_scalars(group, t)
         return dict(param_decay=1.0 - lr * wd if decoupled else 1.0,
                     weight_decay=0.0 if decoupled else wd, beta1=beta1,
                     one_minus_beta1=1.0 - beta1, beta2=beta2, one_minus_beta2=1.0 - beta2,
-                    bias_correction2=1.0 - beta2 ** t, eps=group["eps"],
-                    grad_coefficient=-lr * (1.0 - mu) / (1.0 - product),
-                    exp_avg_coefficient=(-lr * mu_next) / (1.0 - product * mu_next))
+                    bias_correction2=moving["bias_correction2"], eps=group["eps"],
+                    grad_coefficient=moving["grad_coefficient"],
+                    exp_avg_coefficient=moving["exp_avg_coefficient"])
+
+    def step_scalars(self, group, t):
+        lr, (beta1, beta2) = group["lr"], group["betas"]
+        decay = group["momentum_decay"]
+        mu, mu_next = _mu(beta1, decay, t), _mu(beta1, decay, t + 1)
+        product = mu_product(beta1, decay, t)
+        return {"bias_correction2": 1.0 - beta2 ** t,
+                "grad_coefficient": -lr * (1.0 - mu) / (1.0 - product),
+                "exp_avg_coefficient": (-lr * mu_next) / (1.0 - product * mu_next)}

@@ -49,16 +49,22 @@ class RAdam(Rule):
         beta1, beta2 = group["betas"]
         lr, wd = group["lr"], group["weight_decay"]
         decoupled = group["decoupled_weight_decay"]
+        moving = self.step_scalars(group, t)
+        return dict(lerp_weight=lerp_coefficient(1.0 - beta1), beta2=beta2, one_minus_beta2=1.0 - beta2,
+                    eps=group["eps"], weight_decay=0.0 if decoupled else wd,
+                    param_decay=1.0 - lr * wd if decoupled and wd != 0 else 1.0,
+                    bias_correction1=moving["bias_correction1"], lr=lr,
+                    rectified=moving["rectified"],
+                    sqrt_bias_correction2=moving["sqrt_bias_correction2"], rect=moving["rect"])
+
+    def step_scalars(self, group, t):
+        beta1, beta2 = group["betas"]
         bias_correction2 = 1.0 - beta2 ** t
         rho_inf = 2.0 / (1.0 - beta2) - 1.0          # torch's order, in float64
         rho_t = rho_inf - 2.0 * t * (beta2 ** t) / bias_correction2
         rectified = rho_t > 5.0
         rect = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf
                          / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) if rectified else 0.0
-        return dict(lerp_weight=lerp_coefficient(1.0 - beta1), beta2=beta2, one_minus_beta2=1.0 - beta2,
-                    eps=group["eps"], weight_decay=0.0 if decoupled else wd,
-                    param_decay=1.0 - lr * wd if decoupled and wd != 0 else 1.0,
-                    bias_correction1=1.0 - beta1 ** t, lr=lr,
-                    rectified=1.0 if rectified else 0.0,
-                    sqrt_bias_correction2=math.sqrt(bias_correction2) if rectified else 0.0,
-                    rect=rect)
+        return {"bias_correction1": 1.0 - beta1 ** t, "rectified": 1.0 if rectified else 0.0,
+                "sqrt_bias_correction2": math.sqrt(bias_correction2) if rectified else 0.0,
+                "rect": rect}
