@@ -151,8 +151,7 @@ def _measure(row, makers, timing, progress, label):
         except cases.Unavailable:
             row[key] = None
     if calls:
-        row.update(measure.interleaved(calls, repeat=timing.get("repeat", measure.REPEAT),
-                                       min_time=timing.get("min_time", measure.MIN_TIME)))
+        row.update(measure.interleaved(calls, **timing))
     if progress:
         for key in makers:
             progress.step(f"{label} {key}")

@@ -74,9 +74,7 @@ class SteadyPlan:
         ``None`` where the next step must plan again: a schedule, a loop option that
         reads the gradients, a list among the group values (it may be edited in place),
         state created by this step."""
-        if len(calls) != len(optimizer._work) or (
-                optimizer.clip_grad_norm is not None or
-                optimizer.skip_if_nonfinite is not False) or any(
+        if len(calls) != len(optimizer._work) or _reads_gradients(optimizer) or any(
                 type(group) is not ParamGroup or any(
                     isinstance(value, list) for key, value in group.items() if key != "params")
                 for group in optimizer.param_groups):
@@ -105,8 +103,7 @@ class SteadyPlan:
         anything is written."""
         if (zero_grad != self.zero_grad or optimizer._work is not self.work
                 or optimizer.grad_scale is not self.grad_scale
-                or optimizer.clip_grad_norm is not None
-                or optimizer.skip_if_nonfinite is not False):
+                or _reads_gradients(optimizer)):
             return False
         groups = optimizer.param_groups
         if len(groups) != len(self.groups):
@@ -152,6 +149,13 @@ class SteadyPlan:
                 twins._busy.release()
             else:
                 twins.leave()
+
+
+def _reads_gradients(optimizer):
+    """Whether a loop option makes the step read the gradients before it updates (a clip
+    or the non-finite check: a norm pass, which the plan does not repeat); an option
+    that is not its default object also counts, so the full step validates it."""
+    return optimizer.clip_grad_norm is not None or optimizer.skip_if_nonfinite is not False
 
 
 def run_call(seg, bound, values):

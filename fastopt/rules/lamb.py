@@ -1,6 +1,5 @@
 """LAMB: layer-wise adaptive moments, the trust ratio taken per parameter tensor."""
 
-
 from ..kernels.lamb import lamb
 from ..validation import check_lr, check_number
 from .adam import bias_corrected
